@@ -1,0 +1,51 @@
+# rapid-objection: every target bootstraps its own virtualenv in .venv.
+# Needs only Python 3.11+ (as python3, or PYTHON=...) and GNU make.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# Extra arguments for pytest, e.g.  make test PYTEST_ARGS='-k bus -x'
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help .venv demo test lint bench clean
+
+help:
+	@echo "make demo    run the demo on the embedded bus (no servers needed)"
+	@echo "make test    lint, type-check and run the whole test suite"
+	@echo "make lint    ruff check + mypy"
+	@echo "make bench   benchmark on a real Redis (figures in docs/benchmarks.md)"
+	@echo "make clean   remove .venv, caches and build output"
+
+# The interpreter is the marker that the venv exists; a half-made .venv
+# directory without it is recreated.
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall whenever pyproject.toml changes. The stamp is only written when
+# pip succeeds, so a failed install is retried on the next run.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+.venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/rapid-objection demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .pytest_cache
+	find . -path ./.git -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +

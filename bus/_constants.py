@@ -1,0 +1,48 @@
+"""Key names and tunables of the bus, each with its reason."""
+
+from typing import Final
+
+KEY_PREFIX: Final = "ro"
+"""Every key starts with ``ro:{namespace}:``; the braces are a Redis Cluster hash tag."""
+
+EVENT_FIELD: Final = b"e"
+"""The one stream field that carries an encoded envelope (one field keeps XADD small)."""
+
+ACK_FIELD: Final = b"a"
+"""The one stream field of an ack stream entry."""
+
+RECORD_FIELD: Final = b"r"
+"""The one stream field of failure and dead-letter records."""
+
+DEFAULT_NAMESPACE: Final = "default"
+DEFAULT_ACK_TIMEOUT: Final = 10.0
+"""Seconds a registry waits for the required acks of one event unless told otherwise."""
+
+DEFAULT_HOOK_TIMEOUT: Final = 5.0
+"""Seconds a hook may run inside a worker before it is cancelled and acked as an error."""
+
+DEFAULT_MAX_DELIVERIES: Final = 5
+
+HEARTBEAT_INTERVAL: Final = 1.0
+"""Seconds between worker and registry heartbeats; cheap (one HSET) and keeps `status` fresh."""
+
+ALIVE_AFTER_HEARTBEATS: Final = 5
+"""A worker is alive while its last heartbeat is younger than this many intervals."""
+
+READ_BLOCK_MS: Final = 1_000
+"""XREADGROUP/XREAD BLOCK time; the loop re-checks for shutdown at least this often."""
+
+READ_BATCH: Final = 100
+"""XREADGROUP COUNT; one read and one ack pipeline per batch (6x faster than per event)."""
+
+ACK_STREAM_MAXLEN: Final = 100_000
+"""Approximate cap of a registry's ack stream; acks are consumed within seconds."""
+
+ACK_STREAM_TTL_MS: Final = 24 * 3600 * 1000
+"""An ack stream of a registry that is gone expires a day after its last ack."""
+
+FAILURES_MAXLEN: Final = 100_000
+"""Approximate cap of the failure record stream; the counters are kept forever."""
+
+DIRECTORY_REFRESH: Final = 2.0
+"""Seconds a registry trusts its cached plugin directory before re-reading it."""

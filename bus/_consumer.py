@@ -1,0 +1,332 @@
+"""The consume loop of one consumer in a plugin's group.
+
+Reads with XREADGROUP in batches, hands each event to the handler in per-app order
+(events of one app run one after another; different apps run concurrently up to
+``concurrency``), and writes the ack records, failure records and XACKs of everything
+that finished in one MULTI/EXEC round trip, so that an ack record is never written
+without its XACK or the other way round.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup, TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._bus import Bus
+from ._constants import (
+    ACK_FIELD,
+    ACK_STREAM_MAXLEN,
+    ACK_STREAM_TTL_MS,
+    EVENT_FIELD,
+    READ_BATCH,
+    READ_BLOCK_MS,
+    RECORD_FIELD,
+)
+from ._contract import Ack, DeadLetter, Envelope, Failure, decode_envelope, encode
+from ._errors import BusUnavailable, GroupMissing
+from ._failures import add_failure
+from ._redact import mask_url
+
+RECONNECT_DELAY_CAP = 5.0
+"""Seconds; the longest pause between attempts while Redis is away."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One event handed to a handler: the stream entry, its envelope and the attempt."""
+
+    entry_id: str
+    envelope: Envelope
+    attempt: int = 1
+
+
+Handler = Callable[[Delivery], Awaitable[Ack]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    entry_id: str
+    envelope: Envelope | None
+    ack: Ack | None = None
+    dead_letter: DeadLetter | None = None
+
+
+class _Lanes:
+    """Per-app queues: one app's events in order, different apps side by side."""
+
+    def __init__(
+        self, group: TaskGroup, run: Callable[[Delivery], Awaitable[None]], concurrency: int
+    ) -> None:
+        self._group = group
+        self._run = run
+        self._limit = anyio.Semaphore(concurrency)
+        self._queues: dict[str, deque[Delivery]] = {}
+        self._idle: anyio.Event | None = None
+
+    def put(self, delivery: Delivery) -> None:
+        app = delivery.envelope.app
+        queue = self._queues.get(app)
+        if queue is not None:
+            queue.append(delivery)
+            return
+        self._queues[app] = queue = deque((delivery,))
+        self._group.start_soon(self._drain, app, queue)
+
+    async def _drain(self, app: str, queue: deque[Delivery]) -> None:
+        while queue:
+            async with self._limit:
+                await self._run(queue[0])
+            queue.popleft()
+        del self._queues[app]
+        if not self._queues and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        if self._queues:
+            self._idle = anyio.Event()
+            await self._idle.wait()
+
+
+class Consumer:
+    """One consumer of plugin ``plugin``'s group: reads, dispatches, acks."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        plugin: str,
+        consumer: str,
+        handler: Handler,
+        *,
+        concurrency: int = 1,
+        batch: int = READ_BATCH,
+        block_ms: int = READ_BLOCK_MS,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency of consumer {consumer!r} must be at least 1")
+        self.bus = bus
+        self.plugin = plugin
+        self.consumer = consumer
+        self._handler = handler
+        self._concurrency = concurrency
+        self._batch = batch
+        self._block_ms = block_ms
+        # Entries read but not yet acked; bounds memory and lets slow hooks push back.
+        self._capacity = max(batch, 2 * concurrency)
+        self._tokens = anyio.Semaphore(self._capacity)
+        self._stopping = False
+        self.handled = 0
+        self.failed = 0
+        self.dead_lettered = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self._capacity - self._tokens.value
+
+    def stop(self) -> None:
+        """Stop reading; what was read is still handled and acked before ``run`` returns."""
+        self._stopping = True
+        self.bus.redis.wake(self.bus.keys.events)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Consume until ``stop()``; reports readiness once the group exists."""
+        await self.bus.ensure_group(self.plugin)
+        send, receive = anyio.create_memory_object_stream[_Done](max_buffer_size=math.inf)
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._flush_loop, receive)
+            lanes = _Lanes(group, self._run_one(send), self._concurrency)
+            task_status.started()
+            async with send:
+                await self._read_own_pending(lanes, send)
+                await self._read_loop(lanes, send)
+                await lanes.wait_idle()
+
+    async def _read_own_pending(self, lanes: _Lanes, send: MemoryObjectSendStream[_Done]) -> None:
+        """Entries this consumer name read in a previous life and never acked come first."""
+        redis, key = self.bus.redis, self.bus.keys.events
+        while not self._stopping:
+            entries = await redis.xreadgroup(
+                key, self.plugin, self.consumer, count=self._batch, block_ms=None, start="0"
+            )
+            if not entries:
+                return
+            pending = await redis.xpending(
+                key,
+                self.plugin,
+                start=entries[0][0],
+                end=entries[-1][0],
+                count=len(entries),
+                consumer=self.consumer,
+            )
+            attempts = {row.entry_id: row.deliveries for row in pending}
+            for entry_id, fields in entries:
+                await self._tokens.acquire()
+                self._accept(entry_id, fields, attempts.get(entry_id, 2), lanes, send)
+
+    async def _read_loop(self, lanes: _Lanes, send: MemoryObjectSendStream[_Done]) -> None:
+        redis, key = self.bus.redis, self.bus.keys.events
+        delay = 0.05
+        while not self._stopping:
+            await self._tokens.acquire()
+            wanted = 1 + min(self._batch - 1, self._tokens.value)
+            for _ in range(wanted - 1):
+                self._tokens.acquire_nowait()
+            try:
+                entries = await redis.xreadgroup(
+                    key, self.plugin, self.consumer, count=wanted, block_ms=self._block_ms
+                )
+                delay = 0.05
+            except GroupMissing:
+                entries = []
+                await self.bus.ensure_group(self.plugin)
+            except BusUnavailable:
+                entries = []
+                delay = await _pause(delay)
+            for _ in range(wanted - len(entries)):
+                self._tokens.release()
+            for entry_id, fields in entries:
+                self._accept(entry_id, fields, 1, lanes, send)
+
+    def _accept(
+        self,
+        entry_id: str,
+        fields: dict[bytes, bytes],
+        attempt: int,
+        lanes: _Lanes,
+        send: MemoryObjectSendStream[_Done],
+    ) -> None:
+        data = fields.get(EVENT_FIELD, b"")
+        try:
+            envelope = decode_envelope(data)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            reason = "entry was deleted from the stream" if not fields else str(exc)
+            letter = self._poison(entry_id, data, reason)
+            send.send_nowait(_Done(entry_id, None, dead_letter=letter))
+            return
+        lanes.put(Delivery(entry_id, envelope, attempt))
+
+    def _poison(self, entry_id: str, data: bytes, reason: str) -> DeadLetter:
+        now = time.time()
+        return DeadLetter(
+            entry_id=entry_id,
+            event_id=None,
+            plugin=self.plugin,
+            consumer=self.consumer,
+            attempts=1,
+            first_error=reason,
+            last_error=reason,
+            first_time=now,
+            last_time=now,
+            data=data,
+        )
+
+    def _run_one(
+        self, send: MemoryObjectSendStream[_Done]
+    ) -> Callable[[Delivery], Awaitable[None]]:
+        async def run(delivery: Delivery) -> None:
+            try:
+                ack = await self._handler(delivery)
+            except Exception as exc:  # the handler's own guard failed; never lose the event
+                ack = Ack(
+                    event_id=delivery.envelope.id,
+                    plugin=self.plugin,
+                    consumer=self.consumer,
+                    status="error",
+                    error=mask_url(str(exc)),
+                    error_type=type(exc).__name__,
+                    attempt=delivery.attempt,
+                )
+            send.send_nowait(_Done(delivery.entry_id, delivery.envelope, ack))
+
+        return run
+
+    async def _flush_loop(self, receive: MemoryObjectReceiveStream[_Done]) -> None:
+        async with receive:
+            async for first in receive:
+                done = [first]
+                while True:
+                    try:
+                        done.append(receive.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
+                await self._flush(done)
+
+    async def _flush(self, done: list[_Done]) -> None:
+        """Ack records, failures, dead letters and XACKs of ``done`` in one MULTI/EXEC."""
+        keys = self.bus.keys
+        batch = self.bus.redis.batch()
+        ack_streams: set[str] = set()
+        for item in done:
+            if item.dead_letter is not None:
+                batch.xadd(keys.dlq, {RECORD_FIELD: encode(item.dead_letter)})
+                add_failure(batch, keys, self._dead_letter_failure(item.dead_letter))
+                self.dead_lettered += 1
+                continue
+            ack, envelope = item.ack, item.envelope
+            if ack is None or envelope is None:
+                continue
+            if ack.status == "error":
+                self.failed += 1
+                add_failure(batch, keys, self._error_failure(envelope, ack))
+            self.handled += 1
+            if ack.status != "skipped" or self.plugin in envelope.required:
+                stream = keys.acks(envelope.registry)
+                batch.xadd(stream, {ACK_FIELD: encode(ack)}, maxlen=ACK_STREAM_MAXLEN)
+                ack_streams.add(stream)
+        for stream in ack_streams:
+            batch.pexpire(stream, ACK_STREAM_TTL_MS)
+        batch.xack(keys.events, self.plugin, [item.entry_id for item in done])
+        delay = 0.05
+        while True:
+            try:
+                await batch.execute()
+                break
+            except BusUnavailable:
+                # Nothing is lost while Redis is away: the entries stay pending until this
+                # batch lands; keep trying with capped backoff.
+                delay = await _pause(delay)
+        for _ in done:
+            self._tokens.release()
+
+    def _error_failure(self, envelope: Envelope, ack: Ack) -> Failure:
+        return Failure(
+            event_id=envelope.id,
+            type=envelope.type,
+            app=envelope.app,
+            plugin=self.plugin,
+            consumer=self.consumer,
+            kind="error",
+            error=f"{ack.error_type}: {ack.error}" if ack.error_type else ack.error or "",
+            attempt=ack.attempt,
+            time=time.time(),
+            registry=envelope.registry,
+        )
+
+    def _dead_letter_failure(self, letter: DeadLetter) -> Failure:
+        return Failure(
+            event_id=letter.event_id or letter.entry_id,
+            type=letter.type or "",
+            app=letter.app,
+            plugin=self.plugin,
+            consumer=self.consumer,
+            kind="dead_lettered",
+            error=letter.last_error,
+            attempt=letter.attempts,
+            time=letter.last_time,
+            registry=letter.registry,
+        )
+
+
+async def _pause(delay: float) -> float:
+    """Sleep with full jitter; return the next, doubled and capped, delay."""
+    import random
+
+    await anyio.sleep(random.uniform(0, delay))
+    return min(delay * 2, RECONNECT_DELAY_CAP)

@@ -1,0 +1,348 @@
+"""The wire contract: the envelope, the event catalogue, acks and directory records.
+
+Every message on the bus is one of these frozen msgspec Structs, MessagePack-encoded
+into a single stream field. Schema evolution rules, so that old workers and new
+registries (and the other way round) keep talking:
+
+* a new field always has a default, so an older message still decodes;
+* a field never changes its type and is never reused under another meaning;
+* a payload change that an older worker cannot ignore bumps that event type's entry
+  in ``SCHEMA_VERSIONS``; a worker rejects (dead-letters) an envelope whose version
+  is newer than the one it knows, instead of misreading it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Final, Literal, cast, get_args
+
+import msgspec
+
+EventType = Literal[
+    "app_registration_started",
+    "connection_created",
+    "auto_operations_started",
+    "auto_operations_completed",
+    "app_registered",
+    "app_unregistration_started",
+    "app_rollback_started",
+    "app_rollback_completed",
+    "connection_shutdown",
+    "app_unregistered",
+    "operation_failed",
+    "health_check",
+    "custom",
+]
+
+EVENT_TYPES: Final[tuple[EventType, ...]] = get_args(EventType)
+HOOK_TYPES: Final[tuple[EventType, ...]] = tuple(t for t in EVENT_TYPES if t != "custom")
+"""The twelve lifecycle hooks; ``custom`` is plugin-to-plugin traffic, not a hook."""
+
+HOOK_METHODS: Final[dict[EventType, str]] = {t: f"on_{t}" for t in HOOK_TYPES}
+"""Event type -> the plugin method that handles it (``app_registered`` -> ``on_app_registered``)."""
+
+SCHEMA_VERSIONS: Final[dict[EventType, int]] = dict.fromkeys(EVENT_TYPES, 1)
+"""The payload schema version this code writes and the newest it can read, per type."""
+
+AckStatus = Literal["ok", "error", "skipped"]
+FailureKind = Literal["error", "timeout", "no_consumer", "crashed", "dead_lettered"]
+
+
+class _Frozen(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Base of every wire Struct: immutable, keyword-only, defaults left off the wire.
+
+    Subclasses repeat ``frozen=True`` because type checkers do not inherit it.
+    """
+
+
+# --- payloads ---------------------------------------------------------------------------
+
+
+class ConnectionInfo(_Frozen, frozen=True):
+    """What a plugin may know of an app's connection; never a password."""
+
+    dialect: str
+    driver: str = ""
+    host: str | None = None
+    port: int | None = None
+    database: str | None = None
+    user: str | None = None
+    url: str = ""
+    """The URL with its password masked."""
+    pool_size: int | None = None
+    pool_checked_out: int | None = None
+    shared: bool = False
+    reference_count: int = 1
+    apps: tuple[str, ...] = ()
+
+
+class OperationResult(_Frozen, frozen=True):
+    """The outcome of one auto-operation or rollback step (migrations, seeds, models)."""
+
+    operation: str
+    success: bool
+    items: tuple[str, ...] = ()
+    duration: float = 0.0
+    error: str | None = None
+    details: dict[str, Any] = {}
+
+
+class _Payload(_Frozen, frozen=True, tag_field="type"):
+    """Base of the event payloads: a tagged union keyed by the event type."""
+
+
+class AppRegistrationStarted(_Payload, tag="app_registration_started", frozen=True):
+    config: dict[str, Any] = {}
+
+
+class ConnectionCreated(_Payload, tag="connection_created", frozen=True):
+    connection: ConnectionInfo
+    reused: bool = False
+
+
+class AutoOperationsStarted(_Payload, tag="auto_operations_started", frozen=True):
+    connection: ConnectionInfo
+    config: dict[str, Any] = {}
+
+
+class AutoOperationsCompleted(_Payload, tag="auto_operations_completed", frozen=True):
+    operations: tuple[OperationResult, ...] = ()
+    success: bool = True
+
+
+class AppRegistered(_Payload, tag="app_registered", frozen=True):
+    connection: ConnectionInfo
+    config: dict[str, Any] = {}
+
+
+class AppUnregistrationStarted(_Payload, tag="app_unregistration_started", frozen=True):
+    options: dict[str, Any] = {}
+
+
+class AppRollbackStarted(_Payload, tag="app_rollback_started", frozen=True):
+    connection: ConnectionInfo
+    options: dict[str, Any] = {}
+
+
+class AppRollbackCompleted(_Payload, tag="app_rollback_completed", frozen=True):
+    steps: tuple[OperationResult, ...] = ()
+    success: bool = True
+
+
+class ConnectionShutdown(_Payload, tag="connection_shutdown", frozen=True):
+    connection: ConnectionInfo
+    shared: bool = False
+    last_reference: bool = True
+    registry_shutdown: bool = False
+
+
+class AppUnregistered(_Payload, tag="app_unregistered", frozen=True):
+    options: dict[str, Any] = {}
+
+
+class OperationFailed(_Payload, tag="operation_failed", frozen=True):
+    operation: str
+    error_type: str
+    error_message: str
+    context: dict[str, Any] = {}
+
+
+class HealthCheck(_Payload, tag="health_check", frozen=True):
+    health: dict[str, Any] = {}
+
+
+class Custom(_Payload, tag="custom", frozen=True):
+    """A plugin-to-plugin event: ``registry.emit(name, data)``."""
+
+    name: str
+    data: Any = None
+    source: str = ""
+    """The plugin that emitted it."""
+
+
+Payload = (
+    AppRegistrationStarted
+    | ConnectionCreated
+    | AutoOperationsStarted
+    | AutoOperationsCompleted
+    | AppRegistered
+    | AppUnregistrationStarted
+    | AppRollbackStarted
+    | AppRollbackCompleted
+    | ConnectionShutdown
+    | AppUnregistered
+    | OperationFailed
+    | HealthCheck
+    | Custom
+)
+
+
+def payload_type(payload: Payload) -> EventType:
+    """The event type a payload is tagged with."""
+    return cast(EventType, type(payload).__struct_config__.tag)
+
+
+# --- envelope ---------------------------------------------------------------------------
+
+
+class Envelope(_Frozen, frozen=True, kw_only=True):
+    """One event on the bus."""
+
+    id: str
+    """Unique and sortable by time (a ULID); the handlers' idempotency key."""
+    type: EventType
+    version: int
+    registry: str
+    """The publishing registry; its ack stream receives the acks."""
+    app: str = ""
+    time: float
+    seq: int
+    """Per-registry sequence number, for gaps and ordering in audit."""
+    required: tuple[str, ...] = ()
+    deadline: float = 0.0
+    """Unix time by which the registry stops waiting for the required acks."""
+    payload: Payload
+    replay: bool = False
+    replaces: str | None = None
+    """For a re-driven dead letter, the id of the event it replaces."""
+    trace: str | None = None
+    """W3C traceparent."""
+
+
+_CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_event_id(now: float | None = None) -> str:
+    """A ULID: 48 bits of milliseconds and 80 random bits, 26 Crockford base32 characters."""
+    millis = int((time.time() if now is None else now) * 1000)
+    value = (millis << 80) | int.from_bytes(os.urandom(10), "big")
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+# --- acks, failures and the directory --------------------------------------------------
+
+
+class Ack(_Frozen, frozen=True):
+    """A plugin worker's answer to one event, written to the publishing registry's ack stream."""
+
+    event_id: str
+    plugin: str
+    consumer: str
+    status: AckStatus
+    result: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    duration: float = 0.0
+    attempt: int = 1
+    replay: bool = False
+
+
+class Failure(_Frozen, frozen=True, kw_only=True):
+    """One failure, recorded against the consumer that held the event (or none)."""
+
+    event_id: str
+    type: str
+    app: str
+    plugin: str
+    consumer: str | None
+    kind: FailureKind
+    error: str
+    attempt: int = 1
+    time: float
+    registry: str = ""
+
+
+class Manifest(_Frozen, frozen=True):
+    """What a plugin's workers announce about it when they start."""
+
+    plugin: str
+    version: str = "0.0.0"
+    hooks: tuple[str, ...] = ()
+    required: bool = False
+    timeout: float = 5.0
+    max_deliveries: int = 5
+    updated: float = 0.0
+
+
+class WorkerInfo(_Frozen, frozen=True):
+    """One worker process (a consumer of its plugin's group), refreshed by its heartbeat."""
+
+    plugin: str
+    consumer: str
+    host: str
+    pid: int
+    started: float
+    seen: float
+    concurrency: int = 1
+    in_flight: int = 0
+    handled: int = 0
+    failed: int = 0
+
+
+class RegistryInfo(_Frozen, frozen=True):
+    """One live registry on the bus, refreshed by its heartbeat."""
+
+    id: str
+    host: str
+    pid: int
+    started: float
+    seen: float
+    apps: tuple[str, ...] = ()
+
+
+# Built once: msgspec encoders and decoders are reusable and thread-safe.
+_encoder: Final = msgspec.msgpack.Encoder()
+_envelope_decoder: Final = msgspec.msgpack.Decoder(Envelope)
+_ack_decoder: Final = msgspec.msgpack.Decoder(Ack)
+_failure_decoder: Final = msgspec.msgpack.Decoder(Failure)
+_manifest_decoder: Final = msgspec.msgpack.Decoder(Manifest)
+_worker_decoder: Final = msgspec.msgpack.Decoder(WorkerInfo)
+_registry_decoder: Final = msgspec.msgpack.Decoder(RegistryInfo)
+
+encode = _encoder.encode
+decode_ack = _ack_decoder.decode
+decode_failure = _failure_decoder.decode
+decode_manifest = _manifest_decoder.decode
+decode_worker = _worker_decoder.decode
+decode_registry = _registry_decoder.decode
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    """Decode and check an envelope; raises ``msgspec.DecodeError`` or ``ValueError``."""
+    envelope = _envelope_decoder.decode(data)
+    tag = payload_type(envelope.payload)
+    if envelope.type != tag:
+        raise ValueError(f"envelope type {envelope.type!r} carries a {tag!r} payload")
+    known = SCHEMA_VERSIONS[envelope.type]
+    if envelope.version > known:
+        raise ValueError(
+            f"schema version {envelope.version} of {envelope.type!r} is newer than "
+            f"the {known} this worker knows"
+        )
+    return envelope
+
+
+class DeadLetter(_Frozen, frozen=True, kw_only=True):
+    """An entry a plugin gave up on, with its provenance, in ``ro:{ns}:dlq``."""
+
+    entry_id: str
+    """The id of the original entry in the event stream."""
+    event_id: str | None
+    """None when the entry could not even be decoded."""
+    type: str | None = None
+    app: str = ""
+    registry: str = ""
+    plugin: str
+    consumer: str
+    attempts: int
+    first_error: str
+    last_error: str
+    first_time: float
+    last_time: float
+    data: bytes = b""
+    """The original entry's encoded envelope, so that it can be re-driven or inspected."""
+
+
+_dead_letter_decoder: Final = msgspec.msgpack.Decoder(DeadLetter)
+decode_dead_letter = _dead_letter_decoder.decode

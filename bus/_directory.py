@@ -1,0 +1,85 @@
+"""The directory of the bus: plugin manifests, worker and registry heartbeats, app owners."""
+
+from __future__ import annotations
+
+import time
+
+from ._constants import ALIVE_AFTER_HEARTBEATS, HEARTBEAT_INTERVAL
+from ._contract import (
+    Manifest,
+    RegistryInfo,
+    WorkerInfo,
+    decode_manifest,
+    decode_registry,
+    decode_worker,
+    encode,
+)
+from ._keys import Keys
+from ._redis import Redis
+
+
+def is_alive(seen: float, now: float | None = None) -> bool:
+    """Whether a heartbeat at ``seen`` is recent enough to call its sender alive."""
+    age = (time.time() if now is None else now) - seen
+    return age < HEARTBEAT_INTERVAL * ALIVE_AFTER_HEARTBEATS
+
+
+def worker_field(plugin: str, consumer: str) -> str:
+    return f"{plugin}|{consumer}"
+
+
+class Directory:
+    """Who is on the bus: read and written by registries and workers alike."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+
+    async def announce(self, manifest: Manifest) -> None:
+        """Publish (or replace) a plugin's manifest."""
+        await self._redis.hset(self._keys.plugins, manifest.plugin, encode(manifest))
+
+    async def manifests(self) -> dict[str, Manifest]:
+        raw = await self._redis.hgetall(self._keys.plugins)
+        return {name: decode_manifest(value) for name, value in raw.items()}
+
+    async def beat_worker(self, info: WorkerInfo) -> None:
+        await self._redis.hset(
+            self._keys.workers, worker_field(info.plugin, info.consumer), encode(info)
+        )
+
+    async def workers(self, plugin: str | None = None) -> list[WorkerInfo]:
+        raw = await self._redis.hgetall(self._keys.workers)
+        infos = [decode_worker(value) for value in raw.values()]
+        return sorted(
+            (info for info in infos if plugin is None or info.plugin == plugin),
+            key=lambda info: (info.plugin, info.consumer),
+        )
+
+    async def forget_worker(self, plugin: str, consumer: str) -> None:
+        await self._redis.hdel(self._keys.workers, worker_field(plugin, consumer))
+
+    async def beat_registry(self, info: RegistryInfo) -> None:
+        await self._redis.hset(self._keys.registries, info.id, encode(info))
+
+    async def registries(self) -> list[RegistryInfo]:
+        raw = await self._redis.hgetall(self._keys.registries)
+        return sorted((decode_registry(value) for value in raw.values()), key=lambda r: r.id)
+
+    async def forget_registry(self, registry: str) -> None:
+        await self._redis.hdel(self._keys.registries, registry)
+
+    async def claim_app(self, app: str, registry: str) -> str:
+        """Make ``registry`` the owner of ``app`` unless another one is; returns the owner."""
+        if await self._redis.hsetnx(self._keys.apps, app, registry.encode()):
+            return registry
+        owner = await self._redis.hget(self._keys.apps, app)
+        return owner.decode() if owner is not None else registry
+
+    async def release_app(self, app: str) -> None:
+        await self._redis.hdel(self._keys.apps, app)
+
+    async def apps(self) -> dict[str, str]:
+        """App name -> the registry that owns it."""
+        owners = await self._redis.hgetall(self._keys.apps)
+        return {app: owner.decode() for app, owner in owners.items()}

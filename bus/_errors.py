@@ -1,0 +1,52 @@
+"""Errors of the bus.
+
+    BusError
+    ├── BusUrlError          an unsupported or malformed bus URL
+    ├── BusUnavailable       the Redis server cannot be reached
+    ├── EnvelopeError        bytes that are not a valid envelope (poison input)
+    └── GroupMissing         a consumer group or stream that does not exist (NOGROUP)
+"""
+
+from __future__ import annotations
+
+from ._redact import mask_url
+
+
+class BusError(Exception):
+    """Root of every error the bus raises."""
+
+
+class BusUrlError(BusError, ValueError):
+    """A bus URL whose scheme or shape the bus does not support."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = mask_url(url)
+        self.reason = reason
+        super().__init__(f"invalid bus URL {self.url!r}: {reason}")
+
+
+class BusUnavailable(BusError, ConnectionError):  # noqa: N818 - the contract's name
+    """The Redis server behind the bus cannot be reached."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = mask_url(url)
+        self.reason = reason
+        super().__init__(f"bus unavailable at {self.url}: {reason}")
+
+
+class EnvelopeError(BusError, ValueError):
+    """An entry that cannot be decoded into a known envelope."""
+
+    def __init__(self, entry_id: str, reason: str) -> None:
+        self.entry_id = entry_id
+        self.reason = reason
+        super().__init__(f"entry {entry_id} is not a valid envelope: {reason}")
+
+
+class GroupMissing(BusError):  # noqa: N818 - reads as the Redis condition it maps
+    """The stream or consumer group named in a command does not exist."""
+
+    def __init__(self, stream: str, group: str) -> None:
+        self.stream = stream
+        self.group = group
+        super().__init__(f"no consumer group {group!r} on stream {stream!r}")

@@ -1,0 +1,74 @@
+"""Redis key names of one namespace; every key carries the ``{namespace}`` hash tag."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._constants import KEY_PREFIX
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The keys of namespace ``namespace``: ``ro:{shop}:events`` and its siblings."""
+
+    namespace: str
+
+    @property
+    def prefix(self) -> str:
+        return f"{KEY_PREFIX}:{{{self.namespace}}}:"
+
+    @property
+    def events(self) -> str:
+        """The event stream; one consumer group per plugin."""
+        return self.prefix + "events"
+
+    def acks(self, registry: str) -> str:
+        """The ack stream of one registry: only that registry reads it."""
+        return self.prefix + "acks:" + registry
+
+    @property
+    def dlq(self) -> str:
+        return self.prefix + "dlq"
+
+    @property
+    def failures(self) -> str:
+        """Stream of failure records."""
+        return self.prefix + "failures"
+
+    @property
+    def failure_counts(self) -> str:
+        """Hash ``plugin|consumer|kind`` -> count."""
+        return self.prefix + "failures:count"
+
+    @property
+    def plugins(self) -> str:
+        """Hash plugin name -> encoded Manifest."""
+        return self.prefix + "plugins"
+
+    @property
+    def workers(self) -> str:
+        """Hash ``plugin|consumer`` -> encoded WorkerInfo (the heartbeat)."""
+        return self.prefix + "workers"
+
+    @property
+    def registries(self) -> str:
+        """Hash registry id -> encoded RegistryInfo (the heartbeat)."""
+        return self.prefix + "registries"
+
+    @property
+    def apps(self) -> str:
+        """Hash app name -> owning registry id (the app directory)."""
+        return self.prefix + "apps"
+
+    def all_fixed(self) -> tuple[str, ...]:
+        """Every key of the namespace that does not depend on a registry id."""
+        return (
+            self.events,
+            self.dlq,
+            self.failures,
+            self.failure_counts,
+            self.plugins,
+            self.workers,
+            self.registries,
+            self.apps,
+        )

@@ -1,0 +1,362 @@
+"""A registry's side of the bus: publish events and await their required acks.
+
+Each registry reads its own ack stream (``ro:{ns}:acks:<registry>``) with one
+background reader that resolves the waits in memory, so waiting costs no polling and
+several registries on one bus never see each other's acks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import anyio
+import msgspec
+from anyio.abc import TaskStatus
+
+from ._bus import Bus
+from ._constants import (
+    ACK_FIELD,
+    DEFAULT_ACK_TIMEOUT,
+    DIRECTORY_REFRESH,
+    HEARTBEAT_INTERVAL,
+    READ_BATCH,
+    READ_BLOCK_MS,
+)
+from ._contract import (
+    SCHEMA_VERSIONS,
+    Envelope,
+    Failure,
+    FailureKind,
+    Manifest,
+    Payload,
+    RegistryInfo,
+    decode_ack,
+    new_event_id,
+    payload_type,
+)
+from ._directory import is_alive
+from ._errors import BusUnavailable, GroupMissing
+from ._waits import Outcome, WaitResult
+
+log = logging.getLogger("rapid_objection.bus")
+
+ACK_GRACE = 0.25
+"""Seconds added to a plugin's hook timeout, so that the worker's own timeout ack
+(sent when the hook overruns) reaches the registry before the registry gives up."""
+
+
+@dataclass(frozen=True, slots=True)
+class PluginPolicy:
+    """What a registry's configuration says of one plugin."""
+
+    required: bool | None = None
+    """None: as the plugin's manifest says; True: awaited even before any worker ran."""
+    timeout: float | None = None
+    """The plugin's hook timeout, which is also its ack deadline (plus ``ACK_GRACE``)."""
+
+
+def default_registry_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class _Wait:
+    required: frozenset[str]
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    others: dict[str, Outcome] = field(default_factory=dict)
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+    def add(self, outcome: Outcome) -> None:
+        if outcome.plugin not in self.required:
+            self.others[outcome.plugin] = outcome
+            return
+        self.outcomes[outcome.plugin] = outcome
+        if len(self.outcomes) == len(self.required):
+            self.done.set()
+
+
+class Publisher:
+    """Publishes one registry's events and waits for the acks they require."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        registry_id: str | None = None,
+        *,
+        policies: Mapping[str, PluginPolicy] | None = None,
+        ack_timeout: float = DEFAULT_ACK_TIMEOUT,
+    ) -> None:
+        self.bus = bus
+        self.registry_id = registry_id or default_registry_id()
+        self.policies = dict(policies or {})
+        self.ack_timeout = ack_timeout
+        self.apps: set[str] = set()
+        self.manifests: dict[str, Manifest] = {}
+        self.late_acks = 0
+        self._ack_key = bus.keys.acks(self.registry_id)
+        self._waits: dict[str, _Wait] = {}
+        self._seq = 0
+        self._started = time.time()
+        self._refreshed = 0.0
+        self._stack: AsyncExitStack | None = None
+
+    async def __aenter__(self) -> Publisher:
+        async with AsyncExitStack() as stack:
+            group = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(group.cancel_scope.cancel)
+            await self.refresh_directory()
+            for plugin in self.policies:
+                # Events published before a plugin's first worker starts wait for it.
+                await self.bus.ensure_group(plugin)
+            await self._beat()
+            await group.start(self._read_acks)
+            group.start_soon(self._heartbeat)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+        with anyio.move_on_after(2, shield=True):
+            try:
+                await self.bus.directory.forget_registry(self.registry_id)
+            except BusUnavailable:
+                log.warning("could not remove registry %s from %s", self.registry_id, self.bus.url)
+
+    # -- the required set -----------------------------------------------------------------
+
+    async def refresh_directory(self) -> None:
+        """Re-read the plugin manifests (done every few seconds in the background)."""
+        self.manifests = await self.bus.directory.manifests()
+        self._refreshed = time.monotonic()
+
+    def required_for(self, event_type: str) -> tuple[str, ...]:
+        """Plugins whose ack an event of ``event_type`` awaits.
+
+        A plugin is required when this registry's policy says so (or, without a policy,
+        when its manifest does), and it implements the hook; a required plugin whose
+        manifest is not known yet is awaited on every hook.
+        """
+        if event_type == "custom":
+            return ()
+        required: list[str] = []
+        for plugin in sorted(set(self.policies) | set(self.manifests)):
+            policy = self.policies.get(plugin)
+            manifest = self.manifests.get(plugin)
+            wanted = policy.required if policy is not None and policy.required is not None else None
+            if wanted is None:
+                wanted = manifest.required if manifest is not None else False
+            if wanted and (manifest is None or event_type in manifest.hooks):
+                required.append(plugin)
+        return tuple(required)
+
+    def _deadline_for(self, required: Iterable[str]) -> float:
+        timeouts = [self.ack_timeout]
+        for plugin in required:
+            policy = self.policies.get(plugin)
+            if policy is not None and policy.timeout is not None:
+                timeouts.append(policy.timeout + ACK_GRACE)
+        # A configured hook timeout is that plugin's deadline; otherwise ack_timeout.
+        return max(timeouts[1:]) if len(timeouts) > 1 else timeouts[0]
+
+    # -- publishing -----------------------------------------------------------------------
+
+    def envelope(
+        self,
+        payload: Payload,
+        *,
+        app: str = "",
+        required: tuple[str, ...] = (),
+        deadline: float = 0.0,
+        replay: bool = False,
+        replaces: str | None = None,
+        trace: str | None = None,
+    ) -> Envelope:
+        """A new envelope from this registry with the next sequence number."""
+        event_type = payload_type(payload)
+        self._seq += 1
+        now = time.time()
+        return Envelope(
+            id=new_event_id(now),
+            type=event_type,
+            version=SCHEMA_VERSIONS[event_type],
+            registry=self.registry_id,
+            app=app,
+            time=now,
+            seq=self._seq,
+            required=required,
+            deadline=deadline,
+            payload=payload,
+            replay=replay,
+            replaces=replaces,
+            trace=trace,
+        )
+
+    async def publish(self, payload: Payload, *, app: str = "") -> tuple[Envelope, str]:
+        """Publish without waiting for anyone; returns the envelope and its entry id."""
+        envelope = self.envelope(payload, app=app)
+        return envelope, await self.bus.publish(envelope)
+
+    async def emit(
+        self,
+        payload: Payload,
+        *,
+        app: str = "",
+        timeout: float | None = None,
+        required: Iterable[str] | None = None,
+        trace: str | None = None,
+    ) -> WaitResult:
+        """Publish one event and wait until every required plugin answered or time ran out.
+
+        Plugins that did not answer in time are diagnosed with XPENDING: the consumer
+        holding the event is named, and a ``timeout`` or ``no_consumer`` failure is
+        recorded against it. Raises ``BusUnavailable`` when Redis cannot be reached.
+        """
+        event_type = payload_type(payload)
+        needed = tuple(required) if required is not None else self.required_for(event_type)
+        started = time.monotonic()
+        limit = timeout if timeout is not None else self._deadline_for(needed)
+        envelope = self.envelope(
+            payload, app=app, required=needed, deadline=time.time() + limit, trace=trace
+        )
+        wait = _Wait(frozenset(needed))
+        self._waits[envelope.id] = wait
+        try:
+            entry_id = await self.bus.publish(envelope)
+            if needed:
+                with anyio.move_on_after(limit - (time.monotonic() - started)):
+                    await wait.done.wait()
+            outcomes = dict(wait.outcomes)
+        finally:
+            del self._waits[envelope.id]
+        missing = [plugin for plugin in needed if plugin not in outcomes]
+        if missing:
+            outcomes.update(await self._diagnose(envelope, entry_id, missing))
+        return WaitResult(
+            event_id=envelope.id,
+            entry_id=entry_id,
+            type=event_type,
+            app=app,
+            required=needed,
+            outcomes={plugin: outcomes[plugin] for plugin in needed},
+            elapsed=time.monotonic() - started,
+            others=dict(wait.others),
+        )
+
+    async def _diagnose(
+        self, envelope: Envelope, entry_id: str, missing: list[str]
+    ) -> dict[str, Outcome]:
+        """Who held each missing plugin's copy of the event; records one failure each."""
+        outcomes: dict[str, Outcome] = {}
+        failures: list[Failure] = []
+        redis, key = self.bus.redis, self.bus.keys.events
+        workers = await self.bus.directory.workers()
+        for plugin in missing:
+            try:
+                pending = await redis.xpending(key, plugin, start=entry_id, end=entry_id, count=1)
+            except GroupMissing:
+                pending = []
+            holder = pending[0].consumer if pending else None
+            alive = any(w.plugin == plugin and is_alive(w.seen) for w in workers)
+            kind: FailureKind = "timeout" if holder is not None or alive else "no_consumer"
+            if holder is not None:
+                error = f"no ack from consumer {holder!r} before the deadline"
+            elif alive:
+                error = "no consumer of the group had taken the event before the deadline"
+            else:
+                error = f"no live consumer of plugin {plugin!r}"
+            outcomes[plugin] = Outcome(
+                plugin=plugin, status="timed_out", consumer=holder, error=error
+            )
+            failures.append(
+                Failure(
+                    event_id=envelope.id,
+                    type=envelope.type,
+                    app=envelope.app,
+                    plugin=plugin,
+                    consumer=holder,
+                    kind=kind,
+                    error=error,
+                    attempt=pending[0].deliveries if pending else 0,
+                    time=time.time(),
+                    registry=self.registry_id,
+                )
+            )
+        await self.bus.failures.record(failures)
+        return outcomes
+
+    # -- background -----------------------------------------------------------------------
+
+    async def _read_acks(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Resolve waits from this registry's ack stream: one reader, no polling."""
+        redis = self.bus.redis
+        newest = await redis.xrevrange(self._ack_key, "+", "-", count=1)
+        last_id = newest[0][0] if newest else "0-0"
+        task_status.started()
+        delay = 0.05
+        while True:
+            try:
+                entries = await redis.xread(
+                    self._ack_key, last_id, count=READ_BATCH, block_ms=READ_BLOCK_MS
+                )
+                delay = 0.05
+            except BusUnavailable as exc:
+                log.warning("ack reader of registry %s: %s", self.registry_id, exc)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            for entry_id, fields in entries:
+                last_id = entry_id
+                self._route(fields)
+
+    def _route(self, fields: dict[bytes, bytes]) -> None:
+        try:
+            ack = decode_ack(fields[ACK_FIELD])
+        except (KeyError, msgspec.DecodeError, msgspec.ValidationError):
+            log.warning("registry %s skipped an undecodable ack", self.registry_id)
+            return
+        wait = self._waits.get(ack.event_id)
+        if wait is None:
+            self.late_acks += 1
+            return
+        wait.add(Outcome.from_ack(ack))
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await anyio.sleep(HEARTBEAT_INTERVAL)
+            try:
+                await self._beat()
+                if time.monotonic() - self._refreshed >= DIRECTORY_REFRESH:
+                    await self.refresh_directory()
+            except BusUnavailable as exc:
+                log.warning("heartbeat of registry %s: %s", self.registry_id, exc)
+
+    async def _beat(self) -> None:
+        info = RegistryInfo(
+            id=self.registry_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started=self._started,
+            seen=time.time(),
+            apps=tuple(sorted(self.apps)),
+        )
+        await self.bus.directory.beat_registry(info)
+
+    def stats(self) -> dict[str, Any]:
+        return {"registry": self.registry_id, "waiting": len(self._waits), "seq": self._seq}

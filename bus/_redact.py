@@ -1,0 +1,52 @@
+"""Redaction: no password or secret ever goes on the bus or into a log line."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+MASK: Final = "***"
+
+# scheme://user:password@host -> the password; the user name stays (it is not a secret).
+# Greedy up to the last "@" before the path, so a password holding "@" is masked whole.
+_URL_PASSWORD: Final = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)[^\s/]+(?=@)")
+# ?password=... or &token=... inside a URL's query string.
+_QUERY_SECRET: Final = re.compile(
+    r"(?P<head>[?&](?:password|passwd|pwd|secret|token|access_token|api_key|apikey)=)[^&\s]*",
+    re.IGNORECASE,
+)
+_SECRET_KEY: Final = re.compile(
+    r"pass(word|wd)?|pwd|secret|token|credential|auth|private|"
+    r"(^|[_\-.])key$|apikey|api_key|access_key|dsn_password",
+    re.IGNORECASE,
+)
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with the password and any secret query parameter masked."""
+    masked = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, url)
+    return _QUERY_SECRET.sub(lambda m: m.group("head") + MASK, masked)
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a mapping key names something that must not leave the process."""
+    return bool(_SECRET_KEY.search(key))
+
+
+def redact(value: Any) -> Any:
+    """Return a copy of ``value`` with secret-looking keys and URL passwords masked.
+
+    Walks mappings, lists and tuples; other objects are returned as they are (the
+    encoder rejects what it cannot encode, which is the caller's bug to see).
+    """
+    if isinstance(value, str):
+        return mask_url(value) if "://" in value or "=" in value else value
+    if isinstance(value, Mapping):
+        return {
+            key: (MASK if isinstance(key, str) and is_secret_key(key) and item else redact(item))
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(item) for item in value]
+    return value

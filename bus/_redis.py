@@ -1,0 +1,458 @@
+"""The only module that talks to ``redis.asyncio`` (and to fakeredis for ``memory://``).
+
+It turns redis-py's untyped replies into typed values, maps connection failures to
+``BusUnavailable`` and NOGROUP to ``GroupMissing``, and gives the embedded bus real
+blocking reads: fakeredis answers ``XREADGROUP ... BLOCK`` at once on an empty stream,
+so on ``memory://`` a reader waits on an in-process notification instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import anyio
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+
+from ._errors import BusUnavailable, BusUrlError, GroupMissing
+from ._redact import mask_url
+
+SCHEMES: Final = ("memory", "redis", "rediss", "unix")
+
+Fields = Mapping[bytes, bytes]
+Entry = tuple[str, dict[bytes, bytes]]
+"""A stream entry: its id and its fields (empty when the entry was deleted)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEntry:
+    """One row of XPENDING: who holds an entry, for how long, delivered how often."""
+
+    entry_id: str
+    consumer: str
+    idle_ms: int
+    deliveries: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """One row of XINFO GROUPS."""
+
+    name: str
+    consumers: int
+    pending: int
+    last_delivered: str
+    lag: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerInfo:
+    """One row of XINFO CONSUMERS; ``inactive_ms`` exists from Redis 7.2 on."""
+
+    name: str
+    pending: int
+    idle_ms: int
+    inactive_ms: int | None
+
+
+class _Notifier:
+    """Wakes the embedded bus's readers of a key when something is appended to it."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[anyio.Event]] = {}
+
+    def notify(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            for event in self._waiters.pop(key, ()):
+                event.set()
+
+    def register(self, key: str) -> anyio.Event:
+        event = anyio.Event()
+        self._waiters.setdefault(key, set()).add(event)
+        return event
+
+    def discard(self, key: str, event: anyio.Event) -> None:
+        waiting = self._waiters.get(key)
+        if waiting is not None:
+            waiting.discard(event)
+
+
+@dataclass
+class _MemoryServer:
+    server: Any
+    notifier: _Notifier = field(default_factory=_Notifier)
+
+
+_memory_servers: dict[str, _MemoryServer] = {}
+
+
+def _memory_server(name: str) -> _MemoryServer:
+    import fakeredis  # the embedded bus only; a worker on a real Redis never imports it
+
+    if name not in _memory_servers:
+        _memory_servers[name] = _MemoryServer(fakeredis.FakeServer())
+    return _memory_servers[name]
+
+
+def forget_memory_server(name: str) -> None:
+    """Drop an embedded server and all its data (``memory://name``)."""
+    _memory_servers.pop(name, None)
+
+
+def check_url(url: str) -> str:
+    """Return the scheme of a supported bus URL or raise ``BusUrlError``."""
+    scheme = urlsplit(url).scheme
+    if scheme not in SCHEMES:
+        raise BusUrlError(url, f"scheme must be one of {', '.join(s + '://' for s in SCHEMES)}")
+    if scheme in ("redis", "rediss") and not urlsplit(url).hostname:
+        raise BusUrlError(url, "no host")
+    if scheme == "unix" and not urlsplit(url).path:
+        raise BusUrlError(url, "no socket path")
+    return scheme
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _entries(raw: Sequence[Any] | None) -> list[Entry]:
+    return [(_text(entry_id), dict(fields or {})) for entry_id, fields in raw or ()]
+
+
+class Redis:
+    """A typed face of one Redis server (or of the embedded fakeredis server)."""
+
+    def __init__(self, url: str, client: Any, memory: _MemoryServer | None) -> None:
+        self.url = mask_url(url)
+        self._client = client
+        self._memory = memory
+
+    @classmethod
+    def connect(cls, url: str) -> Redis:
+        """Build a client for ``url``; no I/O happens until the first command."""
+        scheme = check_url(url)
+        if scheme == "memory":
+            import fakeredis
+
+            memory = _memory_server(urlsplit(url).netloc + urlsplit(url).path)
+            fake: Any = fakeredis.FakeAsyncRedis(server=memory.server)
+            return cls(url, fake, memory)
+        try:
+            # RESP2 keeps reply shapes stable across redis-py versions; no socket
+            # timeout, so a BLOCK read is never cut short (redis-py #3138).
+            client = aioredis.Redis.from_url(
+                url, protocol=2, socket_timeout=None, socket_connect_timeout=5.0
+            )
+        except ValueError as exc:
+            raise BusUrlError(url, str(exc)) from None
+        return cls(url, client, None)
+
+    @property
+    def embedded(self) -> bool:
+        return self._memory is not None
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    @asynccontextmanager
+    async def _errors(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            raise BusUnavailable(self.url, str(exc) or type(exc).__name__) from None
+
+    async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        async with self._errors():
+            return await getattr(self._client, name)(*args, **kwargs)
+
+    # -- server ---------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        await self._call("ping")
+
+    async def server_version(self) -> tuple[int, ...]:
+        info = await self._call("info", "server")
+        return tuple(int(part) for part in str(info.get("redis_version", "0")).split("."))
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def xadd(self, key: str, fields: Fields, maxlen: int | None = None) -> str:
+        """XADD one entry; ``maxlen`` trims approximately (``MAXLEN ~``)."""
+        entry_id = await self._call("xadd", key, dict(fields), maxlen=maxlen, approximate=True)
+        self._notify((key,))
+        return _text(entry_id)
+
+    def batch(self, *, atomic: bool = True) -> Batch:
+        """A pipeline; ``atomic`` wraps it in MULTI/EXEC (all keys share one slot)."""
+        return Batch(self, self._client.pipeline(transaction=atomic))
+
+    def wake(self, key: str) -> None:
+        """Wake the embedded bus's blocked readers of ``key`` (a real BLOCK just times out)."""
+        self._notify((key,))
+
+    def _notify(self, keys: Sequence[str]) -> None:
+        if self._memory is not None:
+            self._memory.notifier.notify(keys)
+
+    async def delete(self, *keys: str) -> int:
+        return int(await self._call("delete", *keys)) if keys else 0
+
+    async def scan_keys(self, pattern: str) -> list[str]:
+        async with self._errors():
+            return [_text(key) async for key in self._client.scan_iter(match=pattern, count=500)]
+
+    # -- hashes ---------------------------------------------------------------------------
+
+    async def hset(self, key: str, name: str, value: bytes) -> None:
+        await self._call("hset", key, name, value)
+
+    async def hget(self, key: str, name: str) -> bytes | None:
+        value: bytes | None = await self._call("hget", key, name)
+        return value
+
+    async def hgetall(self, key: str) -> dict[str, bytes]:
+        raw = await self._call("hgetall", key)
+        return {_text(name): value for name, value in raw.items()}
+
+    async def hdel(self, key: str, *names: str) -> int:
+        return int(await self._call("hdel", key, *names)) if names else 0
+
+    async def hsetnx(self, key: str, name: str, value: bytes) -> bool:
+        return bool(await self._call("hsetnx", key, name, value))
+
+    # -- streams: groups ------------------------------------------------------------------
+
+    async def ensure_group(self, key: str, group: str, start: str = "0") -> bool:
+        """XGROUP CREATE ... MKSTREAM; False when the group already exists (BUSYGROUP)."""
+        try:
+            await self._call("xgroup_create", key, group, id=start, mkstream=True)
+        except redis_errors.ResponseError as exc:
+            if "BUSYGROUP" in str(exc):
+                return False
+            raise
+        return True
+
+    async def xreadgroup(
+        self,
+        key: str,
+        group: str,
+        consumer: str,
+        *,
+        count: int,
+        block_ms: int | None,
+        start: str = ">",
+    ) -> list[Entry]:
+        """XREADGROUP; ``start=">"`` for new entries, ``"0"`` for this consumer's pending."""
+        while True:
+            waiter = self._wait_for(key) if block_ms and start == ">" else None
+            try:
+                raw = await self._group_call(
+                    key,
+                    group,
+                    "xreadgroup",
+                    group,
+                    consumer,
+                    {key: start},
+                    count=count,
+                    block=None if self._memory is not None or start != ">" else block_ms,
+                )
+                entries = _entries(raw[0][1]) if raw else []
+                if entries or waiter is None:
+                    return entries
+                if not await self._sleep_on(waiter, block_ms or 0):
+                    return []
+            finally:
+                if waiter is not None:
+                    self._memory_notifier().discard(key, waiter)
+
+    async def xread(
+        self, key: str, last_id: str, *, count: int, block_ms: int | None
+    ) -> list[Entry]:
+        """XREAD after ``last_id``; blocks up to ``block_ms`` when nothing is there."""
+        while True:
+            waiter = self._wait_for(key) if block_ms else None
+            try:
+                block = None if self._memory is not None else block_ms
+                raw = await self._call("xread", {key: last_id}, count=count, block=block)
+                entries = _entries(raw[0][1]) if raw else []
+                if entries or waiter is None:
+                    return entries
+                if not await self._sleep_on(waiter, block_ms or 0):
+                    return []
+            finally:
+                if waiter is not None:
+                    self._memory_notifier().discard(key, waiter)
+
+    def _memory_notifier(self) -> _Notifier:
+        assert self._memory is not None
+        return self._memory.notifier
+
+    def _wait_for(self, key: str) -> anyio.Event | None:
+        # Registered before the read, so an XADD between read and wait still wakes us.
+        return self._memory.notifier.register(key) if self._memory is not None else None
+
+    @staticmethod
+    async def _sleep_on(event: anyio.Event, block_ms: int) -> bool:
+        """Wait for a notification; False when the block time ran out first."""
+        with anyio.move_on_after(block_ms / 1000):
+            await event.wait()
+            return True
+        return False
+
+    async def _group_call(self, key: str, group: str, name: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await self._call(name, *args, **kwargs)
+        except redis_errors.ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                raise GroupMissing(key, group) from None
+            raise
+
+    async def xack(self, key: str, group: str, entry_ids: Sequence[str]) -> int:
+        return int(await self._call("xack", key, group, *entry_ids)) if entry_ids else 0
+
+    async def xpending(
+        self,
+        key: str,
+        group: str,
+        *,
+        start: str = "-",
+        end: str = "+",
+        count: int = 100,
+        consumer: str | None = None,
+        min_idle_ms: int | None = None,
+    ) -> list[PendingEntry]:
+        """XPENDING's extended form: who holds which entries."""
+        raw = await self._group_call(
+            key,
+            group,
+            "xpending_range",
+            key,
+            group,
+            min=start,
+            max=end,
+            count=count,
+            consumername=consumer,
+            idle=min_idle_ms,
+        )
+        return [
+            PendingEntry(
+                entry_id=_text(row["message_id"]),
+                consumer=_text(row["consumer"]),
+                idle_ms=int(row["time_since_delivered"]),
+                deliveries=int(row["times_delivered"]),
+            )
+            for row in raw
+        ]
+
+    async def xclaim_ids(
+        self, key: str, group: str, consumer: str, entry_ids: Sequence[str], min_idle_ms: int
+    ) -> list[str]:
+        """XCLAIM ... JUSTID: take entries idle past ``min_idle_ms``; 0 renews one's own lease."""
+        if not entry_ids:
+            return []
+        raw = await self._group_call(
+            key, group, "xclaim", key, group, consumer, min_idle_ms, list(entry_ids), justid=True
+        )
+        return [_text(entry_id) for entry_id in raw]
+
+    async def xautoclaim(
+        self, key: str, group: str, consumer: str, *, min_idle_ms: int, start: str, count: int
+    ) -> tuple[str, list[Entry], list[str]]:
+        """XAUTOCLAIM: (next cursor, claimed entries, ids deleted from the stream)."""
+        raw = await self._group_call(
+            key, group, "xautoclaim", key, group, consumer, min_idle_ms, start, count=count
+        )
+        deleted = [_text(entry_id) for entry_id in raw[2]] if len(raw) > 2 else []
+        return _text(raw[0]), _entries(raw[1]), deleted
+
+    async def xinfo_groups(self, key: str) -> list[GroupInfo]:
+        try:
+            raw = await self._call("xinfo_groups", key)
+        except redis_errors.ResponseError as exc:
+            if "no such key" in str(exc).lower():
+                return []
+            raise
+        return [
+            GroupInfo(
+                name=_text(row["name"]),
+                consumers=int(row["consumers"]),
+                pending=int(row["pending"]),
+                last_delivered=_text(row["last-delivered-id"]),
+                lag=None if row.get("lag") is None else int(row["lag"]),
+            )
+            for row in raw
+        ]
+
+    async def xinfo_consumers(self, key: str, group: str) -> list[ConsumerInfo]:
+        raw = await self._group_call(key, group, "xinfo_consumers", key, group)
+        return [
+            ConsumerInfo(
+                name=_text(row["name"]),
+                pending=int(row["pending"]),
+                idle_ms=int(row["idle"]),
+                inactive_ms=None if row.get("inactive") is None else int(row["inactive"]),
+            )
+            for row in raw
+        ]
+
+    async def delete_consumer(self, key: str, group: str, consumer: str) -> int:
+        """XGROUP DELCONSUMER; its pending entries become unclaimable, so drain first."""
+        return int(await self._group_call(key, group, "xgroup_delconsumer", key, group, consumer))
+
+    async def xrange(self, key: str, start: str, end: str, count: int) -> list[Entry]:
+        return _entries(await self._call("xrange", key, min=start, max=end, count=count))
+
+    async def xrevrange(self, key: str, end: str, start: str, count: int) -> list[Entry]:
+        return _entries(await self._call("xrevrange", key, max=end, min=start, count=count))
+
+    async def xlen(self, key: str) -> int:
+        return int(await self._call("xlen", key))
+
+    async def hincrby(self, key: str, name: str, amount: int = 1) -> int:
+        return int(await self._call("hincrby", key, name, amount))
+
+
+class Batch:
+    """A typed pipeline of writes, sent in one round trip (MULTI/EXEC when atomic)."""
+
+    def __init__(self, redis: Redis, pipeline: Any) -> None:
+        self._redis = redis
+        self._pipeline = pipeline
+        self._streams: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._pipeline)
+
+    def xadd(self, key: str, fields: Fields, maxlen: int | None = None) -> Batch:
+        self._pipeline.xadd(key, dict(fields), maxlen=maxlen, approximate=True)
+        self._streams.add(key)
+        return self
+
+    def xack(self, key: str, group: str, entry_ids: Sequence[str]) -> Batch:
+        if entry_ids:
+            self._pipeline.xack(key, group, *entry_ids)
+        return self
+
+    def pexpire(self, key: str, millis: int) -> Batch:
+        self._pipeline.pexpire(key, millis)
+        return self
+
+    def hset(self, key: str, name: str, value: bytes) -> Batch:
+        self._pipeline.hset(key, name, value)
+        return self
+
+    def hincrby(self, key: str, name: str, amount: int = 1) -> Batch:
+        self._pipeline.hincrby(key, name, amount)
+        return self
+
+    async def execute(self) -> list[Any]:
+        if not len(self._pipeline):
+            return []
+        async with self._redis._errors():
+            replies: list[Any] = await self._pipeline.execute()
+        self._redis._notify(sorted(self._streams))
+        return replies

@@ -1,0 +1,126 @@
+"""A snapshot of one namespace: registries, plugins, their consumers, failures."""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+
+from ._bus import Bus
+from ._contract import Failure, RegistryInfo
+from ._directory import is_alive
+from ._errors import GroupMissing
+from ._failures import FailureCount
+
+
+class ConsumerStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """One consumer of a plugin's group, joined from XINFO CONSUMERS and its heartbeat."""
+
+    name: str
+    alive: bool
+    pending: int
+    idle_ms: int | None = None
+    host: str | None = None
+    pid: int | None = None
+    handled: int = 0
+    failed: int = 0
+    in_flight: int = 0
+    failures: int = 0
+
+
+class PluginStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """One plugin: its manifest, its group's lag and pending count, its consumers."""
+
+    name: str
+    version: str | None = None
+    hooks: tuple[str, ...] = ()
+    required: bool = False
+    group: bool = False
+    """Whether its consumer group exists on the event stream."""
+    pending: int = 0
+    lag: int | None = None
+    consumers: tuple[ConsumerStatus, ...] = ()
+
+
+class RegistryStatus(msgspec.Struct, frozen=True, kw_only=True):
+    info: RegistryInfo
+    alive: bool
+
+
+class StatusReport(msgspec.Struct, frozen=True, kw_only=True):
+    url: str
+    namespace: str
+    time: float
+    events: int
+    dead_letters: int
+    registries: tuple[RegistryStatus, ...]
+    plugins: tuple[PluginStatus, ...]
+    failure_counts: tuple[FailureCount, ...]
+    recent_failures: tuple[Failure, ...]
+
+
+async def collect_status(bus: Bus, *, recent: int = 20) -> StatusReport:
+    """Read everything ``rapid-objection status`` shows, in a handful of round trips."""
+    redis, keys = bus.redis, bus.keys
+    now = time.time()
+    manifests = await bus.directory.manifests()
+    workers = await bus.directory.workers()
+    groups = {group.name: group for group in await redis.xinfo_groups(keys.events)}
+    counts = await bus.failures.counts()
+    per_consumer: dict[tuple[str, str | None], int] = {}
+    for count in counts:
+        slot = (count.plugin, count.consumer)
+        per_consumer[slot] = per_consumer.get(slot, 0) + count.count
+    plugins: list[PluginStatus] = []
+    for name in sorted(set(manifests) | set(groups) | {w.plugin for w in workers}):
+        manifest, group = manifests.get(name), groups.get(name)
+        beats = {w.consumer: w for w in workers if w.plugin == name}
+        try:
+            infos = await redis.xinfo_consumers(keys.events, name) if group else []
+        except GroupMissing:
+            infos = []
+        consumers = []
+        for consumer in sorted({info.name for info in infos} | set(beats)):
+            info = next((i for i in infos if i.name == consumer), None)
+            beat = beats.get(consumer)
+            consumers.append(
+                ConsumerStatus(
+                    name=consumer,
+                    alive=beat is not None and is_alive(beat.seen, now),
+                    pending=info.pending if info else 0,
+                    idle_ms=info.idle_ms if info else None,
+                    host=beat.host if beat else None,
+                    pid=beat.pid if beat else None,
+                    handled=beat.handled if beat else 0,
+                    failed=beat.failed if beat else 0,
+                    in_flight=beat.in_flight if beat else 0,
+                    failures=per_consumer.get((name, consumer), 0),
+                )
+            )
+        plugins.append(
+            PluginStatus(
+                name=name,
+                version=manifest.version if manifest else None,
+                hooks=manifest.hooks if manifest else (),
+                required=manifest.required if manifest else False,
+                group=group is not None,
+                pending=group.pending if group else 0,
+                lag=group.lag if group else None,
+                consumers=tuple(consumers),
+            )
+        )
+    registries = tuple(
+        RegistryStatus(info=info, alive=is_alive(info.seen, now))
+        for info in await bus.directory.registries()
+    )
+    return StatusReport(
+        url=bus.url,
+        namespace=bus.namespace,
+        time=now,
+        events=await redis.xlen(keys.events),
+        dead_letters=await redis.xlen(keys.dlq),
+        registries=registries,
+        plugins=tuple(plugins),
+        failure_counts=tuple(counts),
+        recent_failures=tuple(await bus.failures.recent(recent)),
+    )

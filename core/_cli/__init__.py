@@ -1,0 +1,38 @@
+"""The ``rapid-objection`` command line."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from . import _status, _worker
+from ._args import Parser, UsageError, fail
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="rapid-objection", description=__doc__)
+    commands = parser.add_subparsers(title="commands", required=True, parser_class=Parser)
+    _worker.add_parser(commands)
+    _status.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every expected failure is one line on stderr and a non-zero exit."""
+    from bus import BusError
+    from plugin_workers import PluginLoadError
+
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except UsageError as exc:
+        fail(str(exc), 2)
+    except (BusError, PluginLoadError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""``rapid-objection worker module:Class``: run one consumer of a plugin's group."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ._args import DEFAULT_SERVER_URL, Parser, UsageError, add_bus_options
+
+
+def add_parser(commands: Any) -> None:
+    parser: Parser = commands.add_parser(
+        "worker", help="run a plugin worker (one consumer of the plugin's group)"
+    )
+    parser.add_argument("plugin", help="module:Class or an entry-point name")
+    parser.add_argument("--config", type=Path, help="TOML file with the plugin's configuration")
+    add_bus_options(parser, None)
+    parser.add_argument("--consumer", help="a stable consumer name (default: host-pid-random)")
+    parser.add_argument("--concurrency", type=int, default=1, help="hooks run at once (apps)")
+    parser.add_argument("--timeout", type=float, help="hook timeout in seconds")
+    parser.add_argument("--required", action="store_true", help="announce the plugin required")
+    parser.set_defaults(run=run)
+
+
+def read_config(path: Path, target: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(plugin table, bus table) from a worker's TOML file.
+
+    A registry file (with ``[plugins.<name>]`` tables) is accepted: the table whose
+    ``module`` is ``target`` (or the only one) is used. Any other file is the plugin's
+    configuration itself.
+    """
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    bus = data.get("bus", {})
+    plugins = data.get("plugins")
+    if not isinstance(plugins, dict):
+        return {"config": data}, {}
+    tables = [table for table in plugins.values() if isinstance(table, dict)]
+    chosen = [table for table in tables if table.get("module") == target] or (
+        tables if len(tables) == 1 else []
+    )
+    if not chosen:
+        raise UsageError(f"config file {path} has no [plugins.*] table with module = {target!r}")
+    return chosen[0], bus if isinstance(bus, dict) else {}
+
+
+def run(args: argparse.Namespace) -> int:
+    from bus import Bus
+    from plugin_workers import Worker, build_plugin, load_plugin_class
+
+    table, bus_table = read_config(args.config, args.plugin) if args.config else ({}, {})
+    url = args.bus_url or bus_table.get("url") or DEFAULT_SERVER_URL
+    if url.startswith("memory:"):
+        raise UsageError(
+            "a worker process cannot join memory:// (the embedded bus lives inside one "
+            "registry process); give --bus-url redis://..."
+        )
+    if args.concurrency < 1:
+        raise UsageError(f"--concurrency must be at least 1, not {args.concurrency}")
+    namespace = args.namespace or bus_table.get("namespace") or "default"
+    config = dict(table.get("config", {}))
+    plugin = build_plugin(load_plugin_class(args.plugin), config)
+    timeout = args.timeout or float(table.get("timeout", 5.0))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    async def main() -> None:
+        async with Bus.connect(url, namespace) as bus:
+            worker = Worker(
+                plugin,
+                bus,
+                consumer=args.consumer,
+                concurrency=args.concurrency,
+                config=config,
+                timeout=timeout,
+                required=args.required or bool(table.get("required", False)),
+                max_deliveries=int(table.get("max_deliveries", 5)),
+            )
+            async with anyio.create_task_group() as group:
+                group.start_soon(_stop_on_signal, worker, group.cancel_scope)
+                await worker.run()
+                group.cancel_scope.cancel()
+
+    anyio.run(main)
+    return 0
+
+
+async def _stop_on_signal(worker: Any, scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            logging.getLogger("rapid_objection.worker").info(
+                "stopping %s: draining in-flight hooks", worker.consumer_name
+            )
+            worker.stop()
+            return

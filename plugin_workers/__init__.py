@@ -1,0 +1,25 @@
+"""The plugin SDK and worker runtime of rapid-objection.
+
+Importing it never imports ``core`` or SQLAlchemy, so that a worker process stays light.
+"""
+
+from ._dispatch import Dispatcher, hook_arguments
+from ._interface import PluginInterface, RemoteError, implemented_hooks
+from ._loader import ENTRY_POINT_GROUP, PluginLoadError, build_plugin, load_plugin_class
+from ._view import RegistryView
+from ._worker import Worker, default_consumer_name
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Dispatcher",
+    "PluginInterface",
+    "PluginLoadError",
+    "RegistryView",
+    "RemoteError",
+    "Worker",
+    "build_plugin",
+    "default_consumer_name",
+    "hook_arguments",
+    "implemented_hooks",
+    "load_plugin_class",
+]

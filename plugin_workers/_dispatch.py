@@ -1,0 +1,164 @@
+"""Hook dispatch: turn one delivered envelope into a call of the plugin's hook and an Ack."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import msgspec
+from msgspec.structs import replace
+
+from bus import (
+    HOOK_METHODS,
+    Ack,
+    AppRegistered,
+    AppRegistrationStarted,
+    AppRollbackCompleted,
+    AppRollbackStarted,
+    AppUnregistered,
+    AppUnregistrationStarted,
+    AutoOperationsCompleted,
+    AutoOperationsStarted,
+    ConnectionCreated,
+    ConnectionShutdown,
+    Custom,
+    Delivery,
+    Envelope,
+    HealthCheck,
+    OperationFailed,
+    mask_url,
+    redact,
+)
+
+from ._interface import RemoteError, implemented_hooks
+
+CustomHandlers = Callable[[str], list[Callable[..., Any]]]
+
+
+def hook_arguments(envelope: Envelope) -> tuple[Any, ...]:  # noqa: PLR0911 - one per event type
+    """The positional arguments of the hook for ``envelope``, after ``self``."""
+    app, payload = envelope.app, envelope.payload
+    match payload:
+        case AppRegistrationStarted(config=config):
+            return (app, config)
+        case ConnectionCreated(connection=connection):
+            return (app, connection)
+        case AutoOperationsStarted(connection=connection, config=config):
+            return (app, connection, config)
+        case AutoOperationsCompleted() | AppRollbackCompleted():
+            return (app, payload)
+        case AppRegistered(connection=connection, config=config):
+            return (app, connection, config)
+        case AppUnregistrationStarted(options=options) | AppUnregistered(options=options):
+            return (app, options)
+        case AppRollbackStarted(connection=connection, options=options):
+            return (app, connection, options)
+        case ConnectionShutdown(connection=connection):
+            options = {
+                "shared": payload.shared,
+                "last_reference": payload.last_reference,
+                "registry_shutdown": payload.registry_shutdown,
+            }
+            return (app, connection, options)
+        case OperationFailed(operation=operation, context=context):
+            error = RemoteError(payload.error_type, payload.error_message)
+            return (app, operation, error, context)
+        case HealthCheck(health=health):
+            return (app, health)
+        case Custom(data=data):
+            return (data,)
+    raise TypeError(f"no hook for payload {type(payload).__name__}")
+
+
+def wire_safe(value: Any) -> Any:
+    """A hook's return value as something MessagePack can carry, secrets masked."""
+    try:
+        builtins = msgspec.to_builtins(value, str_keys=True)
+    except TypeError:
+        builtins = repr(value)
+    return redact(builtins)
+
+
+async def _call(function: Callable[..., Any], arguments: tuple[Any, ...]) -> Any:
+    result = function(*arguments)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+class Dispatcher:
+    """Calls one plugin's hooks under its hook timeout; never raises."""
+
+    def __init__(
+        self,
+        plugin: object,
+        plugin_name: str,
+        consumer: str,
+        *,
+        timeout: float,
+        custom_handlers: CustomHandlers | None = None,
+    ) -> None:
+        self.plugin = plugin
+        self.plugin_name = plugin_name
+        self.consumer = consumer
+        self.timeout = timeout
+        self.hooks = frozenset(implemented_hooks(plugin))
+        self._custom_handlers = custom_handlers or (lambda name: [])
+
+    def _targets(self, envelope: Envelope) -> list[Callable[..., Any]]:
+        if isinstance(envelope.payload, Custom):
+            return self._custom_handlers(envelope.payload.name)
+        if envelope.type not in self.hooks:
+            return []
+        return [getattr(self.plugin, HOOK_METHODS[envelope.type])]
+
+    async def __call__(self, delivery: Delivery) -> Ack:
+        envelope = delivery.envelope
+        targets = self._targets(envelope)
+        skipped = Ack(
+            event_id=envelope.id,
+            plugin=self.plugin_name,
+            consumer=self.consumer,
+            status="skipped",
+            attempt=delivery.attempt,
+            replay=envelope.replay,
+        )
+        if not targets:
+            return skipped
+        arguments = hook_arguments(envelope)
+        started = time.perf_counter()
+        try:
+            with anyio.fail_after(self.timeout):
+                results = [await _call(target, arguments) for target in targets]
+        except TimeoutError:
+            return replace(
+                skipped,
+                status="error",
+                error=f"hook {self._hook_name(envelope)} timed out after {self.timeout:g}s",
+                error_type="HookTimeout",
+                duration=time.perf_counter() - started,
+            )
+        except Exception as exc:
+            return replace(
+                skipped,
+                status="error",
+                error=mask_url(str(exc)),
+                error_type=type(exc).__name__,
+                duration=time.perf_counter() - started,
+            )
+        result = results[0] if len(results) == 1 else results
+        return replace(
+            skipped,
+            status="ok",
+            result=wire_safe(result),
+            duration=time.perf_counter() - started,
+        )
+
+    @staticmethod
+    def _hook_name(envelope: Envelope) -> str:
+        if isinstance(envelope.payload, Custom):
+            return f"on({envelope.payload.name!r})"
+        return HOOK_METHODS[envelope.type]

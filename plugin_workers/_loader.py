@@ -1,0 +1,55 @@
+"""Finding a plugin class by ``module:Class`` or by entry-point name, and building it."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from importlib.metadata import entry_points
+from typing import Any
+
+ENTRY_POINT_GROUP = "rapid_objection.plugins"
+
+
+class PluginLoadError(Exception):
+    """A plugin that cannot be imported or built; the message is the seed's text."""
+
+    def __init__(self, target: str, message: str) -> None:
+        super().__init__(message)
+        self.target = target
+
+
+def load_plugin_class(target: str) -> type[Any]:
+    """Resolve ``package.module:Class`` or an entry-point name of ``rapid_objection.plugins``."""
+    if ":" not in target:
+        found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == target]
+        if not found:
+            raise PluginLoadError(
+                target,
+                f"Failed to import plugin module '{target}': not 'module:Class' and no entry "
+                f"point of that name in group '{ENTRY_POINT_GROUP}'",
+            )
+        target = found[0].value
+    module_name, _, attribute = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise PluginLoadError(
+            target, f"Failed to import plugin module '{module_name}': {exc}"
+        ) from exc
+    plugin_class = getattr(module, attribute, None)
+    if not inspect.isclass(plugin_class):
+        raise PluginLoadError(
+            target,
+            f"Failed to import plugin module '{module_name}': it has no class '{attribute}'",
+        )
+    return plugin_class
+
+
+def build_plugin(plugin_class: type[Any], config: dict[str, Any]) -> Any:
+    """Instantiate with the seed's constructor-config pattern when the class takes one."""
+    parameters = [
+        parameter
+        for parameter in inspect.signature(plugin_class).parameters.values()
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    return plugin_class(config) if parameters else plugin_class()

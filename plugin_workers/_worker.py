@@ -1,0 +1,172 @@
+"""The worker runtime: one consumer of a plugin's group, with manifest and heartbeat."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import secrets
+import socket
+import time
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from bus import (
+    DEFAULT_HOOK_TIMEOUT,
+    Bus,
+    BusUnavailable,
+    Consumer,
+    GroupMissing,
+    Manifest,
+    WorkerInfo,
+)
+
+from ._dispatch import Dispatcher
+from ._view import RegistryView
+
+log = logging.getLogger("rapid_objection.worker")
+
+HEARTBEAT_INTERVAL = 1.0
+"""Seconds between heartbeats; ``status`` calls a worker dead after five missed."""
+
+DEFAULT_MAX_DELIVERIES = 5
+
+
+def default_consumer_name() -> str:
+    """Host, pid and a random suffix: unique per process, readable in ``status``."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+def plugin_name(plugin: object) -> str:
+    name = getattr(plugin, "name", None)
+    return name if isinstance(name, str) and name else type(plugin).__name__
+
+
+class Worker:
+    """Runs one plugin instance as one consumer of its group until stopped."""
+
+    def __init__(
+        self,
+        plugin: object,
+        bus: Bus,
+        *,
+        consumer: str | None = None,
+        concurrency: int = 1,
+        config: dict[str, Any] | None = None,
+        timeout: float = DEFAULT_HOOK_TIMEOUT,
+        required: bool = False,
+        max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+        registry_id: str = "",
+    ) -> None:
+        self.plugin = plugin
+        self.bus = bus
+        self.name = plugin_name(plugin)
+        self.consumer_name = consumer or default_consumer_name()
+        self.config = dict(config or {})
+        self.required = required
+        self.max_deliveries = max_deliveries
+        self.view = RegistryView(
+            bus, plugin=self.name, consumer=self.consumer_name, registry_id=registry_id
+        )
+        self.dispatcher = Dispatcher(
+            plugin,
+            self.name,
+            self.consumer_name,
+            timeout=timeout,
+            custom_handlers=self.view.handlers,
+        )
+        self.consumer = Consumer(
+            bus, self.name, self.consumer_name, self.dispatcher, concurrency=concurrency
+        )
+        self._concurrency = concurrency
+        self._started = time.time()
+
+    @property
+    def manifest(self) -> Manifest:
+        return Manifest(
+            plugin=self.name,
+            version=str(getattr(self.plugin, "version", "0.0.0")),
+            hooks=tuple(sorted(self.dispatcher.hooks)),
+            required=self.required,
+            timeout=self.dispatcher.timeout,
+            max_deliveries=self.max_deliveries,
+            updated=time.time(),
+        )
+
+    def stop(self) -> None:
+        """Stop reading; in-flight hooks finish and are acked before ``run`` returns."""
+        self.consumer.stop()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Initialize the plugin, announce it, consume until stopped, shut the plugin down."""
+        initialize = getattr(self.plugin, "initialize", None)
+        if initialize is not None:
+            result = initialize(self.view, self.config)
+            if inspect.isawaitable(result):
+                await result
+        try:
+            await self.bus.directory.announce(self.manifest)
+            await self._beat()
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._heartbeat)
+                await group.start(self._consume, group.cancel_scope)
+                task_status.started()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._leave()
+
+    async def _consume(
+        self, scope: anyio.CancelScope, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        await self.consumer.run(task_status=task_status)
+        scope.cancel()  # the heartbeat ends with the consumer
+
+    async def _leave(self) -> None:
+        """Shut the plugin down, drop the heartbeat and, when nothing is pending, the consumer."""
+        shutdown = getattr(self.plugin, "shutdown", None)
+        if shutdown is not None:
+            try:
+                result = shutdown()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("plugin %s failed to shut down", self.name)
+        with anyio.move_on_after(2):
+            try:
+                await self.bus.directory.forget_worker(self.name, self.consumer_name)
+                pending = await self.bus.redis.xpending(
+                    self.bus.keys.events, self.name, consumer=self.consumer_name, count=1
+                )
+                if not pending:
+                    # Safe only now: a consumer deleted with pending entries strands them.
+                    await self.bus.redis.delete_consumer(
+                        self.bus.keys.events, self.name, self.consumer_name
+                    )
+            except (BusUnavailable, GroupMissing) as exc:
+                log.warning("worker %s could not leave cleanly: %s", self.consumer_name, exc)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await anyio.sleep(HEARTBEAT_INTERVAL)
+            try:
+                await self._beat()
+            except BusUnavailable as exc:
+                log.warning("heartbeat of %s: %s", self.consumer_name, exc)
+
+    async def _beat(self) -> None:
+        await self.bus.directory.beat_worker(
+            WorkerInfo(
+                plugin=self.name,
+                consumer=self.consumer_name,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                started=self._started,
+                seen=time.time(),
+                concurrency=self._concurrency,
+                in_flight=self.consumer.in_flight,
+                handled=self.consumer.handled,
+                failed=self.consumer.failed,
+            )
+        )
