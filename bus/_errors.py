@@ -1,10 +1,10 @@
 """Errors of the bus.
 
-    BusError
-    ├── BusUrlError          an unsupported or malformed bus URL
-    ├── BusUnavailable       the Redis server cannot be reached
-    ├── EnvelopeError        bytes that are not a valid envelope (poison input)
-    └── GroupMissing         a consumer group or stream that does not exist (NOGROUP)
+BusError
+├── BusUrlError          an unsupported or malformed bus URL
+├── BusUnavailable       the Redis server cannot be reached
+├── EnvelopeError        bytes that are not a valid envelope (poison input)
+└── GroupMissing         a consumer group or stream that does not exist (NOGROUP)
 """
 
 from __future__ import annotations

@@ -1,0 +1,77 @@
+"""Shared fixtures: the two bus lanes (embedded and real Redis) and per-test isolation.
+
+Outside CI a lane whose server does not answer is skipped with one line saying so;
+with ``CI=true`` it fails instead, so that CI never passes on a skipped lane.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis
+
+from bus import Bus
+from bus._redis import forget_memory_server
+from bus.testing import purge
+
+REDIS_URL = os.environ.get("RAPID_OBJECTION_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI") == "true"
+
+
+def _answers(url: str) -> str | None:
+    """None when the server answers PING, else the reason."""
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, OSError) as exc:
+        return str(exc)
+    return None
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The real Redis of the redis lane; skipped (or, in CI, failed) when it is down."""
+    reason = _answers(REDIS_URL)
+    if reason is not None:
+        message = f"real-Redis lane: {REDIS_URL} does not answer ({reason})"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return REDIS_URL
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def bus_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each bus test runs twice: on the embedded bus and on the real Redis."""
+    if request.param == "embedded":
+        name = f"t-{secrets.token_hex(6)}"
+        yield f"memory://{name}"
+        forget_memory_server(name)
+    else:
+        yield request.getfixturevalue("redis_url")
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A namespace of its own per test: the isolation on the shared real Redis."""
+    return f"t-{secrets.token_hex(6)}"
+
+
+@pytest.fixture
+async def bus(bus_url: str, namespace: str) -> AsyncIterator[Bus]:
+    async with Bus.connect(bus_url, namespace) as opened:
+        try:
+            yield opened
+        finally:
+            await purge(opened)
