@@ -1,7 +1,13 @@
 """The bus: the wire contract and the Redis Streams transport of rapid-objection."""
 
 from ._bus import Bus
-from ._constants import DEFAULT_ACK_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_NAMESPACE
+from ._constants import (
+    CLAIM_IDLE,
+    DEFAULT_ACK_TIMEOUT,
+    DEFAULT_HOOK_TIMEOUT,
+    DEFAULT_MAX_DELIVERIES,
+    DEFAULT_NAMESPACE,
+)
 from ._consumer import Consumer, Delivery, Handler
 from ._contract import (
     EVENT_TYPES,
@@ -46,12 +52,16 @@ from ._history import History, HistoryEntry, Page
 from ._keys import Keys
 from ._publisher import PluginPolicy, Publisher, default_registry_id
 from ._redact import mask_url, redact
+from ._retry import Deferred, RetryPolicy
+from ._signals import PermanentError, RetryLater
 from ._status import ConsumerStatus, PluginStatus, StatusReport, collect_status
 from ._waits import Outcome, WaitResult
 
 __all__ = [
+    "CLAIM_IDLE",
     "DEFAULT_ACK_TIMEOUT",
     "DEFAULT_HOOK_TIMEOUT",
+    "DEFAULT_MAX_DELIVERIES",
     "DEFAULT_NAMESPACE",
     "EVENT_TYPES",
     "HOOK_METHODS",
@@ -78,6 +88,7 @@ __all__ = [
     "ConsumerStatus",
     "Custom",
     "DeadLetter",
+    "Deferred",
     "Delivery",
     "Directory",
     "Envelope",
@@ -99,10 +110,13 @@ __all__ = [
     "Outcome",
     "Page",
     "Payload",
+    "PermanentError",
     "PluginPolicy",
     "PluginStatus",
     "Publisher",
     "RegistryInfo",
+    "RetryLater",
+    "RetryPolicy",
     "StatusReport",
     "WaitResult",
     "WorkerInfo",

@@ -22,6 +22,20 @@ DEFAULT_HOOK_TIMEOUT: Final = 5.0
 """Seconds a hook may run inside a worker before it is cancelled and acked as an error."""
 
 DEFAULT_MAX_DELIVERIES: Final = 5
+"""Attempts per plugin and event (local retries and re-deliveries) before dead-lettering."""
+
+CLAIM_IDLE: Final = 5.0
+"""Seconds an entry may sit unacked with one consumer before a live consumer of the same
+group takes it over (XAUTOCLAIM); live workers renew their leases well before this."""
+
+DEAD_CONSUMER_IDLE: Final = 3600.0
+"""Seconds without reads after which a consumer with nothing pending is deleted."""
+
+REGISTRY_GONE_AFTER: Final = 3600.0
+"""Seconds after its last heartbeat when a registry's ack stream is cleaned up."""
+
+ONCE_TTL_MS: Final = 7 * 24 * 3600 * 1000
+"""How long "run once per event id" remembers an event: longer than any redelivery."""
 
 HEARTBEAT_INTERVAL: Final = 1.0
 """Seconds between worker and registry heartbeats; cheap (one HSET) and keeps `status` fresh."""

@@ -13,7 +13,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import anyio
 import msgspec
@@ -25,6 +25,7 @@ from ._constants import (
     ACK_FIELD,
     ACK_STREAM_MAXLEN,
     ACK_STREAM_TTL_MS,
+    CLAIM_IDLE,
     EVENT_FIELD,
     READ_BATCH,
     READ_BLOCK_MS,
@@ -34,6 +35,7 @@ from ._contract import Ack, DeadLetter, Envelope, Failure, decode_envelope, enco
 from ._errors import BusUnavailable, GroupMissing
 from ._failures import add_failure
 from ._redact import mask_url
+from ._retry import Deferred, RetryPolicy
 
 RECONNECT_DELAY_CAP = 5.0
 """Seconds; the longest pause between attempts while Redis is away."""
@@ -46,17 +48,23 @@ class Delivery:
     entry_id: str
     envelope: Envelope
     attempt: int = 1
+    data: bytes = b""
+    """The encoded envelope as read, kept for the dead-letter record."""
 
 
-Handler = Callable[[Delivery], Awaitable[Ack]]
+Handler = Callable[[Delivery], Awaitable[Ack | Deferred]]
 
 
 @dataclass(frozen=True, slots=True)
 class _Done:
+    """A finished entry: what to write for it, and whether to XACK it."""
+
     entry_id: str
     envelope: Envelope | None
     ack: Ack | None = None
     dead_letter: DeadLetter | None = None
+    keep: bool = False
+    """Leave the entry pending (a stopping worker hands it to a live consumer)."""
 
 
 class _Lanes:
@@ -108,6 +116,8 @@ class Consumer:
         concurrency: int = 1,
         batch: int = READ_BATCH,
         block_ms: int = READ_BLOCK_MS,
+        retry: RetryPolicy | None = None,
+        claim_idle: float = CLAIM_IDLE,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency of consumer {consumer!r} must be at least 1")
@@ -120,43 +130,86 @@ class Consumer:
         self._block_ms = block_ms
         # Entries read but not yet acked; bounds memory and lets slow hooks push back.
         self._capacity = max(batch, 2 * concurrency)
-        self._tokens = anyio.Semaphore(self._capacity)
+        self._held = 0
+        self._room_freed = anyio.Event()
+        self._read_scope: anyio.CancelScope | None = None
+        self.retry = retry or RetryPolicy()
+        self.claim_idle = claim_idle
         self._stopping = False
+        self._reading: set[str] = set()
+        self._lanes: _Lanes | None = None
+        self._send: MemoryObjectSendStream[_Done] | None = None
         self.handled = 0
         self.failed = 0
         self.dead_lettered = 0
 
     @property
     def in_flight(self) -> int:
-        return self._capacity - self._tokens.value
+        return self._held
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def in_flight_ids(self) -> list[str]:
+        """Entries this consumer read and has not acked yet (their leases to renew)."""
+        return sorted(self._reading)
+
+    def room(self) -> int:
+        """How many more entries this consumer may take on right now."""
+        return 0 if self._stopping else max(0, self._capacity - self._held)
+
+    def offer(
+        self, entries: list[tuple[str, dict[bytes, bytes]]], attempts: dict[str, int]
+    ) -> None:
+        """Take over claimed entries (at most ``room()``); ``attempts`` from XPENDING."""
+        if self._lanes is None or self._send is None:
+            raise RuntimeError("Consumer.offer() called before run()")
+        for entry_id, fields in entries:
+            if entry_id in self._reading:
+                continue  # already in hand here; its lease lapsed but it is not lost
+            self._held += 1
+            self._accept(entry_id, fields, attempts.get(entry_id, 2), self._lanes, self._send)
 
     def stop(self) -> None:
         """Stop reading; what was read is still handled and acked before ``run`` returns."""
         self._stopping = True
-        self.bus.redis.wake(self.bus.keys.events)
+        self._room_freed.set()
+        if self._read_scope is not None:
+            self._read_scope.cancel()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Consume until ``stop()``; reports readiness once the group exists."""
+        from ._claims import Claimer
+
         await self.bus.ensure_group(self.plugin)
         send, receive = anyio.create_memory_object_stream[_Done](max_buffer_size=math.inf)
         async with anyio.create_task_group() as group:
             group.start_soon(self._flush_loop, receive)
             lanes = _Lanes(group, self._run_one(send), self._concurrency)
+            self._lanes, self._send = lanes, send
+            claimer = Claimer(self, idle=self.claim_idle)
+            group.start_soon(claimer.run)
             task_status.started()
             async with send:
                 await self._read_own_pending(lanes, send)
                 await self._read_loop(lanes, send)
                 await lanes.wait_idle()
+                claimer.stop()
 
     async def _read_own_pending(self, lanes: _Lanes, send: MemoryObjectSendStream[_Done]) -> None:
         """Entries this consumer name read in a previous life and never acked come first."""
         redis, key = self.bus.redis, self.bus.keys.events
+        after = "0"
         while not self._stopping:
+            # An explicit id re-reads this consumer's own pending entries after it (and
+            # counts a delivery for each): the standard recovery read, page by page.
             entries = await redis.xreadgroup(
-                key, self.plugin, self.consumer, count=self._batch, block_ms=None, start="0"
+                key, self.plugin, self.consumer, count=self._batch, block_ms=None, start=after
             )
             if not entries:
                 return
+            after = entries[-1][0]
             pending = await redis.xpending(
                 key,
                 self.plugin,
@@ -167,21 +220,29 @@ class Consumer:
             )
             attempts = {row.entry_id: row.deliveries for row in pending}
             for entry_id, fields in entries:
-                await self._tokens.acquire()
+                self._held += 1
                 self._accept(entry_id, fields, attempts.get(entry_id, 2), lanes, send)
 
     async def _read_loop(self, lanes: _Lanes, send: MemoryObjectSendStream[_Done]) -> None:
         redis, key = self.bus.redis, self.bus.keys.events
         delay = 0.05
         while not self._stopping:
-            await self._tokens.acquire()
-            wanted = 1 + min(self._batch - 1, self._tokens.value)
-            for _ in range(wanted - 1):
-                self._tokens.acquire_nowait()
+            while self._held >= self._capacity and not self._stopping:
+                # Backpressure: slow hooks stop the reading, not the memory.
+                self._room_freed = anyio.Event()
+                await self._room_freed.wait()
+            wanted = min(self._batch, self._capacity - self._held)
+            if wanted <= 0:
+                break
+            entries = []
             try:
-                entries = await redis.xreadgroup(
-                    key, self.plugin, self.consumer, count=wanted, block_ms=self._block_ms
-                )
+                # stop() cancels a blocked read at once; anything the server handed over
+                # in that instant stays pending under this name and is reclaimed.
+                with anyio.CancelScope() as self._read_scope:
+                    entries = await redis.xreadgroup(
+                        key, self.plugin, self.consumer, count=wanted, block_ms=self._block_ms
+                    )
+                self._read_scope = None
                 delay = 0.05
             except GroupMissing:
                 entries = []
@@ -189,8 +250,7 @@ class Consumer:
             except BusUnavailable:
                 entries = []
                 delay = await _pause(delay)
-            for _ in range(wanted - len(entries)):
-                self._tokens.release()
+            self._held += len(entries)
             for entry_id, fields in entries:
                 self._accept(entry_id, fields, 1, lanes, send)
 
@@ -202,6 +262,7 @@ class Consumer:
         lanes: _Lanes,
         send: MemoryObjectSendStream[_Done],
     ) -> None:
+        self._reading.add(entry_id)
         data = fields.get(EVENT_FIELD, b"")
         try:
             envelope = decode_envelope(data)
@@ -210,7 +271,16 @@ class Consumer:
             letter = self._poison(entry_id, data, reason)
             send.send_nowait(_Done(entry_id, None, dead_letter=letter))
             return
-        lanes.put(Delivery(entry_id, envelope, attempt))
+        if envelope.target is not None and envelope.target != self.plugin:
+            send.send_nowait(_Done(entry_id, envelope))  # meant for another plugin: XACK only
+            return
+        if attempt > self.retry.max_deliveries:
+            # Delivered more often than the budget without an ack: its handler keeps
+            # killing the worker. Do not call it again.
+            reason = f"delivered {attempt} times without an ack (the worker died handling it)"
+            self._give_up(send, Delivery(entry_id, envelope, attempt, data), reason, reason)
+            return
+        lanes.put(Delivery(entry_id, envelope, attempt, data))
 
     def _poison(self, entry_id: str, data: bytes, reason: str) -> DeadLetter:
         now = time.time()
@@ -231,21 +301,76 @@ class Consumer:
         self, send: MemoryObjectSendStream[_Done]
     ) -> Callable[[Delivery], Awaitable[None]]:
         async def run(delivery: Delivery) -> None:
-            try:
-                ack = await self._handler(delivery)
-            except Exception as exc:  # the handler's own guard failed; never lose the event
-                ack = Ack(
-                    event_id=delivery.envelope.id,
-                    plugin=self.plugin,
-                    consumer=self.consumer,
-                    status="error",
-                    error=mask_url(str(exc)),
-                    error_type=type(exc).__name__,
-                    attempt=delivery.attempt,
-                )
-            send.send_nowait(_Done(delivery.entry_id, delivery.envelope, ack))
+            first_error: str | None = None
+            while True:
+                answer = await self._call(delivery)
+                if isinstance(answer, Deferred):
+                    error = f"deferred: {answer.reason}"
+                    delay = answer.delay
+                elif answer.status == "error" and not answer.permanent:
+                    error = f"{answer.error_type}: {answer.error}"
+                    delay = self.retry.delay(delivery.attempt)
+                else:
+                    send.send_nowait(_Done(delivery.entry_id, delivery.envelope, answer))
+                    return
+                first_error = first_error or error
+                if self.retry.exhausted(delivery.attempt) or self._stopping:
+                    if self._stopping and not self.retry.exhausted(delivery.attempt):
+                        # Leave it pending: a live consumer reclaims it with its count.
+                        send.send_nowait(_Done(delivery.entry_id, delivery.envelope, keep=True))
+                        return
+                    self._give_up(send, delivery, first_error, error)
+                    return
+                await anyio.sleep(delay)
+                delivery = replace(delivery, attempt=delivery.attempt + 1)
 
         return run
+
+    async def _call(self, delivery: Delivery) -> Ack | Deferred:
+        try:
+            return await self._handler(delivery)
+        except Exception as exc:  # the handler's own guard failed; never lose the event
+            return Ack(
+                event_id=delivery.envelope.id,
+                plugin=self.plugin,
+                consumer=self.consumer,
+                status="error",
+                error=mask_url(str(exc)),
+                error_type=type(exc).__name__,
+                attempt=delivery.attempt,
+            )
+
+    def _give_up(
+        self, send: MemoryObjectSendStream[_Done], delivery: Delivery, first: str, last: str
+    ) -> None:
+        """Dead-letter ``delivery`` and answer its registry with an error ack."""
+        envelope, now = delivery.envelope, time.time()
+        letter = DeadLetter(
+            entry_id=delivery.entry_id,
+            event_id=envelope.id,
+            type=envelope.type,
+            app=envelope.app,
+            registry=envelope.registry,
+            plugin=self.plugin,
+            consumer=self.consumer,
+            attempts=delivery.attempt,
+            first_error=first,
+            last_error=last,
+            first_time=envelope.time,
+            last_time=now,
+            data=delivery.data,
+        )
+        ack = Ack(
+            event_id=envelope.id,
+            plugin=self.plugin,
+            consumer=self.consumer,
+            status="error",
+            error=f"dead-lettered after {delivery.attempt} attempts: {last}",
+            error_type="DeadLettered",
+            attempt=delivery.attempt,
+            replay=envelope.replay,
+        )
+        send.send_nowait(_Done(delivery.entry_id, envelope, ack, letter))
 
     async def _flush_loop(self, receive: MemoryObjectReceiveStream[_Done]) -> None:
         async with receive:
@@ -268,21 +393,21 @@ class Consumer:
                 batch.xadd(keys.dlq, {RECORD_FIELD: encode(item.dead_letter)})
                 add_failure(batch, keys, self._dead_letter_failure(item.dead_letter))
                 self.dead_lettered += 1
-                continue
             ack, envelope = item.ack, item.envelope
             if ack is None or envelope is None:
                 continue
+            self.handled += 1
             if ack.status == "error":
                 self.failed += 1
-                add_failure(batch, keys, self._error_failure(envelope, ack))
-            self.handled += 1
-            if ack.status != "skipped" or self.plugin in envelope.required:
+                if item.dead_letter is None:
+                    add_failure(batch, keys, self._error_failure(envelope, ack))
+            if self._wants_record(envelope, ack):
                 stream = keys.acks(envelope.registry)
                 batch.xadd(stream, {ACK_FIELD: encode(ack)}, maxlen=ACK_STREAM_MAXLEN)
                 ack_streams.add(stream)
         for stream in ack_streams:
             batch.pexpire(stream, ACK_STREAM_TTL_MS)
-        batch.xack(keys.events, self.plugin, [item.entry_id for item in done])
+        batch.xack(keys.events, self.plugin, [item.entry_id for item in done if not item.keep])
         delay = 0.05
         while True:
             try:
@@ -292,8 +417,17 @@ class Consumer:
                 # Nothing is lost while Redis is away: the entries stay pending until this
                 # batch lands; keep trying with capped backoff.
                 delay = await _pause(delay)
-        for _ in done:
-            self._tokens.release()
+        for item in done:
+            self._reading.discard(item.entry_id)
+        self._held -= len(done)
+        self._room_freed.set()
+
+    def _wants_record(self, envelope: Envelope, ack: Ack) -> bool:
+        """An ack record goes to the registry when it awaits this plugin, or when it
+        carries a result it may merge (health); custom events are fire-and-forget."""
+        if self.plugin in envelope.required:
+            return True
+        return ack.status == "ok" and envelope.type != "custom"
 
     def _error_failure(self, envelope: Envelope, ack: Ack) -> Failure:
         return Failure(

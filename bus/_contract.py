@@ -206,6 +206,9 @@ class Envelope(_Frozen, frozen=True, kw_only=True):
     replay: bool = False
     replaces: str | None = None
     """For a re-driven dead letter, the id of the event it replaces."""
+    target: str | None = None
+    """When set, only this plugin handles the event (a re-drive or a replay to one plugin);
+    the other plugins' workers acknowledge it without calling anything."""
     trace: str | None = None
     """W3C traceparent."""
 
@@ -236,6 +239,8 @@ class Ack(_Frozen, frozen=True):
     duration: float = 0.0
     attempt: int = 1
     replay: bool = False
+    permanent: bool = False
+    """The plugin said "do not retry" (``PermanentError``); set on error acks only."""
 
 
 class Failure(_Frozen, frozen=True, kw_only=True):

@@ -44,6 +44,7 @@ from ._contract import (
 )
 from ._directory import is_alive
 from ._errors import BusUnavailable, GroupMissing
+from ._redact import redact_struct
 from ._waits import Outcome, WaitResult
 
 log = logging.getLogger("rapid_objection.bus")
@@ -190,6 +191,7 @@ class Publisher:
         event_type = payload_type(payload)
         self._seq += 1
         now = time.time()
+        payload = redact_struct(payload)
         return Envelope(
             id=new_event_id(now),
             type=event_type,

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeVar
+
+import msgspec
+
+S = TypeVar("S", bound=msgspec.Struct)
 
 MASK: Final = "***"
 
 # scheme://user:password@host -> the password; the user name stays (it is not a secret).
 # Greedy up to the last "@" before the path, so a password holding "@" is masked whole.
 _URL_PASSWORD: Final = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)[^\s/]+(?=@)")
-# ?password=... or &token=... inside a URL's query string.
-_QUERY_SECRET: Final = re.compile(
-    r"(?P<head>[?&](?:password|passwd|pwd|secret|token|access_token|api_key|apikey)=)[^&\s]*",
-    re.IGNORECASE,
-)
+# ?password=... or &client_secret=... inside a URL's query string.
+_QUERY_PARAMETER: Final = re.compile(r"(?P<head>[?&](?P<name>[^=&\s#]+)=)[^&\s#]*")
 _SECRET_KEY: Final = re.compile(
     r"pass(word|wd)?|pwd|secret|token|credential|auth|private|"
     r"(^|[_\-.])key$|apikey|api_key|access_key|dsn_password",
@@ -26,7 +27,10 @@ _SECRET_KEY: Final = re.compile(
 def mask_url(url: str) -> str:
     """Return ``url`` with the password and any secret query parameter masked."""
     masked = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, url)
-    return _QUERY_SECRET.sub(lambda m: m.group("head") + MASK, masked)
+    return _QUERY_PARAMETER.sub(
+        lambda m: m.group("head") + MASK if is_secret_key(m.group("name")) else m.group(0),
+        masked,
+    )
 
 
 def is_secret_key(key: str) -> bool:
@@ -50,3 +54,23 @@ def redact(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [redact(item) for item in value]
     return value
+
+
+def redact_struct(struct: S) -> S:
+    """A copy of a (frozen) Struct with every field passed through ``redact``.
+
+    Applied to each payload before it is published, so a registry that forgot to mask
+    a URL or a config value still never puts the secret on the bus.
+    """
+    changes: dict[str, Any] = {}
+    for name in struct.__struct_fields__:
+        value = getattr(struct, name)
+        cleaned = redact_struct(value) if isinstance(value, msgspec.Struct) else redact(value)
+        if isinstance(value, tuple) and isinstance(cleaned, list):
+            cleaned = tuple(
+                redact_struct(item) if isinstance(item, msgspec.Struct) else item
+                for item in cleaned
+            )
+        if cleaned is not value and cleaned != value:
+            changes[name] = cleaned
+    return msgspec.structs.replace(struct, **changes) if changes else struct

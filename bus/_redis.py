@@ -22,6 +22,8 @@ from ._errors import BusUnavailable, BusUrlError, GroupMissing
 from ._redact import mask_url
 
 SCHEMES: Final = ("memory", "redis", "rediss", "unix")
+MAX_CONNECTIONS: Final = 64
+"""Connections per client; blocked readers hold one each, the rest serve commands."""
 
 Fields = Mapping[bytes, bytes]
 Entry = tuple[str, dict[bytes, bytes]]
@@ -139,14 +141,27 @@ class Redis:
             import fakeredis
 
             memory = _memory_server(urlsplit(url).netloc + urlsplit(url).path)
-            fake: Any = fakeredis.FakeAsyncRedis(server=memory.server)
+            fake: Any = fakeredis.FakeAsyncRedis(
+                server=memory.server,
+                connection_pool_class=aioredis.BlockingConnectionPool,
+                max_connections=MAX_CONNECTIONS,
+                timeout=None,
+            )
             return cls(url, fake, memory)
         try:
-            # RESP2 keeps reply shapes stable across redis-py versions; no socket
-            # timeout, so a BLOCK read is never cut short (redis-py #3138).
-            client = aioredis.Redis.from_url(
-                url, protocol=2, socket_timeout=None, socket_connect_timeout=5.0
+            # A blocking pool: many concurrent emits queue for a connection instead of
+            # failing with "Too many connections". RESP2 keeps reply shapes stable across
+            # redis-py versions; no socket timeout, so a BLOCK read is never cut short
+            # (redis-py #3138).
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=None,
+                protocol=2,
+                socket_timeout=None,
+                socket_connect_timeout=5.0,
             )
+            client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
         except ValueError as exc:
             raise BusUrlError(url, str(exc)) from None
         return cls(url, client, None)

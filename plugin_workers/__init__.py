@@ -3,7 +3,9 @@
 Importing it never imports ``core`` or SQLAlchemy, so that a worker process stays light.
 """
 
-from ._dispatch import Dispatcher, hook_arguments
+from bus import PermanentError, RetryLater
+
+from ._dispatch import Dispatcher, current_delivery, hook_arguments
 from ._interface import PluginInterface, RemoteError, implemented_hooks
 from ._loader import ENTRY_POINT_GROUP, PluginLoadError, build_plugin, load_plugin_class
 from ._view import RegistryView
@@ -12,12 +14,15 @@ from ._worker import Worker, default_consumer_name
 __all__ = [
     "ENTRY_POINT_GROUP",
     "Dispatcher",
+    "PermanentError",
     "PluginInterface",
     "PluginLoadError",
     "RegistryView",
     "RemoteError",
+    "RetryLater",
     "Worker",
     "build_plugin",
+    "current_delivery",
     "default_consumer_name",
     "hook_arguments",
     "implemented_hooks",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 import anyio
@@ -25,10 +26,13 @@ from bus import (
     ConnectionCreated,
     ConnectionShutdown,
     Custom,
+    Deferred,
     Delivery,
     Envelope,
     HealthCheck,
     OperationFailed,
+    PermanentError,
+    RetryLater,
     mask_url,
     redact,
 )
@@ -36,6 +40,17 @@ from bus import (
 from ._interface import RemoteError, implemented_hooks
 
 CustomHandlers = Callable[[str], list[Callable[..., Any]]]
+
+_current: ContextVar[Delivery | None] = ContextVar("rapid_objection_delivery", default=None)
+
+
+def current_delivery() -> Delivery:
+    """The delivery whose hook is running: ``.envelope.id`` is the idempotency key,
+    ``.attempt`` the delivery attempt. Raises ``LookupError`` outside a hook."""
+    delivery = _current.get()
+    if delivery is None:
+        raise LookupError("current_delivery() is only known inside a hook call")
+    return delivery
 
 
 def hook_arguments(envelope: Envelope) -> tuple[Any, ...]:  # noqa: PLR0911 - one per event type
@@ -115,7 +130,7 @@ class Dispatcher:
             return []
         return [getattr(self.plugin, HOOK_METHODS[envelope.type])]
 
-    async def __call__(self, delivery: Delivery) -> Ack:
+    async def __call__(self, delivery: Delivery) -> Ack | Deferred:
         envelope = delivery.envelope
         targets = self._targets(envelope)
         skipped = Ack(
@@ -130,9 +145,12 @@ class Dispatcher:
             return skipped
         arguments = hook_arguments(envelope)
         started = time.perf_counter()
+        token = _current.set(delivery)
         try:
             with anyio.fail_after(self.timeout):
                 results = [await _call(target, arguments) for target in targets]
+        except RetryLater as signal:
+            return Deferred(signal.delay, signal.reason or "the plugin asked to retry later")
         except TimeoutError:
             return replace(
                 skipped,
@@ -148,7 +166,10 @@ class Dispatcher:
                 error=mask_url(str(exc)),
                 error_type=type(exc).__name__,
                 duration=time.perf_counter() - started,
+                permanent=isinstance(exc, PermanentError),
             )
+        finally:
+            _current.reset(token)
         result = results[0] if len(results) == 1 else results
         return replace(
             skipped,

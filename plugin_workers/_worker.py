@@ -14,12 +14,15 @@ import anyio
 from anyio.abc import TaskStatus
 
 from bus import (
+    CLAIM_IDLE,
     DEFAULT_HOOK_TIMEOUT,
+    DEFAULT_MAX_DELIVERIES,
     Bus,
     BusUnavailable,
     Consumer,
     GroupMissing,
     Manifest,
+    RetryPolicy,
     WorkerInfo,
 )
 
@@ -30,8 +33,6 @@ log = logging.getLogger("rapid_objection.worker")
 
 HEARTBEAT_INTERVAL = 1.0
 """Seconds between heartbeats; ``status`` calls a worker dead after five missed."""
-
-DEFAULT_MAX_DELIVERIES = 5
 
 
 def default_consumer_name() -> str:
@@ -59,6 +60,7 @@ class Worker:
         required: bool = False,
         max_deliveries: int = DEFAULT_MAX_DELIVERIES,
         registry_id: str = "",
+        claim_idle: float = CLAIM_IDLE,
     ) -> None:
         self.plugin = plugin
         self.bus = bus
@@ -78,7 +80,13 @@ class Worker:
             custom_handlers=self.view.handlers,
         )
         self.consumer = Consumer(
-            bus, self.name, self.consumer_name, self.dispatcher, concurrency=concurrency
+            bus,
+            self.name,
+            self.consumer_name,
+            self.dispatcher,
+            concurrency=concurrency,
+            retry=RetryPolicy(max_deliveries=max_deliveries),
+            claim_idle=claim_idle,
         )
         self._concurrency = concurrency
         self._started = time.time()

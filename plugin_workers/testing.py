@@ -9,7 +9,17 @@ from typing import Any
 
 import anyio
 
-from bus import SCHEMA_VERSIONS, Ack, Bus, Delivery, Envelope, Payload, new_event_id, payload_type
+from bus import (
+    SCHEMA_VERSIONS,
+    Ack,
+    Bus,
+    Deferred,
+    Delivery,
+    Envelope,
+    Payload,
+    new_event_id,
+    payload_type,
+)
 
 from ._dispatch import Dispatcher
 from ._worker import Worker
@@ -35,8 +45,11 @@ def envelope_for(
 
 async def call_hook(
     plugin: object, payload: Payload, *, app: str = "app", timeout: float = 5.0
-) -> Ack:
-    """Run ``plugin``'s hook for one event exactly as a worker would; no Redis involved."""
+) -> Ack | Deferred:
+    """Run ``plugin``'s hook for one event exactly as a worker would; no Redis involved.
+
+    Returns the Ack the worker would write, or ``Deferred`` when the hook raised
+    ``RetryLater``."""
     name = getattr(plugin, "name", type(plugin).__name__)
     dispatcher = Dispatcher(plugin, str(name), "test-consumer", timeout=timeout)
     return await dispatcher(Delivery("0-1", envelope_for(payload, app=app)))

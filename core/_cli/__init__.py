@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from . import _status, _worker
+from . import _demo, _status, _worker
 from ._args import Parser, UsageError, fail
 
 
@@ -14,6 +14,7 @@ def build_parser() -> Parser:
     commands = parser.add_subparsers(title="commands", required=True, parser_class=Parser)
     _worker.add_parser(commands)
     _status.add_parser(commands)
+    _demo.add_parser(commands)
     return parser
 
 

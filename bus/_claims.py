@@ -1,0 +1,124 @@
+"""Leases and reclaim: a live consumer keeps what it runs and takes what the dead left.
+
+Every third of the idle threshold a consumer (1) renews the leases of the entries it
+is still handling (XCLAIM ... JUSTID to itself resets their idle time without counting
+a delivery), so a slow handler is never stolen while its worker lives, and (2) takes
+over entries idle past the threshold from any consumer of its group (XAUTOCLAIM), which
+are those of consumers that died. Now and then it deletes consumers that have been
+idle for long and hold nothing (XGROUP DELCONSUMER strands pending entries otherwise).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ._constants import DEAD_CONSUMER_IDLE
+from ._directory import is_alive
+from ._errors import BusUnavailable, GroupMissing
+
+if TYPE_CHECKING:
+    from ._consumer import Consumer
+
+log = logging.getLogger("rapid_objection.bus")
+
+SWEEP_EVERY = 100
+"""Claim rounds between two sweeps for dead consumers."""
+
+
+class Claimer:
+    """The lease and reclaim loop of one consumer."""
+
+    def __init__(self, consumer: Consumer, *, idle: float) -> None:
+        self.consumer = consumer
+        self.idle_ms = int(idle * 1000)
+        self.interval = idle / 3
+        self._cursor = "0-0"
+        self._stop = anyio.Event()
+        self.reclaimed = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        rounds = 0
+        while not self.consumer.stopping:
+            with anyio.move_on_after(self.interval * random.uniform(0.8, 1.0)):
+                await self._stop.wait()
+            if self._stop.is_set() or self.consumer.stopping:
+                return
+            rounds += 1
+            try:
+                await self.renew()
+                await self.reclaim()
+                if rounds % SWEEP_EVERY == 0:
+                    await self.sweep()
+            except GroupMissing:
+                await self.consumer.bus.ensure_group(self.consumer.plugin)
+            except BusUnavailable as exc:
+                log.debug("claim round of %s skipped: %s", self.consumer.consumer, exc)
+
+    async def renew(self) -> None:
+        """Reset the idle time of the entries still in hand (XCLAIM ... JUSTID)."""
+        ids = self.consumer.in_flight_ids()
+        if not ids:
+            return
+        bus, consumer = self.consumer.bus, self.consumer
+        owned = await bus.redis.xpending(
+            bus.keys.events,
+            consumer.plugin,
+            start=ids[0],
+            end=ids[-1],
+            count=len(ids) + 1000,
+            consumer=consumer.consumer,
+        )
+        mine = sorted({row.entry_id for row in owned} & set(ids))
+        # min-idle 0 always succeeds, so only entries still ours are named: never take
+        # back one that another consumer reclaimed.
+        await bus.redis.xclaim_ids(bus.keys.events, consumer.plugin, consumer.consumer, mine, 0)
+
+    async def reclaim(self) -> int:
+        """Take over entries idle past the threshold (XAUTOCLAIM); returns how many."""
+        room = self.consumer.room()
+        if room == 0:
+            return 0
+        bus, consumer = self.consumer.bus, self.consumer
+        cursor, entries, deleted = await bus.redis.xautoclaim(
+            bus.keys.events,
+            consumer.plugin,
+            consumer.consumer,
+            min_idle_ms=self.idle_ms,
+            start=self._cursor,
+            count=room,
+        )
+        self._cursor = cursor
+        if deleted:
+            log.warning("%d pending entries of %s were trimmed away", len(deleted), consumer.plugin)
+        if not entries:
+            return 0
+        pending = await bus.redis.xpending(
+            bus.keys.events,
+            consumer.plugin,
+            start=entries[0][0],
+            end=entries[-1][0],
+            count=len(entries),
+            consumer=consumer.consumer,
+        )
+        consumer.offer(entries, {row.entry_id: row.deliveries for row in pending})
+        self.reclaimed += len(entries)
+        return len(entries)
+
+    async def sweep(self) -> int:
+        """Delete consumers idle for long that hold nothing and have no live heartbeat."""
+        bus, plugin = self.consumer.bus, self.consumer.plugin
+        alive = {w.consumer for w in await bus.directory.workers(plugin) if is_alive(w.seen)}
+        removed = 0
+        for info in await bus.redis.xinfo_consumers(bus.keys.events, plugin):
+            idle = info.inactive_ms if info.inactive_ms is not None else info.idle_ms
+            if info.pending == 0 and idle > DEAD_CONSUMER_IDLE * 1000 and info.name not in alive:
+                removed += await bus.redis.delete_consumer(bus.keys.events, plugin, info.name)
+                await bus.directory.forget_worker(plugin, info.name)
+        return removed
