@@ -7,6 +7,7 @@ from ._constants import (
     DEFAULT_HOOK_TIMEOUT,
     DEFAULT_MAX_DELIVERIES,
     DEFAULT_NAMESPACE,
+    ONCE_TTL_MS,
 )
 from ._consumer import Consumer, Delivery, Handler
 from ._contract import (
@@ -46,12 +47,14 @@ from ._contract import (
     payload_type,
 )
 from ._directory import Directory, is_alive
+from ._dlq import DeadLetterEntry, DeadLetters, RedriveError, Redriven
 from ._errors import BusError, BusUnavailable, BusUrlError, EnvelopeError, GroupMissing
 from ._failures import FailureCount, FailureLog
 from ._history import History, HistoryEntry, Page
 from ._keys import Keys
 from ._publisher import PluginPolicy, Publisher, default_registry_id
 from ._redact import mask_url, redact
+from ._retention import Retention, oldest_needed, trim_events
 from ._retry import Deferred, RetryPolicy
 from ._signals import PermanentError, RetryLater
 from ._status import ConsumerStatus, PluginStatus, StatusReport, collect_status
@@ -66,6 +69,7 @@ __all__ = [
     "EVENT_TYPES",
     "HOOK_METHODS",
     "HOOK_TYPES",
+    "ONCE_TTL_MS",
     "SCHEMA_VERSIONS",
     "Ack",
     "AckStatus",
@@ -88,6 +92,8 @@ __all__ = [
     "ConsumerStatus",
     "Custom",
     "DeadLetter",
+    "DeadLetterEntry",
+    "DeadLetters",
     "Deferred",
     "Delivery",
     "Directory",
@@ -114,7 +120,10 @@ __all__ = [
     "PluginPolicy",
     "PluginStatus",
     "Publisher",
+    "RedriveError",
+    "Redriven",
     "RegistryInfo",
+    "Retention",
     "RetryLater",
     "RetryPolicy",
     "StatusReport",
@@ -127,6 +136,8 @@ __all__ = [
     "is_alive",
     "mask_url",
     "new_event_id",
+    "oldest_needed",
     "payload_type",
     "redact",
+    "trim_events",
 ]

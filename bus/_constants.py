@@ -34,6 +34,9 @@ DEAD_CONSUMER_IDLE: Final = 3600.0
 REGISTRY_GONE_AFTER: Final = 3600.0
 """Seconds after its last heartbeat when a registry's ack stream is cleaned up."""
 
+RETENTION_INTERVAL: Final = 60.0
+"""Seconds between two retention trims of the event stream by a registry."""
+
 ONCE_TTL_MS: Final = 7 * 24 * 3600 * 1000
 """How long "run once per event id" remembers an event: longer than any redelivery."""
 

@@ -56,6 +56,15 @@ class Keys:
         return self.prefix + "registries"
 
     @property
+    def ack_positions(self) -> str:
+        """Hash registry id -> the last ack entry it read (where a restart continues)."""
+        return self.prefix + "ackpos"
+
+    def once(self, plugin: str, event_id: str, name: str) -> str:
+        """Marker of a "run once per event id" side effect."""
+        return f"{self.prefix}once:{plugin}:{event_id}:{name}"
+
+    @property
     def apps(self) -> str:
         """Hash app name -> owning registry id (the app directory)."""
         return self.prefix + "apps"
@@ -70,5 +79,6 @@ class Keys:
             self.plugins,
             self.workers,
             self.registries,
+            self.ack_positions,
             self.apps,
         )

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -29,9 +30,12 @@ from ._constants import (
     HEARTBEAT_INTERVAL,
     READ_BATCH,
     READ_BLOCK_MS,
+    REGISTRY_GONE_AFTER,
+    RETENTION_INTERVAL,
 )
 from ._contract import (
     SCHEMA_VERSIONS,
+    Ack,
     Envelope,
     Failure,
     FailureKind,
@@ -45,6 +49,7 @@ from ._contract import (
 from ._directory import is_alive
 from ._errors import BusUnavailable, GroupMissing
 from ._redact import redact_struct
+from ._retention import Retention, trim_events
 from ._waits import Outcome, WaitResult
 
 log = logging.getLogger("rapid_objection.bus")
@@ -94,6 +99,7 @@ class Publisher:
         *,
         policies: Mapping[str, PluginPolicy] | None = None,
         ack_timeout: float = DEFAULT_ACK_TIMEOUT,
+        retention: Retention | None = None,
     ) -> None:
         self.bus = bus
         self.registry_id = registry_id or default_registry_id()
@@ -101,7 +107,14 @@ class Publisher:
         self.ack_timeout = ack_timeout
         self.apps: set[str] = set()
         self.manifests: dict[str, Manifest] = {}
+        self.retention = retention
         self.late_acks = 0
+        """Acks of events nobody waits for any more: past their deadline, or published
+        before this registry restarted (those are kept in ``unclaimed_acks``)."""
+        self.unclaimed_acks: deque[Ack] = deque(maxlen=1000)
+        self._ack_position = "0-0"
+        self._saved_position = ""
+        self._trimmed = 0.0
         self._ack_key = bus.keys.acks(self.registry_id)
         self._waits: dict[str, _Wait] = {}
         self._seq = 0
@@ -114,6 +127,7 @@ class Publisher:
             group = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(group.cancel_scope.cancel)
             await self.refresh_directory()
+            await self._clean_up_gone_registries()
             for plugin in self.policies:
                 # Events published before a plugin's first worker starts wait for it.
                 await self.bus.ensure_group(plugin)
@@ -308,14 +322,21 @@ class Publisher:
     ) -> None:
         """Resolve waits from this registry's ack stream: one reader, no polling."""
         redis = self.bus.redis
-        newest = await redis.xrevrange(self._ack_key, "+", "-", count=1)
-        last_id = newest[0][0] if newest else "0-0"
+        # Continue where this registry id stopped reading (acks that arrived while it
+        # was down are still there); a new id starts at the stream's end.
+        saved = await redis.hget(self.bus.keys.ack_positions, self.registry_id)
+        if saved is not None:
+            self._ack_position = saved.decode()
+        else:
+            newest = await redis.xrevrange(self._ack_key, "+", "-", count=1)
+            self._ack_position = newest[0][0] if newest else "0-0"
+        self._saved_position = self._ack_position
         task_status.started()
         delay = 0.05
         while True:
             try:
                 entries = await redis.xread(
-                    self._ack_key, last_id, count=READ_BATCH, block_ms=READ_BLOCK_MS
+                    self._ack_key, self._ack_position, count=READ_BATCH, block_ms=READ_BLOCK_MS
                 )
                 delay = 0.05
             except BusUnavailable as exc:
@@ -324,7 +345,7 @@ class Publisher:
                 delay = min(delay * 2, 5.0)
                 continue
             for entry_id, fields in entries:
-                last_id = entry_id
+                self._ack_position = entry_id
                 self._route(fields)
 
     def _route(self, fields: dict[bytes, bytes]) -> None:
@@ -336,6 +357,7 @@ class Publisher:
         wait = self._waits.get(ack.event_id)
         if wait is None:
             self.late_acks += 1
+            self.unclaimed_acks.append(ack)
             return
         wait.add(Outcome.from_ack(ack))
 
@@ -346,8 +368,21 @@ class Publisher:
                 await self._beat()
                 if time.monotonic() - self._refreshed >= DIRECTORY_REFRESH:
                     await self.refresh_directory()
+                if self.retention and time.monotonic() - self._trimmed >= RETENTION_INTERVAL:
+                    self._trimmed = time.monotonic()
+                    await trim_events(self.bus, self.retention)
             except BusUnavailable as exc:
                 log.warning("heartbeat of registry %s: %s", self.registry_id, exc)
+
+    async def _clean_up_gone_registries(self) -> None:
+        """Drop the ack streams and entries of registries gone for long (crashed ones
+        never remove themselves); their acks have nobody left to read them."""
+        now = time.time()
+        for info in await self.bus.directory.registries():
+            if info.id != self.registry_id and now - info.seen > REGISTRY_GONE_AFTER:
+                await self.bus.redis.delete(self.bus.keys.acks(info.id))
+                await self.bus.redis.hdel(self.bus.keys.ack_positions, info.id)
+                await self.bus.directory.forget_registry(info.id)
 
     async def _beat(self) -> None:
         info = RegistryInfo(
@@ -359,6 +394,11 @@ class Publisher:
             apps=tuple(sorted(self.apps)),
         )
         await self.bus.directory.beat_registry(info)
+        if self._ack_position != self._saved_position:
+            await self.bus.redis.hset(
+                self.bus.keys.ack_positions, self.registry_id, self._ack_position.encode()
+            )
+            self._saved_position = self._ack_position
 
     def stats(self) -> dict[str, Any]:
         return {"registry": self.registry_id, "waiting": len(self._waits), "seq": self._seq}

@@ -8,7 +8,7 @@ so on ``memory://`` a reader waits on an in-process notification instead.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -262,53 +262,46 @@ class Redis:
         start: str = ">",
     ) -> list[Entry]:
         """XREADGROUP; ``start=">"`` for new entries, ``"0"`` for this consumer's pending."""
-        while True:
-            waiter = self._wait_for(key) if block_ms and start == ">" else None
-            try:
-                raw = await self._group_call(
-                    key,
-                    group,
-                    "xreadgroup",
-                    group,
-                    consumer,
-                    {key: start},
-                    count=count,
-                    block=None if self._memory is not None or start != ">" else block_ms,
-                )
-                entries = _entries(raw[0][1]) if raw else []
-                if entries or waiter is None:
-                    return entries
-                if not await self._sleep_on(waiter, block_ms or 0):
-                    return []
-            finally:
-                if waiter is not None:
-                    self._memory_notifier().discard(key, waiter)
+
+        async def read(block: int | None) -> list[Entry]:
+            raw = await self._group_call(
+                key, group, "xreadgroup", group, consumer, {key: start}, count=count, block=block
+            )
+            return _entries(raw[0][1]) if raw else []
+
+        # Only new entries can be waited for; a pending re-read answers at once.
+        return await self._read_blocking(key, block_ms if start == ">" else None, read)
 
     async def xread(
         self, key: str, last_id: str, *, count: int, block_ms: int | None
     ) -> list[Entry]:
         """XREAD after ``last_id``; blocks up to ``block_ms`` when nothing is there."""
-        while True:
-            waiter = self._wait_for(key) if block_ms else None
-            try:
-                block = None if self._memory is not None else block_ms
-                raw = await self._call("xread", {key: last_id}, count=count, block=block)
-                entries = _entries(raw[0][1]) if raw else []
-                if entries or waiter is None:
-                    return entries
-                if not await self._sleep_on(waiter, block_ms or 0):
-                    return []
-            finally:
-                if waiter is not None:
-                    self._memory_notifier().discard(key, waiter)
 
-    def _memory_notifier(self) -> _Notifier:
-        assert self._memory is not None
-        return self._memory.notifier
+        async def read(block: int | None) -> list[Entry]:
+            raw = await self._call("xread", {key: last_id}, count=count, block=block)
+            return _entries(raw[0][1]) if raw else []
 
-    def _wait_for(self, key: str) -> anyio.Event | None:
-        # Registered before the read, so an XADD between read and wait still wakes us.
-        return self._memory.notifier.register(key) if self._memory is not None else None
+        return await self._read_blocking(key, block_ms, read)
+
+    async def _read_blocking(
+        self,
+        key: str,
+        block_ms: int | None,
+        read: Callable[[int | None], Awaitable[list[Entry]]],
+    ) -> list[Entry]:
+        """Run ``read`` with BLOCK on a real server; on the embedded bus read at once and,
+        when empty, sleep until an XADD to ``key`` (or ``wake``) and read once more."""
+        if self._memory is None or not block_ms:
+            return await read(block_ms or None)
+        notifier = self._memory.notifier
+        waiter = notifier.register(key)  # before the read: an XADD in between still wakes
+        try:
+            entries = await read(None)
+            if entries or not await self._sleep_on(waiter, block_ms):
+                return entries
+            return await read(None)
+        finally:
+            notifier.discard(key, waiter)
 
     @staticmethod
     async def _sleep_on(event: anyio.Event, block_ms: int) -> bool:
@@ -423,6 +416,29 @@ class Redis:
 
     async def xrevrange(self, key: str, end: str, start: str, count: int) -> list[Entry]:
         return _entries(await self._call("xrevrange", key, max=end, min=start, count=count))
+
+    async def set(
+        self, key: str, value: bytes, *, ttl_ms: int, only_if_absent: bool = False
+    ) -> bool:
+        """SET ... PX [NX]; False when ``only_if_absent`` and the key exists."""
+        return bool(await self._call("set", key, value, px=ttl_ms, nx=only_if_absent))
+
+    async def get(self, key: str) -> bytes | None:
+        value: bytes | None = await self._call("get", key)
+        return value
+
+    async def oldest_pending(self, key: str, group: str) -> str | None:
+        """The smallest entry id in a group's pending list (XPENDING summary form)."""
+        summary = await self._group_call(key, group, "xpending", key, group)
+        lowest = summary.get("min") if isinstance(summary, dict) else None
+        return None if not lowest else _text(lowest)
+
+    async def xtrim_minid(self, key: str, minid: str) -> int:
+        """XTRIM MINID (exact): drop entries older than ``minid``; returns how many."""
+        return int(await self._call("xtrim", key, minid=minid, approximate=False))
+
+    async def xdel(self, key: str, *entry_ids: str) -> int:
+        return int(await self._call("xdel", key, *entry_ids)) if entry_ids else 0
 
     async def xlen(self, key: str) -> int:
         return int(await self._call("xlen", key))

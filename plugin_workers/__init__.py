@@ -8,6 +8,7 @@ from bus import PermanentError, RetryLater
 from ._dispatch import Dispatcher, current_delivery, hook_arguments
 from ._interface import PluginInterface, RemoteError, implemented_hooks
 from ._loader import ENTRY_POINT_GROUP, PluginLoadError, build_plugin, load_plugin_class
+from ._once import run_once
 from ._view import RegistryView
 from ._worker import Worker, default_consumer_name
 
@@ -27,4 +28,5 @@ __all__ = [
     "hook_arguments",
     "implemented_hooks",
     "load_plugin_class",
+    "run_once",
 ]

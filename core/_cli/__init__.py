@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from . import _demo, _status, _worker
+from . import _demo, _dlq, _status, _worker
 from ._args import Parser, UsageError, fail
 
 
@@ -15,6 +15,7 @@ def build_parser() -> Parser:
     _worker.add_parser(commands)
     _status.add_parser(commands)
     _demo.add_parser(commands)
+    _dlq.add_parser(commands)
     return parser
 
 
