@@ -39,6 +39,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/python -m bus._schema --check
 
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)

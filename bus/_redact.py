@@ -17,6 +17,10 @@ MASK: Final = "***"
 _URL_PASSWORD: Final = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)[^\s/]+(?=@)")
 # ?password=... or &client_secret=... inside a URL's query string.
 _QUERY_PARAMETER: Final = re.compile(r"(?P<head>[?&](?P<name>[^=&\s#]+)=)[^&\s#]*")
+# password=hunter2 in a keyword connection string ("host=db user=shop password=...").
+_KEYWORD_PARAMETER: Final = re.compile(
+    r"(?P<head>(?:^|(?<=\s))(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*)(?:'[^']*'|[^\s'&]+)"
+)
 _SECRET_KEY: Final = re.compile(
     r"pass(word|wd)?|pwd|secret|token|credential|auth|private|"
     r"(^|[_\-.])key$|apikey|api_key|access_key|dsn_password",
@@ -27,10 +31,11 @@ _SECRET_KEY: Final = re.compile(
 def mask_url(url: str) -> str:
     """Return ``url`` with the password and any secret query parameter masked."""
     masked = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, url)
-    return _QUERY_PARAMETER.sub(
-        lambda m: m.group("head") + MASK if is_secret_key(m.group("name")) else m.group(0),
-        masked,
-    )
+    def secret_value(match: re.Match[str]) -> str:
+        return match.group("head") + MASK if is_secret_key(match.group("name")) else match.group(0)
+
+    masked = _QUERY_PARAMETER.sub(secret_value, masked)
+    return _KEYWORD_PARAMETER.sub(secret_value, masked)
 
 
 def is_secret_key(key: str) -> bool:

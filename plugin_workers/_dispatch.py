@@ -90,11 +90,8 @@ def hook_arguments(envelope: Envelope) -> tuple[Any, ...]:  # noqa: PLR0911 - on
 
 def wire_safe(value: Any) -> Any:
     """A hook's return value as something MessagePack can carry, secrets masked."""
-    try:
-        builtins = msgspec.to_builtins(value, str_keys=True)
-    except TypeError:
-        builtins = repr(value)
-    return redact(builtins)
+    # Only an unencodable leaf becomes its repr, so redaction by key still applies.
+    return redact(msgspec.to_builtins(value, str_keys=True, enc_hook=repr))
 
 
 async def _call(function: Callable[..., Any], arguments: tuple[Any, ...]) -> Any:
