@@ -1,0 +1,246 @@
+"""Configuration: typed msgspec Structs with defaults, from a dict or a TOML file.
+
+Every key has a default, so ``{"database": {"url": "sqlite:///shop.db"}}`` is a whole
+app configuration. An unknown key or a wrong type is rejected with its dotted path
+(``apps.shop.database.pool_size``) and the file it came from. Timeouts are seconds.
+Directories are relative to the configuration file (or to the working directory for a
+dict).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from bus import DEFAULT_ACK_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_DELIVERIES
+
+from ._errors import ConfigError
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Base of config sections: keyword-only, unknown keys rejected."""
+
+
+class DatabaseConfig(_Section):
+    """``[database]``: a URL, or its parts; pool settings pass through to SQLAlchemy."""
+
+    url: str | None = None
+    dialect: str | None = None
+    """With the parts: ``postgresql+psycopg``, ``mysql+pymysql``, ``sqlite``."""
+    host: str | None = None
+    port: int | None = None
+    database: str | None = None
+    user: str | None = None
+    password: str | None = None
+    query: dict[str, str] = {}
+    shared: bool = False
+    """True: other apps may reuse this connection (``use_connection``)."""
+    pool_size: int | None = None
+    max_overflow: int | None = None
+    pool_timeout: float | None = None
+    pool_recycle: float | None = None
+    pool_pre_ping: bool = False
+    echo: bool = False
+    connect_args: dict[str, Any] = {}
+
+
+class MigrationsConfig(_Section):
+    enabled: bool = True
+    directory: str | None = None
+    """``NNN_name.py`` files with ``upgrade(op)`` and ``downgrade(op)``."""
+    alembic: str | None = None
+    """An existing Alembic script directory, used instead of ``directory``."""
+    table: str = "ro_migrations"
+    lock_timeout: float = 60.0
+
+
+class SeedsConfig(_Section):
+    enabled: bool = True
+    directory: str | None = None
+    """``NNN_name.py`` files with ``seed(connection)`` and optional ``unseed(connection)``."""
+    table: str = "ro_seeds"
+
+
+class ModelsConfig(_Section):
+    enabled: bool = True
+    module: str | None = None
+    classes: list[str] = []
+    """``package.module:Class`` names, instead of (or besides) a module."""
+
+
+class AppConfig(_Section):
+    """One app: its database, migrations, seeds and models."""
+
+    database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
+    migrations: MigrationsConfig = msgspec.field(default_factory=MigrationsConfig)
+    seeds: SeedsConfig = msgspec.field(default_factory=SeedsConfig)
+    models: ModelsConfig = msgspec.field(default_factory=ModelsConfig)
+    use_connection: str | bool | None = None
+    """The app whose shared connection to reuse; True: the newest shared one."""
+
+
+class RegistrySection(_Section):
+    id: str | None = None
+    """Unique per live registry; default: host and pid."""
+    shutdown_timeout: float = 30.0
+    enable_health_monitoring: bool = False
+    health_check_interval: float = 30.0
+
+
+class BusSection(_Section):
+    url: str = "memory://"
+    namespace: str = "default"
+    ack_timeout: float = DEFAULT_ACK_TIMEOUT
+    retention_max_age: float | None = None
+    retention_max_len: int | None = None
+
+
+class PluginManagerSection(_Section):
+    load_timeout: float = 30.0
+    """A configured plugin gets twice this for import plus initialize."""
+    shutdown_timeout: float = 15.0
+    batch_size: int = 3
+
+
+class PluginConfig(_Section):
+    enabled: bool = True
+    module: str | None = None
+    """``package.module:Class`` or an entry-point name of ``rapid_objection.plugins``."""
+    config: dict[str, Any] = {}
+    required: bool = False
+    on_failure: Literal["continue", "abort"] = "continue"
+    timeout: float = DEFAULT_HOOK_TIMEOUT
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
+    mode: Literal["inline", "process", "external"] = "inline"
+    workers: int = 1
+
+
+class RegistryConfig(_Section):
+    registry: RegistrySection = msgspec.field(default_factory=RegistrySection)
+    bus: BusSection = msgspec.field(default_factory=BusSection)
+    plugin_manager: PluginManagerSection = msgspec.field(default_factory=PluginManagerSection)
+    plugins: dict[str, PluginConfig] = {}
+    apps: dict[str, AppConfig] = {}
+
+
+_AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]+)`")
+
+
+def _dotted(error: msgspec.ValidationError, prefix: str) -> tuple[str, str]:
+    """(dotted path, message) from msgspec's "... - at `$.a.b`" text."""
+    text = str(error)
+    match = _AT.search(text)
+    path = match.group("path") if match else ""
+    message = text[: match.start()] if match else text
+    unknown = _UNKNOWN.match(message)
+    if unknown:
+        path = f"{path}.{unknown.group('field')}"
+        message = "unknown key"
+    path = re.sub(r"\[(\d+)\]", r".\1", path).lstrip(".")
+    return ".".join(part for part in (prefix, path) if part), message
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror}", file=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", file=str(path)) from None
+
+
+def convert(data: Any, kind: type[T], *, prefix: str = "", file: str | None = None) -> T:
+    """Decode a mapping into a config Struct, or raise ``ConfigError`` naming the key."""
+    if isinstance(data, kind):
+        return data
+    try:
+        return msgspec.convert(data, kind, str_keys=True)
+    except msgspec.ValidationError as exc:
+        path, message = _dotted(exc, prefix)
+        raise ConfigError(message, path=path, file=file) from None
+
+
+def _resolve_dirs(app: AppConfig, base: Path) -> AppConfig:
+    """Make an app's directories absolute, relative to ``base``."""
+
+    def absolute(directory: str | None) -> str | None:
+        return None if directory is None else str((base / directory).resolve())
+
+    migrations = msgspec.structs.replace(
+        app.migrations,
+        directory=absolute(app.migrations.directory),
+        alembic=absolute(app.migrations.alembic),
+    )
+    seeds = msgspec.structs.replace(app.seeds, directory=absolute(app.seeds.directory))
+    return msgspec.structs.replace(app, migrations=migrations, seeds=seeds)
+
+
+def load_registry_config(
+    source: RegistryConfig | Mapping[str, Any] | str | Path | None,
+) -> RegistryConfig:
+    """A registry configuration from a Struct, a dict, or a TOML file path."""
+    if source is None:
+        return RegistryConfig()
+    if isinstance(source, RegistryConfig):
+        return source
+    file: str | None = None
+    base = Path.cwd()
+    if isinstance(source, str | Path):
+        path = Path(source)
+        data: Any = _read_toml(path)
+        file, base = str(path), path.resolve().parent
+    else:
+        data = dict(source)
+    # Apps and plugins are decoded one by one, so that an error names the app or the
+    # plugin (msgspec would say ``apps[...]``).
+    tables: dict[str, dict[str, Any]] = {}
+    for section in ("apps", "plugins"):
+        table = data.pop(section, {})
+        if not isinstance(table, Mapping):
+            raise ConfigError(
+                f"expected a table, got {type(table).__name__}", path=section, file=file
+            )
+        tables[section] = dict(table)
+    config = convert(data, RegistryConfig, file=file)
+    apps = {
+        name: _resolve_dirs(convert(app, AppConfig, prefix=f"apps.{name}", file=file), base)
+        for name, app in tables["apps"].items()
+    }
+    plugins = {
+        name: convert(plugin, PluginConfig, prefix=f"plugins.{name}", file=file)
+        for name, plugin in tables["plugins"].items()
+    }
+    return msgspec.structs.replace(config, apps=apps, plugins=plugins)
+
+
+def load_app_config(
+    app: str, source: AppConfig | Mapping[str, Any] | str | Path | None
+) -> AppConfig:
+    """An app configuration from a Struct, a dict, or a TOML file path."""
+    if source is None:
+        return AppConfig()
+    if isinstance(source, AppConfig):
+        return source
+    file: str | None = None
+    base = Path.cwd()
+    if isinstance(source, str | Path):
+        path = Path(source)
+        data: Any = _read_toml(path)
+        file, base = str(path), path.resolve().parent
+    else:
+        data = dict(source)
+    return _resolve_dirs(convert(data, AppConfig, prefix=f"apps.{app}", file=file), base)
+
+
+def to_dict(config: msgspec.Struct) -> dict[str, Any]:
+    """A config Struct as plain data (for events; redacted by the bus before publishing)."""
+    data: dict[str, Any] = msgspec.to_builtins(config)
+    return data

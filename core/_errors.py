@@ -1,0 +1,95 @@
+"""Errors of the registry.
+
+    RegistryError
+    ├── ConfigError            a configuration key, type or file that is wrong (.path, .file)
+    ├── AppAlreadyRegistered   a name that is taken (.app)
+    ├── AppNotRegistered       a name that is not registered (.app)
+    ├── ConnectionFailed       a database URL that cannot be used or reached (.app, .url)
+    ├── MigrationFailed        a migration that failed, or its lock (.app, .migration)
+    ├── SeedFailed             a seed that failed (.app, .seed)
+    ├── ModelLoadError         models that cannot be imported (.app, .source)
+    └── PluginVeto             a required plugin with on_failure="abort" failed (.plugin, .consumer)
+
+Every error names what it is about as attributes, not only in its message; no message
+carries a password (URLs are masked).
+"""
+
+from __future__ import annotations
+
+from bus import mask_url
+
+
+class RegistryError(Exception):
+    """Root of every error the registry raises."""
+
+    app: str | None = None
+
+
+class ConfigError(RegistryError, ValueError):
+    """A configuration that cannot be used; ``path`` is the dotted key (``database.url``)."""
+
+    def __init__(self, message: str, *, path: str = "", file: str | None = None) -> None:
+        self.path = path
+        self.file = file
+        where = f" in {file}" if file else ""
+        at = f" at {path}" if path else ""
+        super().__init__(f"invalid configuration{where}{at}: {message}")
+
+
+class AppAlreadyRegistered(RegistryError):  # noqa: N818 - reads as the condition
+    def __init__(self, app: str) -> None:
+        self.app = app
+        super().__init__(f"app {app!r} is already registered")
+
+
+class AppNotRegistered(RegistryError):  # noqa: N818 - reads as the condition
+    def __init__(self, app: str) -> None:
+        self.app = app
+        super().__init__(f"app {app!r} is not registered")
+
+
+class ConnectionFailed(RegistryError):  # noqa: N818 - reads as the condition
+    def __init__(self, app: str, url: str, reason: str) -> None:
+        self.app = app
+        self.url = mask_url(url)
+        self.reason = mask_url(reason)
+        super().__init__(f"app {app!r} cannot connect to {self.url}: {self.reason}")
+
+
+class MigrationFailed(RegistryError):  # noqa: N818 - reads as the condition
+    def __init__(self, app: str, migration: str, reason: str) -> None:
+        self.app = app
+        self.migration = migration
+        self.reason = mask_url(reason)
+        super().__init__(f"migration {migration!r} of app {app!r} failed: {self.reason}")
+
+
+class SeedFailed(RegistryError):  # noqa: N818 - reads as the condition
+    def __init__(self, app: str, seed: str, reason: str) -> None:
+        self.app = app
+        self.seed = seed
+        self.reason = mask_url(reason)
+        super().__init__(f"seed {seed!r} of app {app!r} failed: {self.reason}")
+
+
+class ModelLoadError(RegistryError):
+    def __init__(self, app: str, source: str, reason: str) -> None:
+        self.app = app
+        self.source = source
+        self.reason = reason
+        super().__init__(f"models of app {app!r} from {source!r} cannot be loaded: {reason}")
+
+
+class PluginVeto(RegistryError):  # noqa: N818 - reads as the condition
+    """A required plugin with ``on_failure = "abort"`` failed or timed out on a step."""
+
+    def __init__(
+        self, app: str, event: str, plugin: str, consumer: str | None, reason: str
+    ) -> None:
+        self.app = app
+        self.event = event
+        self.plugin = plugin
+        self.consumer = consumer
+        self.reason = reason
+        held = f" (consumer {consumer!r})" if consumer else " (no consumer)"
+        super().__init__(f"plugin {plugin!r}{held} stopped {event} of app {app!r}: {reason}")
