@@ -1,5 +1,82 @@
-"""The registry of rapid-objection: apps, connections, migrations, plugins, CLI."""
+"""The registry of rapid-objection: apps, connections, migrations, plugins, CLI.
+
+Names are imported on first use (PEP 562), so that ``rapid-objection worker``, which
+enters through ``core``'s CLI, never loads SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 from plugin_workers import PluginInterface
 
-__all__ = ["PluginInterface"]
+if TYPE_CHECKING:
+    from ._config import AppConfig, PluginConfig, RegistryConfig
+    from ._connections import ConnectionManager
+    from ._errors import (
+        AppAlreadyRegistered,
+        AppNotRegistered,
+        ConfigError,
+        ConnectionFailed,
+        MigrationFailed,
+        ModelLoadError,
+        PluginVeto,
+        RegistryError,
+        SeedFailed,
+    )
+    from ._plugins import PluginManager
+    from ._registry import AppRegistry
+    from ._results import InitializeResult, ShutdownResult, UnregisterResult
+
+_LAZY = {
+    "AppAlreadyRegistered": "._errors",
+    "AppConfig": "._config",
+    "AppNotRegistered": "._errors",
+    "AppRegistry": "._registry",
+    "ConfigError": "._errors",
+    "ConnectionFailed": "._errors",
+    "ConnectionManager": "._connections",
+    "InitializeResult": "._results",
+    "MigrationFailed": "._errors",
+    "ModelLoadError": "._errors",
+    "PluginConfig": "._config",
+    "PluginManager": "._plugins",
+    "PluginVeto": "._errors",
+    "RegistryConfig": "._config",
+    "RegistryError": "._errors",
+    "SeedFailed": "._errors",
+    "ShutdownResult": "._results",
+    "UnregisterResult": "._results",
+}
+
+__all__ = [
+    "AppAlreadyRegistered",
+    "AppConfig",
+    "AppNotRegistered",
+    "AppRegistry",
+    "ConfigError",
+    "ConnectionFailed",
+    "ConnectionManager",
+    "InitializeResult",
+    "MigrationFailed",
+    "ModelLoadError",
+    "PluginConfig",
+    "PluginInterface",
+    "PluginManager",
+    "PluginVeto",
+    "RegistryConfig",
+    "RegistryError",
+    "SeedFailed",
+    "ShutdownResult",
+    "UnregisterResult",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'core' has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import signal
 import tomllib
 from pathlib import Path
@@ -12,6 +14,8 @@ from typing import Any
 import anyio
 
 from ._args import DEFAULT_SERVER_URL, Parser, UsageError, add_bus_options
+
+ENV_PLUGIN_TABLE = "RAPID_OBJECTION_PLUGIN_TABLE"
 
 
 def add_parser(commands: Any) -> None:
@@ -25,6 +29,20 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--concurrency", type=int, default=1, help="hooks run at once (apps)")
     parser.add_argument("--timeout", type=float, help="hook timeout in seconds")
     parser.add_argument("--required", action="store_true", help="announce the plugin required")
+    parser.add_argument(
+        "--max-deliveries", type=int, help="attempts per event before dead-lettering (default 5)"
+    )
+    parser.add_argument(
+        "--claim-idle",
+        type=float,
+        help="seconds before this worker takes over a dead consumer's events (default 5)",
+    )
+    parser.add_argument(
+        "--config-json",
+        default=os.environ.get(ENV_PLUGIN_TABLE),
+        help="the plugin's table as JSON (config, timeout, required, max_deliveries); a "
+        f"supervising registry passes it in env {ENV_PLUGIN_TABLE}, out of sight of ps",
+    )
     parser.set_defaults(run=run)
 
 
@@ -55,10 +73,15 @@ def read_config(path: Path, target: str) -> tuple[dict[str, Any], dict[str, Any]
 
 
 def run(args: argparse.Namespace) -> int:
-    from bus import Bus
+    from bus import CLAIM_IDLE, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_DELIVERIES, Bus
     from plugin_workers import Worker, build_plugin, load_plugin_class
 
     table, bus_table = read_config(args.config, args.plugin) if args.config else ({}, {})
+    if args.config_json:
+        try:
+            table = {**table, **json.loads(args.config_json)}
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--config-json is not valid JSON: {exc}") from None
     url = args.bus_url or bus_table.get("url") or DEFAULT_SERVER_URL
     if url.startswith("memory:"):
         raise UsageError(
@@ -70,7 +93,11 @@ def run(args: argparse.Namespace) -> int:
     namespace = args.namespace or bus_table.get("namespace") or "default"
     config = dict(table.get("config", {}))
     plugin = build_plugin(load_plugin_class(args.plugin), config)
-    timeout = args.timeout or float(table.get("timeout", 5.0))
+    timeout = args.timeout or float(table.get("timeout", DEFAULT_HOOK_TIMEOUT))
+    max_deliveries = args.max_deliveries or int(table.get("max_deliveries", DEFAULT_MAX_DELIVERIES))
+    if max_deliveries < 1:
+        raise UsageError(f"--max-deliveries must be at least 1, not {max_deliveries}")
+    claim_idle = args.claim_idle or float(table.get("claim_idle", CLAIM_IDLE))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     async def main() -> None:
@@ -83,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
                 config=config,
                 timeout=timeout,
                 required=args.required or bool(table.get("required", False)),
-                max_deliveries=int(table.get("max_deliveries", 5)),
+                max_deliveries=max_deliveries,
+                claim_idle=claim_idle,
             )
             async with anyio.create_task_group() as group:
                 group.start_soon(_stop_on_signal, worker, group.cancel_scope)

@@ -1,0 +1,296 @@
+"""The app lifecycles in the documented order; every step published and awaited.
+
+register: app_registration_started → connection (new or shared) → connection_created →
+auto_operations_started → migrations → seeds → models → auto_operations_completed →
+app_registered. On failure: operation_failed, cleanup (connection_shutdown), and the
+original error raised.
+
+unregister: app_unregistration_started → app_rollback_started → seeds rollback →
+migrations rollback → models cleared → app_rollback_completed → connection_shutdown
+(only when the last reference goes) → app_unregistered.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+
+from bus import (
+    AppRegistered,
+    AppRegistrationStarted,
+    AppRollbackCompleted,
+    AppRollbackStarted,
+    AppUnregistered,
+    AppUnregistrationStarted,
+    AutoOperationsCompleted,
+    AutoOperationsStarted,
+    BusError,
+    ConnectionCreated,
+    ConnectionInfo,
+    ConnectionShutdown,
+    OperationFailed,
+    OperationResult,
+    mask_url,
+)
+
+from ._config import AppConfig, to_dict
+from ._connections import ConnectionManager
+from ._models import ModelSet, load_models
+from ._results import UnregisterResult
+
+if TYPE_CHECKING:
+    from ._registry import AppRegistry
+
+log = logging.getLogger("rapid_objection.registry")
+
+
+class Runner(Protocol):
+    """Migrations (plain or Alembic) and seeds: apply a batch, undo the last one."""
+
+    def apply(self) -> OperationResult: ...
+
+    def undo(self) -> OperationResult: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class AppRecord:
+    """A registered app: its connection manager and what it needs to be rolled back."""
+
+    manager: ConnectionManager
+    config: AppConfig
+    reused: bool
+    migrations: Runner | None = None
+    seeds: Runner | None = None
+    models: ModelSet | None = None
+    health: dict[str, Any] | None = None
+    registered_at: float = field(default_factory=time.time)
+    operations: list[OperationResult] = field(default_factory=list)
+
+    def status(self) -> dict[str, Any]:
+        status = self.manager.status()
+        status["health"] = self.health
+        status["registered_at"] = self.registered_at
+        return status
+
+
+def _runners(
+    app: str, manager: ConnectionManager, config: AppConfig
+) -> tuple[Runner | None, Runner | None]:
+    from ._alembic import AlembicMigrations
+    from ._migrations import Migrations
+    from ._runners import MigrationRunner, SeedRunner
+    from ._seeds import Seeds
+
+    migrations: Runner | None = None
+    if config.migrations.enabled and config.migrations.alembic:
+        migrations = MigrationRunner(AlembicMigrations(app, manager.engine, config.migrations))
+    elif config.migrations.enabled and config.migrations.directory:
+        migrations = MigrationRunner(Migrations(app, manager.engine, config.migrations))
+    seeds: Runner | None = None
+    if config.seeds.enabled and config.seeds.directory:
+        seeds = SeedRunner(Seeds(app, manager.engine, config.seeds))
+    return migrations, seeds
+
+
+async def register(registry: AppRegistry, name: str, config: AppConfig) -> AppRecord:
+    """The registration lifecycle of one app."""
+    engines = registry.engines
+    opened = False
+    models: ModelSet | None = None
+    stage = "app_registration_started"
+    try:
+        await registry.step(AppRegistrationStarted(config=to_dict(config)), name)
+        stage = "connection"
+        lease = await anyio.to_thread.run_sync(
+            engines.open, name, config.database, config.use_connection
+        )
+        opened = True
+        info = engines.info(name)
+        await registry.listeners.emit(
+            "connection-reused" if lease.reused else "connection-created",
+            {
+                "app": name,
+                "url": info.url,
+                "shared": info.shared,
+                "reference_count": info.reference_count,
+            },
+        )
+        stage = "connection_created"
+        await registry.step(ConnectionCreated(connection=info, reused=lease.reused), name)
+        stage = "auto_operations_started"
+        await registry.step(AutoOperationsStarted(connection=info, config=to_dict(config)), name)
+        manager = ConnectionManager(
+            name, config, lease.engine, info_source=lambda: engines.info(name)
+        )
+        migrations, seeds = _runners(name, manager, config)
+        operations: list[OperationResult] = []
+        if migrations is not None:
+            stage = "migrations"
+            operations.append(await anyio.to_thread.run_sync(migrations.apply))
+        if seeds is not None:
+            stage = "seeds"
+            operations.append(await anyio.to_thread.run_sync(seeds.apply))
+        if config.models.enabled and (config.models.module or config.models.classes):
+            stage = "models"
+            started = time.monotonic()
+            models = await anyio.to_thread.run_sync(load_models, name, config.models)
+            manager.models = models
+            operations.append(
+                OperationResult(
+                    operation="models",
+                    success=True,
+                    items=tuple(sorted(models)),
+                    duration=time.monotonic() - started,
+                )
+            )
+        stage = "auto_operations_completed"
+        await registry.step(
+            AutoOperationsCompleted(operations=tuple(operations), success=True), name
+        )
+        stage = "app_registered"
+        await registry.step(
+            AppRegistered(connection=engines.info(name), config=to_dict(config)), name
+        )
+        await registry.require_bus().directory.claim_app(name, registry.id)
+        return AppRecord(
+            manager=manager,
+            config=config,
+            reused=lease.reused,
+            migrations=migrations,
+            seeds=seeds,
+            models=models,
+            operations=operations,
+        )
+    except BaseException as exc:
+        with anyio.CancelScope(shield=True):
+            await _report_failure(registry, name, "register_app", stage, exc)
+            if models is not None:
+                models.clear()
+            if opened:
+                await _release(registry, name, registry_shutdown=False)
+        raise
+
+
+async def unregister(
+    registry: AppRegistry, name: str, record: AppRecord, *, rollback: bool, force: bool
+) -> UnregisterResult:
+    """The unregistration lifecycle of one app."""
+    started = time.monotonic()
+    options = {"rollback": rollback, "force": force}
+    steps: list[OperationResult] = []
+    errors: list[str] = []
+    stage = "app_unregistration_started"
+    try:
+        await registry.step(AppUnregistrationStarted(options=options), name)
+        if rollback:
+            stage = "app_rollback_started"
+            info = registry.engines.info(name)
+            await registry.step(AppRollbackStarted(connection=info, options=options), name)
+            for label, runner in (("seeds", record.seeds), ("migrations", record.migrations)):
+                if runner is None:
+                    continue
+                stage = label
+                result = await anyio.to_thread.run_sync(runner.undo)
+                steps.append(result)
+                if not result.success:
+                    errors.append(f"{label}: {result.error}")
+                    if not force:
+                        break
+        if not errors or force:
+            stage = "models"
+            steps.append(_clear_models(record))
+        if rollback:
+            stage = "app_rollback_completed"
+            await registry.step(AppRollbackCompleted(steps=tuple(steps), success=not errors), name)
+        if errors and not force:
+            await _report_failure(
+                registry, name, "unregister_app", "rollback", RuntimeError("; ".join(errors))
+            )
+            return UnregisterResult(
+                name, False, rollback, steps, False, time.monotonic() - started, errors
+            )
+        stage = "connection_shutdown"
+        closed = await _release(registry, name, registry_shutdown=False)
+        await registry.require_bus().directory.release_app(name)
+        stage = "app_unregistered"
+        await registry.step(AppUnregistered(options=options), name)
+    except BaseException as exc:
+        with anyio.CancelScope(shield=True):
+            await _report_failure(registry, name, "unregister_app", stage, exc)
+        raise
+    return UnregisterResult(
+        name, not errors, rollback, steps, closed, time.monotonic() - started, errors
+    )
+
+
+def _clear_models(record: AppRecord) -> OperationResult:
+    started = time.monotonic()
+    names: tuple[str, ...] = ()
+    if record.models is not None:
+        names = tuple(sorted(record.models))
+        record.models.clear()
+        record.models = None
+    record.manager.models = {}
+    return OperationResult(
+        operation="models", success=True, items=names, duration=time.monotonic() - started
+    )
+
+
+async def close_connection(
+    registry: AppRegistry, name: str, record: AppRecord, *, registry_shutdown: bool
+) -> None:
+    """Registry shutdown: release an app's connection (no rollback), models cleared."""
+    _clear_models(record)
+    await _release(registry, name, registry_shutdown=registry_shutdown)
+    try:
+        await registry.require_bus().directory.release_app(name)
+    except BusError as exc:
+        log.warning("could not release app %s in the directory: %s", name, exc)
+
+
+async def _release(registry: AppRegistry, name: str, *, registry_shutdown: bool) -> bool:
+    """Drop ``name``'s reference; publish connection_shutdown when it was the last one
+    (or on registry shutdown, for every app). Returns whether the engine was closed."""
+    info: ConnectionInfo = registry.engines.info(name)
+    released = await anyio.to_thread.run_sync(registry.engines.release, name)
+    if released.last_reference or registry_shutdown:
+        payload = ConnectionShutdown(
+            connection=info,
+            shared=released.shared,
+            last_reference=released.last_reference,
+            registry_shutdown=registry_shutdown,
+        )
+        try:
+            await registry.require_publisher().emit(payload, app=name)
+        except BusError as exc:
+            log.warning("connection_shutdown of %s not published: %s", name, exc)
+    return released.last_reference
+
+
+async def _report_failure(
+    registry: AppRegistry, name: str, operation: str, stage: str, exc: BaseException
+) -> None:
+    """Publish operation_failed (best effort: a failure to report never hides the error)."""
+    if isinstance(exc, anyio.get_cancelled_exc_class()):
+        message = "cancelled"
+    else:
+        message = mask_url(str(exc))
+    payload = OperationFailed(
+        operation=operation,
+        error_type=type(exc).__name__,
+        error_message=message,
+        context={"stage": stage},
+    )
+    await registry.listeners.emit(
+        "error", {"component": "AppRegistry", "phase": stage, "app": name, "error": message}
+    )
+    try:
+        await registry.require_publisher().emit(payload, app=name)
+    except Exception as report_error:
+        log.warning("operation_failed of %s not published: %s", name, report_error)

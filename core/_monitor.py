@@ -1,0 +1,67 @@
+"""Health monitoring (off by default): per app, per interval, a real check, a
+health_check event, and the plugins' returned dicts merged into the app's health."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from bus import BusError, HealthCheck
+
+from ._health import check
+
+if TYPE_CHECKING:
+    from ._lifecycle import AppRecord
+    from ._registry import AppRegistry
+
+log = logging.getLogger("rapid_objection.health")
+
+
+async def check_app(registry: AppRegistry, name: str, record: AppRecord) -> dict[str, Any]:
+    """Check one app now; its health (with every answering plugin's dict) is returned
+    and kept as the app's latest health."""
+    health = await anyio.to_thread.run_sync(check, name, record.manager.engine)
+    publisher = registry.require_publisher()
+    # Every plugin that implements the hook is awaited (not only required ones): the
+    # point of the event is to collect what they return.
+    awaited = set(publisher.required_for("health_check"))
+    awaited |= {
+        plugin
+        for plugin, manifest in publisher.manifests.items()
+        if "health_check" in manifest.hooks
+    }
+    result = await publisher.emit(HealthCheck(health=health), app=name, required=sorted(awaited))
+    health = {**health, "plugins": result.results()}
+    failed = {o.plugin: o.error for o in (*result.failed, *result.timed_out)}
+    if failed:
+        health["plugin_errors"] = failed
+    record.health = health
+    return health
+
+
+class HealthMonitor:
+    """Checks every registered app each ``interval`` seconds until stopped."""
+
+    def __init__(self, registry: AppRegistry, interval: float) -> None:
+        self.registry = registry
+        self.interval = interval
+        self._stop = anyio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while not self._stop.is_set():
+            with anyio.move_on_after(self.interval):
+                await self._stop.wait()
+            if self._stop.is_set():
+                return
+            for name, record in self.registry.app_records().items():
+                try:
+                    await check_app(self.registry, name, record)
+                except BusError as exc:
+                    log.warning("health check of %s not published: %s", name, exc)

@@ -1,0 +1,356 @@
+"""The PluginManager: loads configured plugins in batches, isolates their failures.
+
+Enabled plugins load in batches of ``batch_size`` (3), concurrently within a batch; a
+configured plugin gets twice ``load_timeout`` for import plus initialize; a plugin that
+fails is reported in ``initialize()``'s result while the others load. Three run modes:
+
+* ``inline``: the plugin's worker runs as a task in the registry's process and consumes
+  through the same bus (audit, acks and failures are the same as for a process);
+* ``process``: the registry starts ``workers`` worker processes and supervises them;
+* ``external``: workers run elsewhere (``rapid-objection worker``); loading waits up to
+  ``load_timeout`` for their manifest.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+
+from bus import PluginPolicy, collect_status
+from plugin_workers import PluginLoadError, Worker, build_plugin, load_plugin_class
+
+from ._config import PluginConfig
+from ._supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from ._registry import AppRegistry
+
+log = logging.getLogger("rapid_objection.plugins")
+
+REQUIRED_METHODS = ("initialize", "shutdown", "get_status")
+MANIFEST_POLL = 0.1
+"""Seconds between two looks for an external plugin's manifest while loading."""
+
+
+class PluginFailed(Exception):  # noqa: N818 - a load outcome, carried in initialize()'s result
+    """A plugin that could not be loaded; the message is the seed's troubleshooting text."""
+
+    def __init__(self, plugin: str, message: str, phase: str) -> None:
+        super().__init__(message)
+        self.plugin = plugin
+        self.phase = phase
+
+
+@dataclass
+class LoadedPlugin:
+    """A plugin this registry runs or waits for."""
+
+    name: str
+    mode: Literal["inline", "process", "external"]
+    config: PluginConfig
+    instance: Any = None
+    """The plugin object (inline mode only)."""
+    worker: Worker | None = None
+    supervisor: Supervisor | None = None
+    loaded_at: float = field(default_factory=time.time)
+    stopped: anyio.Event = field(default_factory=anyio.Event)
+
+    @property
+    def version(self) -> str | None:
+        return getattr(self.instance, "version", None)
+
+
+@dataclass(frozen=True, slots=True)
+class FailedPlugin:
+    name: str
+    error: str
+    phase: str
+
+
+def validate_interface(plugin_class: type[Any]) -> None:
+    """The seed's interface check: the lifecycle methods must be there."""
+    for method in REQUIRED_METHODS:
+        if not callable(getattr(plugin_class, method, None)):
+            raise PluginLoadError(plugin_class.__name__, f"Plugin must implement {method}() method")
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+class PluginManager:
+    """Loads, runs and unloads the plugins of one registry."""
+
+    def __init__(self, registry: AppRegistry) -> None:
+        self.registry = registry
+        self.settings = registry.config.plugin_manager
+        self._plugins: dict[str, LoadedPlugin] = {}
+        self.failed: dict[str, FailedPlugin] = {}
+
+    # -- queries (the seed's get, getAll, has, getStatus) -------------------------------
+
+    def get(self, name: str) -> Any:
+        """The plugin object of an inline plugin, else its LoadedPlugin record; or None."""
+        loaded = self._plugins.get(name)
+        if loaded is None:
+            return None
+        return loaded.instance if loaded.instance is not None else loaded
+
+    def get_all(self) -> dict[str, Any]:
+        return {name: self.get(name) for name in self._plugins}
+
+    def has(self, name: str) -> bool:
+        return name in self._plugins
+
+    def config_of(self, name: str) -> PluginConfig | None:
+        """The policy a plugin runs under: as loaded, else as configured."""
+        loaded = self._plugins.get(name)
+        return loaded.config if loaded is not None else self.registry.config.plugins.get(name)
+
+    async def get_status(self) -> dict[str, Any]:
+        """Counts and each plugin's status with its consumers (from the bus)."""
+        consumers: dict[str, list[dict[str, Any]]] = {}
+        if self.registry.bus is not None:
+            report = await collect_status(self.registry.bus, recent=0)
+            for plugin in report.plugins:
+                consumers[plugin.name] = [
+                    {"name": c.name, "alive": c.alive, "pending": c.pending, "handled": c.handled}
+                    for c in plugin.consumers
+                ]
+        configured = self.registry.config.plugins
+        plugins: dict[str, Any] = {}
+        for name, loaded in self._plugins.items():
+            own = loaded.instance.get_status() if loaded.instance is not None else {}
+            plugins[name] = {
+                "status": "loaded",
+                "mode": loaded.mode,
+                "version": loaded.version,
+                "required": loaded.config.required,
+                "on_failure": loaded.config.on_failure,
+                "loaded_at": loaded.loaded_at,
+                "plugin": own,
+                "consumers": consumers.get(name, []),
+            }
+        for name, failure in self.failed.items():
+            plugins[name] = {"status": "failed", "error": failure.error, "phase": failure.phase}
+        return {
+            "total": len(configured) + len(set(self._plugins) - set(configured)),
+            "enabled": sum(1 for c in configured.values() if c.enabled),
+            "loaded": len(self._plugins),
+            "failed": len(self.failed),
+            "plugins": plugins,
+        }
+
+    # -- loading --------------------------------------------------------------------------
+
+    async def load_configured(self) -> tuple[list[str], list[FailedPlugin]]:
+        """Load every enabled plugin of the configuration, in batches."""
+        enabled = [(n, c) for n, c in self.registry.config.plugins.items() if c.enabled]
+        size = max(1, self.settings.batch_size)
+        for start in range(0, len(enabled), size):
+            async with anyio.create_task_group() as group:
+                for name, config in enabled[start : start + size]:
+                    group.start_soon(self._load_isolated, name, config)
+        loaded = [name for name, _ in enabled if name in self._plugins]
+        failed = [self.failed[name] for name, _ in enabled if name in self.failed]
+        return loaded, failed
+
+    async def _load_isolated(self, name: str, config: PluginConfig) -> None:
+        limit = 2 * self.settings.load_timeout
+        try:
+            with anyio.fail_after(limit):
+                await self.load(name, config)
+        except TimeoutError:
+            await self._fail(
+                name, f"Timeout ({int(limit * 1000)}ms): load configured plugin '{name}'", "timeout"
+            )
+        except PluginFailed as exc:
+            await self._fail(name, str(exc), exc.phase)
+        except PluginLoadError as exc:
+            await self._fail(name, str(exc), "import")
+        except Exception as exc:
+            await self._fail(name, f"Plugin '{name}' failed to initialize: {exc}", "initialize")
+
+    async def _fail(self, name: str, message: str, phase: str) -> None:
+        self.failed[name] = FailedPlugin(name, message, phase)
+        log.error("plugin %s: %s", name, message)
+        await self.registry.listeners.emit(
+            "error",
+            {"component": "PluginManager", "phase": phase, "plugin": name, "error": message},
+        )
+
+    async def load(self, name: str, config: PluginConfig) -> LoadedPlugin:
+        """Load one plugin in its mode; raises PluginFailed / PluginLoadError."""
+        if name in self._plugins:
+            raise PluginFailed(name, f"Plugin '{name}' is already loaded", "load")
+        if not config.module:
+            raise PluginFailed(
+                name, f"Plugin '{name}' missing required 'module' property", "config"
+            )
+        self.registry.publisher_policy(name, config)
+        if config.mode == "inline":
+            plugin_class = await anyio.to_thread.run_sync(
+                load_plugin_class, config.module, abandon_on_cancel=True
+            )
+            instance = build_plugin(plugin_class, dict(config.config))
+            loaded = await self._start_inline(name, instance, config)
+        elif config.mode == "process":
+            loaded = await self._start_processes(name, config)
+        else:
+            loaded = LoadedPlugin(name, "external", config)
+            await self._await_manifest(name, self.settings.load_timeout)
+        self.failed.pop(name, None)
+        self._plugins[name] = loaded
+        await self.registry.listeners.emit(
+            "plugin-loaded", {"plugin": name, "mode": loaded.mode, "version": loaded.version}
+        )
+        return loaded
+
+    async def load_instance(self, instance: Any, config: PluginConfig) -> LoadedPlugin:
+        """Run an already-built plugin object inline (``AppRegistry.load_plugin``)."""
+        name = getattr(instance, "name", None) or type(instance).__name__
+        if name in self._plugins:
+            raise PluginFailed(name, f"Plugin '{name}' is already loaded", "load")
+        self.registry.publisher_policy(name, config)
+        loaded = await self._start_inline(name, instance, config)
+        self._plugins[name] = loaded
+        await self.registry.listeners.emit(
+            "plugin-loaded", {"plugin": name, "mode": "inline", "version": loaded.version}
+        )
+        return loaded
+
+    async def _start_inline(self, name: str, instance: Any, config: PluginConfig) -> LoadedPlugin:
+        validate_interface(type(instance))
+        validate = getattr(instance, "validate_configuration", None)
+        if callable(validate):
+            try:
+                await _maybe_await(validate(dict(config.config)))
+            except Exception as exc:
+                raise PluginFailed(
+                    name, f"Plugin '{name}' configuration is invalid: {exc}", "validate"
+                ) from exc
+        bus = self.registry.require_bus()
+        worker = Worker(
+            instance,
+            bus,
+            consumer=f"{self.registry.id}-{name}",
+            config=dict(config.config),
+            timeout=config.timeout,
+            required=config.required,
+            max_deliveries=config.max_deliveries,
+            registry_id=self.registry.id,
+        )
+        loaded = LoadedPlugin(name, "inline", config, instance=instance, worker=worker)
+
+        async def run(
+            *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        ) -> None:
+            try:
+                await worker.run(task_status=task_status)
+            finally:
+                loaded.stopped.set()
+
+        await self.registry.task_group().start(run)
+        return loaded
+
+    async def _start_processes(self, name: str, config: PluginConfig) -> LoadedPlugin:
+        bus = self.registry.require_bus()
+        if bus.embedded:
+            raise PluginFailed(
+                name,
+                f"Plugin '{name}' runs in mode 'process', which needs a Redis bus; "
+                "memory:// lives inside this process (use mode 'inline')",
+                "config",
+            )
+        assert config.module is not None
+        supervisor = Supervisor(
+            name,
+            config.module,
+            workers=config.workers,
+            bus_url=self.registry.config.bus.url,
+            namespace=bus.namespace,
+            table={
+                "config": config.config,
+                "timeout": config.timeout,
+                "required": config.required,
+                "max_deliveries": config.max_deliveries,
+            },
+            consumer_prefix=self.registry.id,
+            shutdown_timeout=self.settings.shutdown_timeout,
+        )
+        loaded = LoadedPlugin(name, "process", config, supervisor=supervisor)
+
+        async def run(
+            *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        ) -> None:
+            try:
+                await supervisor.run(task_status=task_status)
+            finally:
+                loaded.stopped.set()
+
+        await self.registry.task_group().start(run)
+        try:
+            await self._await_manifest(name, None)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await supervisor.stop()
+            raise
+        return loaded
+
+    async def _await_manifest(self, name: str, limit: float | None) -> None:
+        """Wait until a worker of ``name`` has announced itself (a test-free poll of the
+        directory, a few times a second, only while loading)."""
+        bus = self.registry.require_bus()
+        with anyio.move_on_after(limit if limit is not None else float("inf")) as scope:
+            while True:
+                workers = await bus.directory.workers(name)
+                if workers:
+                    break
+                await anyio.sleep(MANIFEST_POLL)
+        if scope.cancelled_caught:
+            raise PluginFailed(
+                name,
+                f"Plugin '{name}' has no worker: none announced itself within "
+                f"{limit:g}s (start one with `rapid-objection worker {name} ...`)",
+                "manifest",
+            )
+        await self.registry.refresh_plugins()
+
+    # -- unloading ------------------------------------------------------------------------
+
+    async def unload(self, name: str, timeout: float | None = None) -> bool:
+        """Stop one plugin (inline: drain and call shutdown(); process: stop the workers)."""
+        loaded = self._plugins.pop(name, None)
+        if loaded is None:
+            return False
+        limit = timeout if timeout is not None else self.settings.shutdown_timeout
+        with anyio.move_on_after(limit, shield=True):
+            if loaded.worker is not None:
+                loaded.worker.stop()
+                await loaded.stopped.wait()
+            elif loaded.supervisor is not None:
+                await loaded.supervisor.stop()
+                await loaded.stopped.wait()
+        self.registry.drop_policy(name)
+        await self.registry.listeners.emit("plugin-unloaded", {"plugin": name, "mode": loaded.mode})
+        return True
+
+    async def shutdown(self, timeout: float | None = None) -> list[str]:
+        """Unload every plugin, concurrently; returns their names."""
+        names = list(self._plugins)
+        async with anyio.create_task_group() as group:
+            for name in names:
+                group.start_soon(self.unload, name, timeout)
+        return names
+
+    def policies(self) -> dict[str, PluginPolicy]:
+        return {
+            name: PluginPolicy(required=config.required or None, timeout=config.timeout)
+            for name, config in self.registry.config.plugins.items()
+            if config.enabled
+        }

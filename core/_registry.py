@@ -1,0 +1,357 @@
+"""``AppRegistry``: apps, shared connections and plugins, every step on the bus."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from bus import (
+    Bus,
+    BusError,
+    Payload,
+    PluginPolicy,
+    Publisher,
+    Retention,
+    WaitResult,
+    default_registry_id,
+    mask_url,
+)
+
+from ._config import (
+    AppConfig,
+    PluginConfig,
+    RegistryConfig,
+    load_app_config,
+    load_registry_config,
+)
+from ._connections import ConnectionManager, Engines
+from ._errors import AppNotRegistered, ConfigError, PluginVeto, RegistryError
+from ._lifecycle import AppRecord, register, unregister
+from ._listeners import Listener, Listeners
+from ._monitor import HealthMonitor
+from ._plugins import LoadedPlugin, PluginManager
+from ._results import FailedPluginInfo, InitializeResult, ShutdownResult, UnregisterResult
+
+log = logging.getLogger("rapid_objection.registry")
+
+APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+class AppRegistry:
+    """A registry of database apps whose lifecycle steps are published on the bus.
+
+    ``async with AppRegistry(config) as registry:`` initializes (bus, plugins) and shuts
+    down (connections, plugins, bus). ``config`` is a dict, a TOML file path or a
+    ``RegistryConfig``.
+    """
+
+    def __init__(
+        self, config: RegistryConfig | Mapping[str, Any] | str | Path | None = None
+    ) -> None:
+        self.config = load_registry_config(config)
+        self.id = self.config.registry.id or default_registry_id()
+        self.listeners = Listeners()
+        self.plugins = PluginManager(self)
+        self.engines = Engines()
+        self.bus: Bus | None = None
+        self.publisher: Publisher | None = None
+        self.initialized = False
+        self._apps: dict[str, AppRecord] = {}
+        self._registering: set[str] = set()
+        self._stack: AsyncExitStack | None = None
+        self._group: TaskGroup | None = None
+        self._monitor: HealthMonitor | None = None
+
+    # -- lifecycle of the registry ----------------------------------------------------------
+
+    async def initialize(self) -> InitializeResult:
+        """Open the bus, start the publisher and load the configured plugins."""
+        if self.initialized:
+            raise RegistryError(f"registry {self.id!r} is already initialized")
+        started = time.monotonic()
+        settings = self.config.bus
+        async with AsyncExitStack() as stack:
+            self.bus = await stack.enter_async_context(
+                Bus.connect(settings.url, settings.namespace)
+            )
+            retention = None
+            if settings.retention_max_age is not None or settings.retention_max_len is not None:
+                retention = Retention(settings.retention_max_age, settings.retention_max_len)
+            self.publisher = await stack.enter_async_context(
+                Publisher(
+                    self.bus,
+                    self.id,
+                    policies=self.plugins.policies(),
+                    ack_timeout=settings.ack_timeout,
+                    retention=retention,
+                )
+            )
+            self._group = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(self._group.cancel_scope.cancel)
+            self._stack = stack.pop_all()
+        self.initialized = True
+        loaded, failed = await self.plugins.load_configured()
+        await self.refresh_plugins()
+        if self.config.registry.enable_health_monitoring:
+            self._monitor = HealthMonitor(self, self.config.registry.health_check_interval)
+            await self.task_group().start(self._monitor.run)
+        return InitializeResult(
+            plugin_count=len(loaded),
+            loaded_plugins=loaded,
+            failed_plugins=[FailedPluginInfo(f.name, f.error, f.phase) for f in failed],
+            duration=time.monotonic() - started,
+        )
+
+    async def shutdown(self, timeout: float | None = None) -> ShutdownResult:
+        """Close every connection (connection_shutdown, registry_shutdown), stop the
+        plugins (inline: shutdown(); processes: a graceful stop), close the bus."""
+        started = time.monotonic()
+        limit = timeout if timeout is not None else self.config.registry.shutdown_timeout
+        errors: list[str] = []
+        apps = list(self._apps)
+        plugins: list[str] = []
+        with anyio.move_on_after(limit, shield=True) as scope:
+            if self._monitor is not None:
+                self._monitor.stop()
+            for name in apps:
+                try:
+                    await self._close_app(name)
+                except Exception as exc:
+                    errors.append(f"app {name!r}: {mask_url(str(exc))}")
+            plugins = await self.plugins.shutdown(self.config.plugin_manager.shutdown_timeout)
+        if scope.cancelled_caught:
+            errors.append(f"shutdown did not finish within {limit:g}s")
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            with anyio.CancelScope(shield=True):
+                await stack.aclose()
+        self.initialized = False
+        self.bus = self.publisher = None
+        return ShutdownResult(
+            success=not errors,
+            duration=time.monotonic() - started,
+            apps_shut_down=apps,
+            plugins_shut_down=plugins,
+            errors=errors,
+        )
+
+    async def __aenter__(self) -> AppRegistry:
+        await self.initialize()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+
+    # -- apps -------------------------------------------------------------------------------
+
+    async def register_app(
+        self, name: str, config: AppConfig | Mapping[str, Any] | str | Path | None = None
+    ) -> ConnectionManager:
+        """Connect, migrate, seed and load models for ``name``; each step published and awaited.
+
+        Raises ``AppAlreadyRegistered`` for a taken name (also when another registration
+        of it is in progress), and otherwise the step's own error, after publishing
+        operation_failed and closing what was opened.
+        """
+        self.require_bus()
+        if not isinstance(name, str) or not APP_NAME.match(name):
+            raise ConfigError(
+                "an app name is 1-64 letters, digits, '.', '_' or '-', starting with a "
+                f"letter or digit; got {name!r}",
+                path="apps",
+            )
+        from ._errors import AppAlreadyRegistered
+
+        if name in self._apps or name in self._registering:
+            raise AppAlreadyRegistered(name)
+        self._registering.add(name)
+        try:
+            app_config = load_app_config(name, config)
+            record = await register(self, name, app_config)
+            self._apps[name] = record
+        finally:
+            self._registering.discard(name)
+        self.require_publisher().apps.add(name)
+        await self.listeners.emit("app-registered", {"app": name, "reused": record.reused})
+        return record.manager
+
+    async def unregister_app(
+        self, name: str, rollback: bool = True, force: bool = False, timeout: float | None = None
+    ) -> UnregisterResult:
+        """Roll back (seeds, then migrations, then models) and close the connection unless
+        other apps still share it; each step published and awaited."""
+        record = self._apps.get(name)
+        if record is None:
+            raise AppNotRegistered(name)
+        with anyio.fail_after(timeout if timeout is not None else float("inf")):
+            result = await unregister(self, name, record, rollback=rollback, force=force)
+        if result.success or force:
+            self._apps.pop(name, None)
+            self.require_publisher().apps.discard(name)
+            await self.listeners.emit("app-unregistered", result.as_dict())
+        return result
+
+    async def _close_app(self, name: str) -> None:
+        """Registry shutdown: close an app's connection without rolling anything back."""
+        record = self._apps.pop(name)
+        from ._lifecycle import close_connection
+
+        await close_connection(self, name, record, registry_shutdown=True)
+        if self.publisher is not None:
+            self.publisher.apps.discard(name)
+
+    def get_app(self, name: str) -> ConnectionManager:
+        record = self._apps.get(name)
+        if record is None:
+            raise AppNotRegistered(name)
+        return record.manager
+
+    def has_app(self, name: str) -> bool:
+        return name in self._apps
+
+    def get_all_apps(self) -> dict[str, ConnectionManager]:
+        return {name: record.manager for name, record in self._apps.items()}
+
+    def app_records(self) -> dict[str, AppRecord]:
+        return dict(self._apps)
+
+    async def check_health(self, name: str) -> dict[str, Any]:
+        """Run one health check of ``name`` now (as the monitor does each interval)."""
+        from ._monitor import check_app
+
+        record = self._apps.get(name)
+        if record is None:
+            raise AppNotRegistered(name)
+        return await check_app(self, name, record)
+
+    async def get_status(self) -> dict[str, Any]:
+        return {
+            "registry": self.id,
+            "initialized": self.initialized,
+            "bus": {
+                "url": mask_url(self.config.bus.url),
+                "namespace": self.config.bus.namespace,
+            },
+            "apps": {name: record.status() for name, record in self._apps.items()},
+            "app_count": len(self._apps),
+            "connections": self.engines.count(),
+            "plugins": await self.plugins.get_status(),
+            "health_monitoring": self._monitor is not None,
+        }
+
+    # -- plugins ----------------------------------------------------------------------------
+
+    async def load_plugin(
+        self,
+        plugin_class: type[Any],
+        config: Mapping[str, Any] | None = None,
+        **policy: Any,
+    ) -> Any:
+        """Build ``plugin_class(config)`` and run it inline; returns the plugin object.
+
+        ``policy`` takes the keys of a ``[plugins.x]`` table (required, on_failure,
+        timeout, max_deliveries).
+        """
+        from plugin_workers import build_plugin
+
+        from ._config import convert
+
+        plugin_config = convert({"config": dict(config or {}), **policy}, PluginConfig)
+        instance = build_plugin(plugin_class, dict(plugin_config.config))
+        loaded = await self.plugins.load_instance(instance, plugin_config)
+        return loaded.instance
+
+    async def unload_plugin(self, name: str) -> bool:
+        return await self.plugins.unload(name)
+
+    def get_plugin(self, name: str) -> Any:
+        return self.plugins.get(name)
+
+    def get_all_plugins(self) -> dict[str, Any]:
+        return self.plugins.get_all()
+
+    def loaded_plugin(self, name: str) -> LoadedPlugin | None:
+        found = self.plugins.get(name)
+        return found if isinstance(found, LoadedPlugin) else None
+
+    # -- listeners --------------------------------------------------------------------------
+
+    def on(self, name: str, listener: Listener) -> None:
+        """Call ``listener(payload)`` (sync or async) on this registry's event ``name``:
+        app-registered, app-unregistered, connection-created, connection-reused,
+        plugin-loaded, plugin-unloaded, step, warning, error."""
+        self.listeners.on(name, listener)
+
+    def off(self, name: str, listener: Listener) -> None:
+        self.listeners.off(name, listener)
+
+    # -- for the parts of the registry ------------------------------------------------------
+
+    def require_bus(self) -> Bus:
+        if self.bus is None:
+            raise RegistryError(f"registry {self.id!r} is not initialized: await initialize()")
+        return self.bus
+
+    def require_publisher(self) -> Publisher:
+        if self.publisher is None:
+            raise RegistryError(f"registry {self.id!r} is not initialized: await initialize()")
+        return self.publisher
+
+    def task_group(self) -> TaskGroup:
+        if self._group is None:
+            raise RegistryError(f"registry {self.id!r} is not initialized: await initialize()")
+        return self._group
+
+    def publisher_policy(self, name: str, config: PluginConfig) -> None:
+        if self.publisher is not None:
+            self.publisher.policies[name] = PluginPolicy(
+                required=config.required or None, timeout=config.timeout
+            )
+
+    def drop_policy(self, name: str) -> None:
+        if self.publisher is not None:
+            self.publisher.policies.pop(name, None)
+
+    async def refresh_plugins(self) -> None:
+        if self.publisher is not None:
+            try:
+                await self.publisher.refresh_directory()
+            except BusError as exc:
+                log.warning("registry %s could not refresh plugins: %s", self.id, exc)
+
+    async def step(self, payload: Payload, app: str) -> WaitResult:
+        """Publish one lifecycle event and await its required acks; a required plugin
+        with ``on_failure = "abort"`` that failed or timed out raises ``PluginVeto``."""
+        result = await self.require_publisher().emit(payload, app=app)
+        await self.listeners.emit("step", {"app": app, "event": result.type, "result": result})
+        for outcome in (*result.failed, *result.timed_out):
+            plugin = self.plugins.config_of(outcome.plugin)
+            reason = outcome.error or outcome.status
+            await self.listeners.emit(
+                "warning",
+                {
+                    "app": app,
+                    "event": result.type,
+                    "plugin": outcome.plugin,
+                    "consumer": outcome.consumer,
+                    "status": outcome.status,
+                    "error": reason,
+                },
+            )
+            if plugin is not None and plugin.on_failure == "abort":
+                raise PluginVeto(app, result.type, outcome.plugin, outcome.consumer, reason)
+        return result

@@ -1,0 +1,129 @@
+"""Process mode: a registry starts and supervises the worker processes of a plugin."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import anyio
+from anyio.abc import Process, TaskStatus
+
+log = logging.getLogger("rapid_objection.supervisor")
+
+RESTART_DELAY_CAP = 30.0
+"""Seconds; the longest pause before restarting a worker that keeps crashing."""
+
+STABLE_AFTER = 30.0
+"""Seconds a worker must run before a crash no longer counts towards the backoff."""
+
+
+class Supervisor:
+    """Keeps ``workers`` processes of one plugin running until ``stop()``.
+
+    Each slot has a stable consumer name, so a restarted worker first drains what
+    its predecessor left pending.
+    """
+
+    def __init__(
+        self,
+        plugin: str,
+        module: str,
+        *,
+        workers: int,
+        bus_url: str,
+        namespace: str,
+        table: dict[str, Any],
+        consumer_prefix: str,
+        shutdown_timeout: float,
+    ) -> None:
+        self.plugin = plugin
+        self.module = module
+        self.workers = workers
+        self.bus_url = bus_url
+        self.namespace = namespace
+        self.table = table
+        self.consumer_prefix = consumer_prefix
+        self.shutdown_timeout = shutdown_timeout
+        self.restarts = 0
+        self._processes: dict[int, Process] = {}
+        self._stopping = False
+
+    def consumer_name(self, slot: int) -> str:
+        return f"{self.consumer_prefix}-{self.plugin}-{slot}"
+
+    @property
+    def pids(self) -> list[int]:
+        return [process.pid for process in self._processes.values()]
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as group:
+            for slot in range(self.workers):
+                group.start_soon(self._keep, slot)
+            task_status.started()
+
+    async def _keep(self, slot: int) -> None:
+        delay = 0.5
+        while not self._stopping:
+            started = anyio.current_time()
+            process = await self._spawn(slot)
+            self._processes[slot] = process
+            code = await process.wait()
+            del self._processes[slot]
+            if self._stopping:
+                return
+            if anyio.current_time() - started > STABLE_AFTER:
+                delay = 0.5
+            self.restarts += 1
+            log.warning(
+                "worker %s of plugin %s exited with %s; restarting in %.1fs",
+                self.consumer_name(slot),
+                self.plugin,
+                code,
+                delay,
+            )
+            await anyio.sleep(delay)
+            delay = min(delay * 2, RESTART_DELAY_CAP)
+
+    async def _spawn(self, slot: int) -> Process:
+        command = [
+            sys.executable,
+            "-m",
+            "core._cli",
+            "worker",
+            self.module,
+            "--bus-url",
+            self.bus_url,
+            "--namespace",
+            self.namespace,
+            "--consumer",
+            self.consumer_name(slot),
+        ]
+        # The plugin's table (its config may hold secrets) goes by environment, not argv.
+        env = {**os.environ, "RAPID_OBJECTION_PLUGIN_TABLE": json.dumps(self.table)}
+        return await anyio.open_process(
+            command, stdin=subprocess.DEVNULL, stdout=None, stderr=None, env=env
+        )
+
+    async def stop(self) -> None:
+        """SIGTERM every worker (they drain in-flight hooks), SIGKILL what outlives the timeout."""
+        self._stopping = True
+        processes = list(self._processes.values())
+        for process in processes:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        with anyio.move_on_after(self.shutdown_timeout, shield=True):
+            for process in processes:
+                await process.wait()
+        for process in processes:
+            if process.returncode is None:
+                log.warning(
+                    "worker pid %s of %s did not stop; killing it", process.pid, self.plugin
+                )
+                process.kill()
+                with anyio.CancelScope(shield=True):
+                    await process.wait()
