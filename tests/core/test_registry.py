@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from bus import HOOK_METHODS, ConnectionInfo
+from bus._redis import forget_memory_server
 from core import (
     AppAlreadyRegistered,
     AppNotRegistered,
