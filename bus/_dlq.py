@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ from ._bus import Bus
 from ._constants import RECORD_FIELD
 from ._contract import DeadLetter, decode_dead_letter, decode_envelope, new_event_id
 from ._errors import BusError
+
+_ENTRY_ID = re.compile(r"\d+(-\d+)?")
 
 
 class RedriveError(BusError, ValueError):
@@ -46,6 +49,8 @@ class DeadLetters:
 
     async def list(self, *, count: int = 100, after: str = "-") -> list[DeadLetterEntry]:
         """Oldest first, up to ``count`` entries after ``after``."""
+        if after != "-" and not _ENTRY_ID.fullmatch(after):
+            raise RedriveError(after, "not a stream entry id (like 1712345678901-0)")
         start = after if after == "-" else f"({after}"
         entries = await self.bus.redis.xrange(self.bus.keys.dlq, start, "+", count=count)
         return [
@@ -54,6 +59,8 @@ class DeadLetters:
         ]
 
     async def get(self, letter_id: str) -> DeadLetterEntry:
+        if not _ENTRY_ID.fullmatch(letter_id):
+            raise RedriveError(letter_id, "not a stream entry id (like 1712345678901-0)")
         entries = await self.bus.redis.xrange(self.bus.keys.dlq, letter_id, letter_id, count=1)
         if not entries:
             raise RedriveError(letter_id, f"no such entry in {self.bus.keys.dlq}")

@@ -103,6 +103,7 @@ class Publisher:
     ) -> None:
         self.bus = bus
         self.registry_id = registry_id or default_registry_id()
+        self._ephemeral = registry_id is None
         self.policies = dict(policies or {})
         self.ack_timeout = ack_timeout
         self.apps: set[str] = set()
@@ -131,8 +132,10 @@ class Publisher:
             for plugin in self.policies:
                 # Events published before a plugin's first worker starts wait for it.
                 await self.bus.ensure_group(plugin)
-            await self._beat()
+            # The reader first: it loads the saved ack position, which the first
+            # heartbeat would otherwise overwrite with the initial one.
             await group.start(self._read_acks)
+            await self._beat()
             group.start_soon(self._heartbeat)
             self._stack = stack.pop_all()
         return self
@@ -149,6 +152,10 @@ class Publisher:
         with anyio.move_on_after(2, shield=True):
             try:
                 await self.bus.directory.forget_registry(self.registry_id)
+                if self._ephemeral:
+                    # A host-pid id never comes back: its position and acks are litter.
+                    await self.bus.redis.hdel(self.bus.keys.ack_positions, self.registry_id)
+                    await self.bus.redis.delete(self._ack_key)
             except BusUnavailable:
                 log.warning("could not remove registry %s from %s", self.registry_id, self.bus.url)
 

@@ -31,6 +31,7 @@ _SECRET_KEY: Final = re.compile(
 def mask_url(url: str) -> str:
     """Return ``url`` with the password and any secret query parameter masked."""
     masked = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, url)
+
     def secret_value(match: re.Match[str]) -> str:
         return match.group("head") + MASK if is_secret_key(match.group("name")) else match.group(0)
 

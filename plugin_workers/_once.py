@@ -6,6 +6,8 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
+import anyio
+
 from bus import ONCE_TTL_MS, RetryLater
 
 from ._dispatch import current_delivery
@@ -43,7 +45,10 @@ async def run_once(
         if inspect.isawaitable(result):
             result = await result
     except BaseException:
-        await bus.redis.delete(key)
+        # Shielded: a hook cancelled by its timeout must still clear its marker.
+        with anyio.CancelScope(shield=True):
+            await bus.redis.delete(key)
         raise
-    await bus.redis.set(key, DONE, ttl_ms=ONCE_TTL_MS)
+    with anyio.CancelScope(shield=True):
+        await bus.redis.set(key, DONE, ttl_ms=ONCE_TTL_MS)
     return result

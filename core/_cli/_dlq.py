@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
@@ -45,8 +46,10 @@ def run_list(args: argparse.Namespace) -> int:
             print(msgspec.json.encode(row).decode())
         return 0
     table = Table(title=f"Dead letters ({len(entries)})")
-    for column in ("id", "when", "plugin", "consumer", "event", "app", "attempts", "last error"):
-        table.add_column(column)
+    for column in ("id", "when", "plugin", "consumer", "event", "app", "attempts"):
+        # The id is what `dlq redrive` takes: never cut it (or the names) short.
+        table.add_column(column, no_wrap=column in ("id", "plugin", "consumer"))
+    table.add_column("last error", ratio=1, overflow="fold")
     for entry in entries:
         letter = entry.letter
         table.add_row(
@@ -59,7 +62,7 @@ def run_list(args: argparse.Namespace) -> int:
             str(letter.attempts),
             letter.last_error,
         )
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
     return 0
 
 
