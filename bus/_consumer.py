@@ -379,7 +379,7 @@ class Consumer:
                 while True:
                     try:
                         done.append(receive.receive_nowait())
-                    except anyio.WouldBlock:
+                    except (anyio.WouldBlock, anyio.EndOfStream):
                         break
                 await self._flush(done)
 

@@ -132,8 +132,9 @@ class AppRegistry:
             errors.append(f"shutdown did not finish within {limit:g}s")
         stack, self._stack = self._stack, None
         if stack is not None:
-            with anyio.CancelScope(shield=True):
-                await stack.aclose()
+            # Not inside a new cancel scope: the task group in the stack was entered
+            # outside it and must be exited from the scope it was entered in.
+            await stack.aclose()
         self.initialized = False
         self.bus = self.publisher = None
         return ShutdownResult(
