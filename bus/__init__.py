@@ -48,7 +48,14 @@ from ._contract import (
 )
 from ._directory import Directory, is_alive
 from ._dlq import DeadLetterEntry, DeadLetters, RedriveError, Redriven
-from ._errors import BusError, BusUnavailable, BusUrlError, EnvelopeError, GroupMissing
+from ._errors import (
+    BusError,
+    BusUnavailable,
+    BusUrlError,
+    EnvelopeError,
+    GroupMissing,
+    NamespaceError,
+)
 from ._failures import FailureCount, FailureLog
 from ._history import History, HistoryEntry, Page
 from ._keys import Keys
@@ -111,6 +118,7 @@ __all__ = [
     "HistoryEntry",
     "Keys",
     "Manifest",
+    "NamespaceError",
     "OperationFailed",
     "OperationResult",
     "Outcome",

@@ -7,6 +7,7 @@ from types import TracebackType
 from ._constants import DEFAULT_NAMESPACE, EVENT_FIELD
 from ._contract import Envelope, encode
 from ._directory import Directory
+from ._errors import NamespaceError
 from ._failures import FailureLog
 from ._history import History
 from ._keys import Keys
@@ -21,7 +22,7 @@ class Bus:
 
     def __init__(self, redis: Redis, namespace: str = DEFAULT_NAMESPACE) -> None:
         if not namespace or any(char in namespace for char in "{}: "):
-            raise ValueError(f"namespace {namespace!r} must be non-empty without '{{', '}}', ':'")
+            raise NamespaceError(namespace)
         self.redis = redis
         self.namespace = namespace
         self.keys = Keys(namespace)

@@ -2,6 +2,7 @@
 
 BusError
 ├── BusUrlError          an unsupported or malformed bus URL
+├── NamespaceError       a namespace that cannot be a key part
 ├── BusUnavailable       the Redis server cannot be reached
 ├── EnvelopeError        bytes that are not a valid envelope (poison input)
 └── GroupMissing         a consumer group or stream that does not exist (NOGROUP)
@@ -50,3 +51,14 @@ class GroupMissing(BusError):  # noqa: N818 - reads as the Redis condition it ma
         self.stream = stream
         self.group = group
         super().__init__(f"no consumer group {group!r} on stream {stream!r}")
+
+
+class NamespaceError(BusError, ValueError):
+    """A namespace that is empty or holds characters that break the key scheme."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        super().__init__(
+            f"invalid namespace {namespace!r}: use a non-empty name without '{{', '}}', ':' "
+            "or spaces"
+        )

@@ -315,7 +315,8 @@ class Redis:
         try:
             return await self._call(name, *args, **kwargs)
         except redis_errors.ResponseError as exc:
-            if "NOGROUP" in str(exc):
+            # NOGROUP: no such group; "no such key": XINFO on a stream that is not there.
+            if "NOGROUP" in str(exc) or "no such key" in str(exc).lower():
                 raise GroupMissing(key, group) from None
             raise
 

@@ -52,4 +52,10 @@ def build_plugin(plugin_class: type[Any], config: dict[str, Any]) -> Any:
         for parameter in inspect.signature(plugin_class).parameters.values()
         if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)
     ]
-    return plugin_class(config) if parameters else plugin_class()
+    try:
+        return plugin_class(config) if parameters else plugin_class()
+    except Exception as exc:
+        raise PluginLoadError(
+            f"{plugin_class.__module__}:{plugin_class.__qualname__}",
+            f"Plugin '{plugin_class.__qualname__}' failed to build: {type(exc).__name__}: {exc}",
+        ) from exc

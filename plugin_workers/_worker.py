@@ -27,6 +27,7 @@ from bus import (
 )
 
 from ._dispatch import Dispatcher
+from ._loader import PluginLoadError
 from ._view import RegistryView
 
 log = logging.getLogger("rapid_objection.worker")
@@ -111,10 +112,19 @@ class Worker:
         """Initialize the plugin, announce it, consume until stopped, shut the plugin down."""
         initialize = getattr(self.plugin, "initialize", None)
         if initialize is not None:
-            result = initialize(self.view, self.config)
-            if inspect.isawaitable(result):
-                await result
+            try:
+                result = initialize(self.view, self.config)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                raise PluginLoadError(
+                    self.name,
+                    f"Plugin '{self.name}' failed to initialize: {type(exc).__name__}: {exc}",
+                ) from exc
         try:
+            # The group first: a registry that sees the manifest may publish at once,
+            # and an event published before the group exists never reaches it.
+            await self.bus.ensure_group(self.name)
             await self.bus.directory.announce(self.manifest)
             await self._beat()
             async with anyio.create_task_group() as group:

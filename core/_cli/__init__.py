@@ -19,6 +19,14 @@ def build_parser() -> Parser:
     return parser
 
 
+def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error inside (nested) single-error groups, else the group itself."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; every expected failure is one line on stderr and a non-zero exit."""
     from bus import BusError
@@ -26,7 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        code: int = args.run(args)
+        try:
+            code: int = args.run(args)
+        except BaseExceptionGroup as group:
+            # A task group wraps what one of its tasks raised; show that error itself.
+            raise _single(group) from None
     except UsageError as exc:
         fail(str(exc), 2)
     except (BusError, PluginLoadError) as exc:

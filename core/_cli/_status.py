@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
@@ -35,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(msgspec.json.encode(report).decode())
     else:
-        render(report, Console())
+        # Off a terminal, size tables to their content: names are never cut short.
+        render(report, Console(width=None if sys.stdout.isatty() else 10_000))
     return 0
 
 

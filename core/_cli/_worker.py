@@ -72,6 +72,16 @@ def read_config(path: Path, target: str) -> tuple[dict[str, Any], dict[str, Any]
     return chosen[0], bus if isinstance(bus, dict) else {}
 
 
+def _number(given: float | None, table: dict[str, Any], key: str, default: float) -> float:
+    """A flag's value, else the config table's, else the default; a bad type is one line."""
+    if given is not None:
+        return given
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UsageError(f"config: {key!r} must be a number, not {value!r}")
+    return float(value)
+
+
 def run(args: argparse.Namespace) -> int:
     from bus import CLAIM_IDLE, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_DELIVERIES, Bus
     from plugin_workers import Worker, build_plugin, load_plugin_class
@@ -93,11 +103,18 @@ def run(args: argparse.Namespace) -> int:
     namespace = args.namespace or bus_table.get("namespace") or "default"
     config = dict(table.get("config", {}))
     plugin = build_plugin(load_plugin_class(args.plugin), config)
-    timeout = args.timeout or float(table.get("timeout", DEFAULT_HOOK_TIMEOUT))
-    max_deliveries = args.max_deliveries or int(table.get("max_deliveries", DEFAULT_MAX_DELIVERIES))
-    if max_deliveries < 1:
-        raise UsageError(f"--max-deliveries must be at least 1, not {max_deliveries}")
-    claim_idle = args.claim_idle or float(table.get("claim_idle", CLAIM_IDLE))
+    timeout = _number(args.timeout, table, "timeout", DEFAULT_HOOK_TIMEOUT)
+    max_deliveries = int(
+        _number(args.max_deliveries, table, "max_deliveries", DEFAULT_MAX_DELIVERIES)
+    )
+    claim_idle = _number(args.claim_idle, table, "claim_idle", CLAIM_IDLE)
+    for flag, value, least in (
+        ("--timeout", timeout, 0.001),
+        ("--max-deliveries", max_deliveries, 1),
+        ("--claim-idle", claim_idle, 0.001),
+    ):
+        if value < least:
+            raise UsageError(f"{flag} must be at least {least:g}, not {value:g}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     async def main() -> None:

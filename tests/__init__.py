@@ -1,0 +1,1 @@
+"""The test suite; a package, so that worker processes can import ``tests.e2e.plugins``."""

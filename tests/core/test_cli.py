@@ -1,0 +1,248 @@
+"""The ``rapid-objection`` command line, run in a subprocess the way users run it."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from bus import AppRegistered, Bus, ConnectionInfo, PluginPolicy, Publisher
+from bus.testing import purge
+from plugin_workers import PluginInterface
+from plugin_workers.testing import running_worker
+from tests.e2e import REPO_ROOT, run_cli, subprocess_env
+
+pytestmark = pytest.mark.anyio
+
+PLUGIN = "cli-probe"
+REGISTRY = "cli-registry"
+SECRET_URL = "redis://user:hunter2@127.0.0.1:1/0"  # noqa: S105 - a fake password that must not show
+"""Nothing listens on port 1: connecting fails at once, and the password must not show."""
+
+
+class Probe(PluginInterface):
+    def __init__(self) -> None:
+        super().__init__(PLUGIN, "2.3.4")
+
+    async def on_app_registered(
+        self, app_name: str, connection: ConnectionInfo, config: dict[str, Any]
+    ) -> str:
+        return app_name
+
+
+@pytest.fixture
+async def redis_bus(redis_url: str, namespace: str) -> AsyncIterator[Bus]:
+    async with Bus.connect(redis_url, namespace) as opened:
+        try:
+            yield opened
+        finally:
+            with anyio.CancelScope(shield=True):
+                await purge(opened)
+
+
+@pytest.fixture
+def consumer() -> str:
+    """A consumer name as long as the default ``host-pid-xxxx`` ones."""
+    return f"probe-worker-{secrets.token_hex(6)}"
+
+
+@asynccontextmanager
+async def live(bus: Bus, consumer: str) -> AsyncIterator[None]:
+    """A registry that published one event and a worker of ``PLUGIN`` that acked it."""
+    policies = {PLUGIN: PluginPolicy(required=True)}
+    async with (
+        running_worker(Probe(), bus, consumer=consumer, required=True),
+        Publisher(bus, REGISTRY, policies=policies) as publisher,
+    ):
+        event = AppRegistered(connection=ConnectionInfo(dialect="sqlite"))
+        assert (await publisher.emit(event, app="shop", timeout=5)).ok
+        yield
+
+
+def one_line_error(code: int, out: str, err: str) -> str:
+    """Check the shape every expected failure has, and return its one line."""
+    assert code != 0
+    assert "Traceback" not in out + err
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+class TestStatus:
+    async def test_json_lists_registries_plugins_and_their_consumers(
+        self, redis_bus: Bus, redis_url: str, consumer: str
+    ) -> None:
+        """``status --json`` is one JSON object naming the live registry, the plugin with
+        its manifest, and the plugin's consumer, alive."""
+        async with live(redis_bus, consumer):
+            code, out, err = await run_cli(
+                "status", "--json", "--bus-url", redis_url, "--namespace", redis_bus.namespace
+            )
+        assert code == 0, err
+        report = json.loads(out)
+        assert report["namespace"] == redis_bus.namespace
+        assert report["events"] == 1
+        assert [(r["info"]["id"], r["alive"]) for r in report["registries"]] == [(REGISTRY, True)]
+        (plugin,) = report["plugins"]
+        assert (plugin["name"], plugin["version"], plugin["required"]) == (PLUGIN, "2.3.4", True)
+        assert plugin["hooks"] == ["app_registered"]
+        assert [(c["name"], c["alive"], c["pending"]) for c in plugin["consumers"]] == [
+            (consumer, True, 0)
+        ]
+
+    async def test_table_names_the_plugin_and_its_consumer(
+        self, redis_bus: Bus, redis_url: str, consumer: str
+    ) -> None:
+        """``status`` prints tables in which the plugin and consumer names appear whole,
+        also when the output is not a terminal."""
+        async with live(redis_bus, consumer):
+            code, out, err = await run_cli(
+                "status", "--bus-url", redis_url, "--namespace", redis_bus.namespace
+            )
+        assert code == 0, err
+        assert PLUGIN in out
+        assert consumer in out
+        assert REGISTRY in out
+
+    async def test_unreachable_bus_is_one_line_naming_the_address_not_the_password(
+        self,
+    ) -> None:
+        """A bus that does not answer: one line with host and port, without the password."""
+        line = one_line_error(*await run_cli("status", "--bus-url", SECRET_URL))
+        assert "127.0.0.1:1" in line
+        assert "hunter2" not in line
+
+
+class TestWorker:
+    async def test_unreachable_bus_is_one_line_naming_the_address_not_the_password(
+        self,
+    ) -> None:
+        """A worker whose bus does not answer: one line with host and port, no password."""
+        line = one_line_error(
+            *await run_cli("worker", "tests.e2e.plugins:PluginA", "--bus-url", SECRET_URL)
+        )
+        assert "127.0.0.1:1" in line
+        assert "hunter2" not in line
+
+    @pytest.mark.parametrize(
+        ("target", "expected"),
+        [
+            ("no_such_module:X", "Failed to import plugin module 'no_such_module'"),
+            ("tests.e2e.plugins:Nope", "Failed to import plugin module 'tests.e2e.plugins'"),
+        ],
+        ids=["missing-module", "missing-class"],
+    )
+    async def test_a_plugin_that_does_not_import_is_named_in_one_line(
+        self, target: str, expected: str
+    ) -> None:
+        """A plugin that cannot be imported: the seed's error text, one line."""
+        line = one_line_error(*await run_cli("worker", target, "--bus-url", SECRET_URL))
+        assert expected in line
+
+    async def test_a_plugin_whose_constructor_fails_is_one_line_with_the_reason(self) -> None:
+        """A plugin class that rejects its configuration: one line naming it and why."""
+        target = "tests.e2e.plugins:FailsToBuild"
+        line = one_line_error(*await run_cli("worker", target, "--bus-url", SECRET_URL))
+        assert "FailsToBuild" in line
+        assert "option 'directory' is required" in line
+
+    async def test_a_plugin_whose_initialize_fails_is_one_line_with_the_reason(
+        self, redis_bus: Bus, redis_url: str
+    ) -> None:
+        """A plugin whose ``initialize`` raises: one line naming it and why, exit non-zero."""
+        line = one_line_error(
+            *await run_cli(
+                "worker",
+                "tests.e2e.plugins:FailsToInitialize",
+                "--bus-url",
+                redis_url,
+                "--namespace",
+                redis_bus.namespace,
+            )
+        )
+        assert "e2e-fails-to-initialize" in line or "FailsToInitialize" in line
+        assert "backup directory /nonexistent is not writable" in line
+
+    async def test_a_wrong_value_in_the_config_file_is_one_line(self, tmp_path: Path) -> None:
+        """A config file whose plugin table has a value of the wrong type: one line."""
+        config = tmp_path / "worker.toml"
+        config.write_text('[plugins.a]\nmodule = "tests.e2e.plugins:PluginA"\ntimeout = "soon"\n')
+        argv = ["worker", "tests.e2e.plugins:PluginA", "--config", str(config)]
+        line = one_line_error(*await run_cli(*argv, "--bus-url", SECRET_URL))
+        assert "timeout" in line
+
+    @pytest.mark.parametrize("url", ["memory://", "memory://shared"], ids=["bare", "named"])
+    async def test_the_embedded_bus_is_refused(self, url: str) -> None:
+        """A worker process cannot join an embedded bus, which lives inside one process."""
+        line = one_line_error(
+            *await run_cli("worker", "tests.e2e.plugins:PluginA", "--bus-url", url)
+        )
+        assert "memory://" in line
+
+
+class TestUsage:
+    @pytest.mark.parametrize(
+        "argv",
+        [
+            [],
+            ["nope"],
+            ["--nope"],
+            ["status", "--nope"],
+            ["status", "--failures", "many"],
+            ["status", "--namespace", "a:b"],
+            ["demo", "--nope"],
+            ["dlq"],
+            ["dlq", "list", "--nope"],
+            ["worker"],
+            ["worker", "x:Y", "--concurrency", "0"],
+            ["worker", "x:Y", "--concurrency", "two"],
+            ["worker", "x:Y", "--nope"],
+            ["worker", "x:Y", "--config", "/nonexistent/worker.toml"],
+            ["worker", "x:Y", "--config-json", "{"],
+            ["worker", "tests.e2e.plugins:PluginA", "--namespace", "a:b"],
+        ],
+        ids=[
+            "no-command",
+            "unknown-command",
+            "unknown-global-flag",
+            "status-unknown-flag",
+            "status-bad-number",
+            "status-bad-namespace",
+            "demo-unknown-flag",
+            "dlq-without-subcommand",
+            "dlq-list-unknown-flag",
+            "worker-without-plugin",
+            "worker-zero-concurrency",
+            "worker-bad-concurrency",
+            "worker-unknown-flag",
+            "worker-missing-config",
+            "worker-bad-config-json",
+            "worker-bad-namespace",
+        ],
+    )
+    async def test_a_wrong_command_line_is_one_line_and_a_non_zero_exit(
+        self, argv: list[str]
+    ) -> None:
+        """Every mistake on the command line is answered with one line, never a traceback."""
+        line = one_line_error(*await run_cli(*argv))
+        assert line.startswith("rapid-objection")
+
+    async def test_the_cli_package_runs_with_python_dash_m(self) -> None:
+        """``python -m core._cli`` runs the same command line as the console script."""
+        with anyio.fail_after(30):
+            done = await anyio.run_process(
+                [sys.executable, "-m", "core._cli", "--help"],
+                check=False,
+                cwd=REPO_ROOT,
+                env=subprocess_env(),
+            )
+        assert done.returncode == 0, done.stderr.decode()
+        assert b"rapid-objection" in done.stdout
