@@ -187,13 +187,15 @@ class Publisher:
         return tuple(required)
 
     def _deadline_for(self, required: Iterable[str]) -> float:
-        timeouts = [self.ack_timeout]
-        for plugin in required:
-            policy = self.policies.get(plugin)
-            if policy is not None and policy.timeout is not None:
-                timeouts.append(policy.timeout + ACK_GRACE)
-        # A configured hook timeout is that plugin's deadline; otherwise ack_timeout.
-        return max(timeouts[1:]) if len(timeouts) > 1 else timeouts[0]
+        """The wait of one event: the longest of its required plugins' deadlines, each
+        the plugin's configured hook timeout (plus grace) or else ``ack_timeout``."""
+        deadlines = [
+            policy.timeout + ACK_GRACE
+            if (policy := self.policies.get(plugin)) is not None and policy.timeout is not None
+            else self.ack_timeout
+            for plugin in required
+        ]
+        return max(deadlines, default=self.ack_timeout)
 
     # -- publishing -----------------------------------------------------------------------
 

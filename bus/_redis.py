@@ -315,8 +315,12 @@ class Redis:
         try:
             return await self._call(name, *args, **kwargs)
         except redis_errors.ResponseError as exc:
-            # NOGROUP: no such group; "no such key": XINFO on a stream that is not there.
-            if "NOGROUP" in str(exc) or "no such key" in str(exc).lower():
+            # NOGROUP: no such group; "no such key": XINFO on a stream that is not there;
+            # "requires the key to exist": fakeredis's words for NOGROUP on a missing stream.
+            text = str(exc)
+            if "NOGROUP" in text or any(
+                words in text.lower() for words in ("no such key", "requires the key to exist")
+            ):
                 raise GroupMissing(key, group) from None
             raise
 
