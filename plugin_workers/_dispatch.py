@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 from collections.abc import Callable
@@ -95,7 +96,13 @@ def wire_safe(value: Any) -> Any:
 
 
 async def _call(function: Callable[..., Any], arguments: tuple[Any, ...]) -> Any:
-    result = function(*arguments)
+    """Await an async hook; run a plain one in a thread, so that a blocking hook is held
+    to its timeout and never freezes heartbeats, leases or the other apps' hooks."""
+    if inspect.iscoroutinefunction(function):
+        return await function(*arguments)
+    result = await anyio.to_thread.run_sync(
+        functools.partial(function, *arguments), abandon_on_cancel=True
+    )
     if inspect.isawaitable(result):
         result = await result
     return result
@@ -144,18 +151,20 @@ class Dispatcher:
         started = time.perf_counter()
         token = _current.set(delivery)
         try:
-            with anyio.fail_after(self.timeout):
+            # move_on_after, not fail_after: a TimeoutError the hook raises itself (a
+            # socket, a lock) is the hook's error, not an overrun of its time.
+            with anyio.move_on_after(self.timeout) as scope:
                 results = [await _call(target, arguments) for target in targets]
+            if scope.cancelled_caught:
+                return replace(
+                    skipped,
+                    status="error",
+                    error=f"hook {self._hook_name(envelope)} timed out after {self.timeout:g}s",
+                    error_type="HookTimeout",
+                    duration=time.perf_counter() - started,
+                )
         except RetryLater as signal:
             return Deferred(signal.delay, signal.reason or "the plugin asked to retry later")
-        except TimeoutError:
-            return replace(
-                skipped,
-                status="error",
-                error=f"hook {self._hook_name(envelope)} timed out after {self.timeout:g}s",
-                error_type="HookTimeout",
-                duration=time.perf_counter() - started,
-            )
         except Exception as exc:
             return replace(
                 skipped,

@@ -67,6 +67,9 @@ class Worker:
         self.bus = bus
         self.name = plugin_name(plugin)
         self.consumer_name = consumer or default_consumer_name()
+        if "|" in self.consumer_name or not self.consumer_name.strip():
+            # "|" separates plugin, consumer and kind in the directory and the counters.
+            raise ValueError(f"consumer name {self.consumer_name!r} must be non-empty without '|'")
         self.config = dict(config or {})
         self.required = required
         self.max_deliveries = max_deliveries

@@ -98,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
             "a worker process cannot join memory:// (the embedded bus lives inside one "
             "registry process); give --bus-url redis://..."
         )
+    if args.consumer is not None and ("|" in args.consumer or not args.consumer.strip()):
+        raise UsageError(f"--consumer {args.consumer!r} must be non-empty without '|'")
     if args.concurrency < 1:
         raise UsageError(f"--concurrency must be at least 1, not {args.concurrency}")
     namespace = args.namespace or bus_table.get("namespace") or "default"
