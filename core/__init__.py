@@ -6,12 +6,12 @@ enters through ``core``'s CLI, never loads SQLAlchemy.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+import typing as _typing
+from importlib import import_module as _import_module
 
 from plugin_workers import PluginInterface
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from ._config import AppConfig, PluginConfig, RegistryConfig
     from ._connections import ConnectionManager
     from ._errors import (
@@ -73,10 +73,10 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'core' has no attribute {name!r}")
-    value = getattr(import_module(module, __name__), name)
+    value = getattr(_import_module(module, __name__), name)
     globals()[name] = value
     return value

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
@@ -97,7 +97,9 @@ def build_url(app: str, db: DatabaseConfig) -> sa.URL:
     elif db.dialect is None:
         if given:
             raise ConfigError("required with the URL parts", path=f"{path}.dialect")
-        raise ConfigError("a database URL (or dialect and its parts) is required", path=f"{path}.url")
+        raise ConfigError(
+            "a database URL (or dialect and its parts) is required", path=f"{path}.url"
+        )
     else:
         try:
             url = sa.URL.create(**given)
@@ -246,7 +248,7 @@ class Engines:
             entry = self._by_app.pop(app, None)
             if entry is None:
                 raise KeyError(app)
-            info = self._info(app, entry)
+            info = self._info(entry)
             entry.apps.discard(app)
             last = not entry.apps
             if last:
@@ -259,7 +261,7 @@ class Engines:
             closed: list[tuple[tuple[str, ...], Release]] = []
             for entry in self._entries():
                 apps = tuple(sorted(entry.apps))
-                info = self._info(apps[0], entry)
+                info = self._info(entry)
                 self._close(entry.owner, entry)
                 closed.append((apps, Release(last_reference=True, shared=entry.shared, info=info)))
             self._by_app.clear()
@@ -271,12 +273,17 @@ class Engines:
             entry = self._by_app.get(app)
             if entry is None:
                 raise KeyError(app)
-            return self._info(app, entry)
+            return self._info(entry)
 
     def apps_of(self, key: str) -> tuple[str, ...]:
         """The apps whose engines have identity ``key``, sorted."""
         with self._lock:
             return tuple(sorted(app for app, entry in self._by_app.items() if entry.key == key))
+
+    def count(self) -> int:
+        """How many engines are open (a shared engine counts once)."""
+        with self._lock:
+            return len(self._entries())
 
     def is_open(self, app: str) -> bool:
         with self._lock:
@@ -341,7 +348,7 @@ class Engines:
         entry.engine.dispose()
         sa.event.listen(entry.engine, "do_connect", _refuse(app))
 
-    def _info(self, app: str, entry: _Entry) -> ConnectionInfo:
+    def _info(self, entry: _Entry) -> ConnectionInfo:
         url = entry.engine.url
         figures = _pool_figures(entry.engine.pool)
         return ConnectionInfo(
@@ -377,26 +384,30 @@ class Engines:
 
 
 class ConnectionManager:
-    """What ``register_app`` returns: one app's engine, sessions and models."""
+    """What ``register_app`` returns: one app's engine, sessions and models.
+
+    ``info_source`` tells the app's connection as the engine table sees it now (shared,
+    reference count, apps); it raises ``KeyError`` once the app's engine is released.
+    """
 
     def __init__(
         self,
         name: str,
         config: AppConfig,
-        engines: Engines,
-        lease: Lease,
+        engine: sa.Engine,
         *,
+        info_source: Callable[[], ConnectionInfo] | None = None,
+        reused: bool = False,
         registered_at: float | None = None,
     ) -> None:
         self.name = name
         self.config = config
-        self.engine = lease.engine
-        self.reused = lease.reused
+        self.engine = engine
+        self.reused = reused
         self.models: Mapping[str, type[Any]] = MappingProxyType({})
         """Class name -> declarative class; set by the registry once the models are loaded."""
         self.registered_at = time.time() if registered_at is None else registered_at
-        self._engines = engines
-        self._shared = lease.shared
+        self._info_source = info_source
 
     def __repr__(self) -> str:
         return f"<ConnectionManager {self.name!r} {masked(self.engine.url)}>"
@@ -409,22 +420,40 @@ class ConnectionManager:
         return Session(bind=self.engine, **options)
 
     def info(self) -> ConnectionInfo:
-        return self._engines.info(self.name)
+        """The app's connection now; ``KeyError`` once it is released."""
+        if self._info_source is None:
+            url = self.engine.url
+            figures = _pool_figures(self.engine.pool)
+            return ConnectionInfo(
+                dialect=url.get_backend_name(),
+                driver=self.engine.dialect.driver,
+                host=url.host,
+                port=url.port,
+                database=url.database,
+                user=url.username,
+                url=masked(url),
+                pool_size=figures.get("size"),
+                pool_checked_out=figures.get("checked_out"),
+                apps=(self.name,),
+            )
+        return self._info_source()
 
     def status(self) -> dict[str, Any]:
-        """A snapshot for status displays; works after unregistration too (``open`` false)."""
-        is_open = self._engines.is_open(self.name)
-        info = self._engines.info(self.name) if is_open else None
+        """A snapshot for status displays; works after release too (``open`` false)."""
+        try:
+            info: ConnectionInfo | None = self.info()
+        except KeyError:
+            info = None
         return {
             "app": self.name,
-            "open": is_open,
+            "open": info is not None,
             "dialect": self.engine.url.get_backend_name(),
             "url": masked(self.engine.url),
-            "shared": self._shared,
+            "shared": info.shared if info else False,
             "reused": self.reused,
             "reference_count": info.reference_count if info else 0,
             "apps": list(info.apps) if info else [],
-            "pool": _pool_figures(self.engine.pool) if is_open else {},
+            "pool": _pool_figures(self.engine.pool) if info else {},
             "models": len(self.models),
             "registered_at": self.registered_at,
         }

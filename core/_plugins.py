@@ -244,6 +244,7 @@ class PluginManager:
             required=config.required,
             max_deliveries=config.max_deliveries,
             registry_id=self.registry.id,
+            live_engines=self.registry.engines.engine,
         )
         loaded = LoadedPlugin(name, "inline", config, instance=instance, worker=worker)
 

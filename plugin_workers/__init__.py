@@ -5,6 +5,7 @@ Importing it never imports ``core`` or SQLAlchemy, so that a worker process stay
 
 from bus import PermanentError, RetryLater
 
+from ._connection import Connection, credentials_variable
 from ._dispatch import Dispatcher, current_delivery, hook_arguments
 from ._interface import PluginInterface, RemoteError, implemented_hooks
 from ._loader import ENTRY_POINT_GROUP, PluginLoadError, build_plugin, load_plugin_class
@@ -14,6 +15,7 @@ from ._worker import Worker, default_consumer_name
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "Connection",
     "Dispatcher",
     "PermanentError",
     "PluginInterface",
@@ -23,6 +25,7 @@ __all__ = [
     "RetryLater",
     "Worker",
     "build_plugin",
+    "credentials_variable",
     "current_delivery",
     "default_consumer_name",
     "hook_arguments",

@@ -38,6 +38,7 @@ from bus import (
     redact,
 )
 
+from ._connection import Connection, Engines
 from ._interface import RemoteError, implemented_hooks
 
 CustomHandlers = Callable[[str], list[Callable[..., Any]]]
@@ -54,9 +55,18 @@ def current_delivery() -> Delivery:
     return delivery
 
 
-def hook_arguments(envelope: Envelope) -> tuple[Any, ...]:  # noqa: PLR0911 - one per event type
-    """The positional arguments of the hook for ``envelope``, after ``self``."""
+def hook_arguments(  # noqa: PLR0911 - one return per event type reads best
+    envelope: Envelope, engines: Engines | None = None
+) -> tuple[Any, ...]:
+    """The positional arguments of the hook for ``envelope``, after ``self``.
+
+    A payload's ConnectionInfo reaches the hook as a ``Connection`` (its fields, plus
+    ``await connection.engine()``)."""
     app, payload = envelope.app, envelope.payload
+    if hasattr(payload, "connection"):
+        payload = msgspec.structs.replace(
+            payload, connection=Connection(app, payload.connection, engines)
+        )
     match payload:
         case AppRegistrationStarted(config=config):
             return (app, config)
@@ -119,8 +129,10 @@ class Dispatcher:
         *,
         timeout: float,
         custom_handlers: CustomHandlers | None = None,
+        engines: Engines | None = None,
     ) -> None:
         self.plugin = plugin
+        self.engines = engines
         self.plugin_name = plugin_name
         self.consumer = consumer
         self.timeout = timeout
@@ -147,7 +159,7 @@ class Dispatcher:
         )
         if not targets:
             return skipped
-        arguments = hook_arguments(envelope)
+        arguments = hook_arguments(envelope, self.engines)
         started = time.perf_counter()
         token = _current.set(delivery)
         try:

@@ -26,6 +26,7 @@ from bus import (
     WorkerInfo,
 )
 
+from ._connection import Engines, LiveEngines
 from ._dispatch import Dispatcher
 from ._loader import PluginLoadError
 from ._view import RegistryView
@@ -62,6 +63,7 @@ class Worker:
         max_deliveries: int = DEFAULT_MAX_DELIVERIES,
         registry_id: str = "",
         claim_idle: float = CLAIM_IDLE,
+        live_engines: LiveEngines | None = None,
     ) -> None:
         self.plugin = plugin
         self.bus = bus
@@ -73,6 +75,7 @@ class Worker:
         self.config = dict(config or {})
         self.required = required
         self.max_deliveries = max_deliveries
+        self.engines = Engines(self.config, live_engines)
         self.view = RegistryView(
             bus, plugin=self.name, consumer=self.consumer_name, registry_id=registry_id
         )
@@ -82,6 +85,7 @@ class Worker:
             self.consumer_name,
             timeout=timeout,
             custom_handlers=self.view.handlers,
+            engines=self.engines,
         )
         self.consumer = Consumer(
             bus,
@@ -154,6 +158,7 @@ class Worker:
                     await result
             except Exception:
                 log.exception("plugin %s failed to shut down", self.name)
+        await anyio.to_thread.run_sync(self.engines.dispose)
         with anyio.move_on_after(2):
             try:
                 await self.bus.directory.forget_worker(self.name, self.consumer_name)

@@ -1,0 +1,104 @@
+"""The ``connection`` a hook receives: what the app's connection is, and a way to use it.
+
+The event carries a ``bus.ConnectionInfo`` (dialect, host, database, user, the URL with
+its password masked, pool figures, sharing). ``await connection.engine()`` gives a
+SQLAlchemy engine: the registry's live engine when the plugin runs inline, otherwise
+one built with the worker's own credentials for that app, from the worker config
+(``databases.<app> = "<url>"``) or the environment (``RAPID_OBJECTION_DATABASE_URL_<APP>``).
+SQLAlchemy is imported only then, so that a worker that never asks stays light.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from bus import ConnectionInfo
+
+LiveEngines = Callable[[str], Any]
+"""app -> the registry's live engine (inline mode); raises KeyError when it has none."""
+
+ENV_PREFIX = "RAPID_OBJECTION_DATABASE_URL_"
+
+
+def credentials_variable(app: str) -> str:
+    """The environment variable holding a worker's URL for ``app``."""
+    return ENV_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", app).upper()
+
+
+class Engines:
+    """A worker's own engines, one per app, built on first use and disposed at the end."""
+
+    def __init__(self, config: Mapping[str, Any], live: LiveEngines | None = None) -> None:
+        databases = config.get("databases", {})
+        self._urls: dict[str, str] = dict(databases) if isinstance(databases, Mapping) else {}
+        self._live = live
+        self._engines: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def url_for(self, app: str) -> str | None:
+        return self._urls.get(app) or os.environ.get(credentials_variable(app))
+
+    def engine(self, app: str) -> Any:
+        if self._live is not None:
+            try:
+                return self._live(app)
+            except KeyError:
+                pass
+        with self._lock:
+            if app in self._engines:
+                return self._engines[app]
+            url = self.url_for(app)
+            if url is None:
+                raise LookupError(
+                    f"this worker has no credentials for app {app!r}: set databases.{app} in "
+                    f"its config or {credentials_variable(app)} in its environment"
+                )
+            import sqlalchemy
+
+            self._engines[app] = engine = sqlalchemy.create_engine(url)
+            return engine
+
+    def dispose(self) -> None:
+        with self._lock:
+            for engine in self._engines.values():
+                engine.dispose()
+            self._engines.clear()
+
+
+class Connection:
+    """A hook's ``connection`` argument: the ConnectionInfo's fields, plus ``engine()``."""
+
+    __slots__ = ("_app", "_engines", "info")
+
+    def __init__(self, app: str, info: ConnectionInfo, engines: Engines | None) -> None:
+        self._app = app
+        self._engines = engines
+        self.info = info
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.info, name)
+
+    def __repr__(self) -> str:
+        return f"<Connection {self._app!r} {self.info.url}>"
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to the ConnectionInfo it carries (and to a Connection carrying it)."""
+        if isinstance(other, Connection):
+            return self.info == other.info
+        return self.info == other if isinstance(other, ConnectionInfo) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.info)
+
+    async def engine(self) -> Any:
+        """A SQLAlchemy engine for the app (see the module docstring for which one)."""
+        if self._engines is None:
+            raise LookupError(f"no engines are available for app {self._app!r} here")
+        import anyio
+
+        engines = self._engines
+        return await anyio.to_thread.run_sync(engines.engine, self._app)

@@ -1,0 +1,1 @@
+"""Model modules the model-loading tests load per app (tests/core/test_models.py)."""
