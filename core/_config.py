@@ -66,6 +66,7 @@ class SeedsConfig(_Section):
     directory: str | None = None
     """``NNN_name.py`` files with ``seed(connection)`` and optional ``unseed(connection)``."""
     table: str = "ro_seeds"
+    lock_timeout: float = 60.0
 
 
 class ModelsConfig(_Section):

@@ -1,0 +1,369 @@
+"""An app's migrations from an existing Alembic script directory (``migrations.alembic``).
+
+Alembic's own command API runs them (``command.upgrade``/``command.downgrade``), with the
+script directory's ``env.py``. That ``env.py`` must use what the registry hands it in
+``config.attributes`` (Alembic's "sharing a connection" recipe, plus the version table)::
+
+    connection = context.config.attributes["connection"]
+    context.configure(
+        connection=connection,
+        version_table=context.config.attributes["version_table"],
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+``attributes`` also carries ``app``. The version table is per app
+(``alembic_version_<app>``, see ``version_table``), so that apps sharing a database keep
+their own revisions; an ``env.py`` that ignores it is detected after the upgrade and
+reported as a failure.
+
+* ``latest()`` upgrades to the heads as one batch under the app's migration lock (the one
+  plain migrations take) and records the revision it started from as a row
+  ``alembic:<revision>`` (``alembic:base`` from an empty database) in the migrations
+  tracking table. The upgrade and its row are one transaction where DDL is
+  transactional (PostgreSQL, SQLite). On MySQL/MariaDB, which commit DDL at once,
+  Alembic runs its own transaction per revision (so that the version table stays true)
+  and the row follows; a failed upgrade keeps the revisions that succeeded, and the row
+  is written so that ``rollback()`` can return. A failure raises ``MigrationFailed``
+  naming the revision that failed.
+* ``rollback()`` downgrades to the revision recorded before the newest upgrade and
+  deletes its row, in one transaction where possible; like ``Migrations.rollback()``
+  it returns a failed result instead of raising.
+
+``alembic.context`` and ``alembic.op`` are process-wide proxies, so Alembic runs in one
+thread of a process at a time (a lock here; waiting for it counts against
+``lock_timeout``). Limitation: a script directory with several heads is upgraded to all
+of them, but a rollback to several heads at once is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, Final
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from bus import OperationResult
+
+from ._config import MigrationsConfig
+from ._errors import ConfigError, MigrationFailed, RegistryError
+from ._migrations import OPERATION, migration_lock
+from ._tracking import (
+    Batch,
+    LockNotTaken,
+    Progress,
+    Tracker,
+    describe,
+    failed_result,
+    undo_result,
+)
+
+log = logging.getLogger("rapid_objection.migrations")
+
+ROW_PREFIX: Final = "alembic:"
+"""Tracking rows of Alembic batches: ``alembic:<revision the upgrade started from>``."""
+BASE: Final = "base"
+
+_IDENTIFIER_MAX: Final = 63
+"""PostgreSQL's identifier limit (MySQL allows 64)."""
+
+_alembic_lock = threading.Lock()
+"""One Alembic run per process: ``alembic.context`` and ``alembic.op`` are global proxies."""
+
+
+def version_table(app: str) -> str:
+    """``alembic_version_<app>``, lower-case letters, digits and ``_`` only, at most 63."""
+    name = "alembic_version_" + re.sub(r"[^0-9a-z_]", "_", app.lower())
+    if len(name) > _IDENTIFIER_MAX:
+        digest = hashlib.sha1(app.encode(), usedforsecurity=False).hexdigest()[:8]
+        name = f"{name[: _IDENTIFIER_MAX - 9]}_{digest}"
+    return name
+
+
+def _joined(revisions: tuple[str, ...] | list[str]) -> str:
+    return "+".join(sorted(revisions)) or BASE
+
+
+class AlembicMigrations:
+    """The migrations of app ``app`` from the Alembic script directory ``config.alembic``."""
+
+    def __init__(self, app: str, engine: sa.Engine, config: MigrationsConfig) -> None:
+        if not config.alembic:
+            raise ConfigError("no Alembic script directory is set", path="migrations.alembic")
+        self.app = app
+        self.engine = engine
+        self.config = config
+        self.directory: str = config.alembic
+        self.version_table = version_table(app)
+        self.tracker = Tracker(config.table, app=app, time_column="migrated_at")
+
+    # --- Alembic ---------------------------------------------------------------------
+
+    def _alembic_config(self, connection: sa.Connection | None = None) -> Config:
+        config = Config(
+            attributes={
+                "connection": connection,
+                "version_table": self.version_table,
+                "app": self.app,
+            }
+        )
+        config.set_main_option("script_location", self.directory)
+        return config
+
+    def script(self) -> ScriptDirectory:
+        """The script directory; a ``ConfigError`` when it is not a usable one."""
+        try:
+            script = ScriptDirectory.from_config(self._alembic_config())
+            script.get_heads()  # reads every revision file
+        except Exception as exc:  # a revision file runs when it is read: anything may fail
+            raise ConfigError(
+                f"not a usable Alembic script directory: {type(exc).__name__}: {exc}",
+                path="migrations.alembic",
+                file=self.directory,
+            ) from exc
+        return script
+
+    def _current(self, connection: sa.Connection) -> tuple[str, ...]:
+        context = MigrationContext.configure(
+            connection=connection, opts={"version_table": self.version_table}
+        )
+        return tuple(context.get_current_heads())
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[Batch]:
+        """Alembic's process lock, then the app's migration lock."""
+        timeout = self.config.lock_timeout
+        if not _alembic_lock.acquire(timeout=max(timeout, 0.0)):
+            raise LockNotTaken("alembic (in this process)", "migration", self.app, timeout)
+        try:
+            with migration_lock(self.engine, self.tracker, self.config) as batch:
+                yield batch
+        finally:
+            _alembic_lock.release()
+
+    # --- the face shared with Migrations ---------------------------------------------
+
+    def discover(self) -> list[str]:
+        """The revisions from base to the heads, oldest first."""
+        return [revision.revision for revision in reversed(list(self.script().walk_revisions()))]
+
+    def latest(self) -> OperationResult:
+        """Upgrade to the heads as one batch; ``MigrationFailed`` names a failed revision."""
+        started = time.perf_counter()
+        script = self.script()
+        heads = tuple(script.get_heads())
+        try:
+            with self._exclusive() as batch:
+                progress, before = self._upgrade(batch, script, heads)
+        except LockNotTaken as exc:
+            raise MigrationFailed(self.app, exc.lock, str(exc)) from None
+        except sa.exc.SQLAlchemyError as exc:
+            raise MigrationFailed(self.app, self.config.table, describe(exc)) from exc
+        if progress.failed is not None:
+            raise MigrationFailed(
+                self.app, progress.failed, self._upgrade_failure(progress, before)
+            ) from progress.error
+        if progress.done:
+            log.info(
+                "app %r: upgraded %s to %s (batch %s)",
+                self.app,
+                _joined(before),
+                _joined(heads),
+                progress.batch,
+            )
+        return OperationResult(
+            operation=OPERATION,
+            success=True,
+            items=tuple(progress.done),
+            duration=time.perf_counter() - started,
+            details={
+                "action": "latest",
+                "batch": progress.batch,
+                "from": _joined(before),
+                "to": _joined(heads),
+                "version_table": self.version_table,
+            },
+        )
+
+    def _upgrade(
+        self, batch: Batch, script: ScriptDirectory, heads: tuple[str, ...]
+    ) -> tuple[Progress, tuple[str, ...]]:
+        connection = batch.connection
+        before = self._current(connection)
+        progress = Progress()
+        if set(before) == set(heads):
+            return progress, before
+        revisions = _between(script, "heads", before)
+        progress.batch = self.tracker.next_batch(connection)
+        row = ROW_PREFIX + _joined(before)
+        config = self._alembic_config(connection)
+        try:
+            if batch.transactional_ddl:
+                with batch.step():
+                    command.upgrade(config, "heads")
+                    self._check(connection, heads)
+                    self._track(connection, row, progress.batch)
+            else:
+                # DDL commits at once here: Alembic, outside our transaction, commits
+                # each revision with its version, so the version table stays true.
+                _settle(connection)
+                command.upgrade(config, "heads")
+                with batch.step():
+                    self._check(connection, heads)
+                    self._track(connection, row, progress.batch)
+        except Exception as exc:
+            progress.failed = _failed_revision(exc, script) or _joined(heads)
+            progress.error = exc
+            if not batch.transactional_ddl:
+                # Track where the revisions that succeeded started from, so that
+                # rollback() can return there.
+                connection.rollback()
+                reached = self._current(connection)
+                if set(reached) != set(before):
+                    with batch.step():
+                        self._track(connection, row, progress.batch)
+                    progress.done = _between(script, reached, before)
+            return progress, before
+        progress.done = revisions
+        return progress, before
+
+    def _check(self, connection: sa.Connection, heads: tuple[str, ...]) -> None:
+        after = self._current(connection)
+        if set(after) != set(heads):
+            raise RuntimeError(
+                f"after the upgrade, {self.version_table} holds {_joined(after)}, not "
+                f"{_joined(heads)}: env.py must configure the connection and the version "
+                "table handed in config.attributes"
+            )
+
+    def _track(self, connection: sa.Connection, row: str, batch: int) -> None:
+        # A row of that name is left only if the app was downgraded by hand since.
+        self.tracker.forget(connection, row)
+        self.tracker.record(connection, row, batch)
+
+    def _upgrade_failure(self, progress: Progress, before: tuple[str, ...]) -> str:
+        reason = describe(progress.error or RuntimeError("failed"))
+        if progress.done:
+            return (
+                f"{reason}; applied and tracked before it (batch {progress.batch}, from "
+                f"{_joined(before)}): {', '.join(progress.done)}; this database commits "
+                "DDL statement by statement (MySQL/MariaDB)"
+            )
+        return f"{reason}; nothing of this upgrade is applied (still at {_joined(before)})"
+
+    def rollback(self) -> OperationResult:
+        """Downgrade to the revision the newest upgrade started from; failed result on error."""
+        started = time.perf_counter()
+        details: dict[str, Any] = {"action": "rollback", "version_table": self.version_table}
+        try:
+            script = self.script()
+            with self._exclusive() as batch:
+                progress = self._downgrade(batch, script, details)
+        except (RegistryError, LockNotTaken, sa.exc.SQLAlchemyError) as exc:
+            return failed_result(OPERATION, exc, started, details)
+        if progress.done:
+            log.info("app %r: downgraded to %s", self.app, details.get("to"))
+        return undo_result(OPERATION, progress, started, details)
+
+    def _downgrade(
+        self, batch: Batch, script: ScriptDirectory, details: dict[str, Any]
+    ) -> Progress:
+        connection = batch.connection
+        progress = Progress()
+        last = self.tracker.last_batch(connection)
+        if last is None:
+            return progress
+        progress.batch, rows = last
+        row = rows[-1]
+        target = row.removeprefix(ROW_PREFIX)
+        current = self._current(connection)
+        details |= {"from": _joined(current), "to": target}
+        revisions = list(reversed(_between(script, current, _split(target))))
+        config = self._alembic_config(connection)
+        try:
+            if "+" in target:
+                raise RuntimeError(f"cannot roll back to several heads at once ({target})")
+            if batch.transactional_ddl:
+                with batch.step():
+                    command.downgrade(config, target)
+                    self.tracker.forget(connection, row)
+            else:
+                _settle(connection)  # as in _upgrade: Alembic commits revision by revision
+                command.downgrade(config, target)
+                with batch.step():
+                    self.tracker.forget(connection, row)
+        except Exception as exc:
+            progress.failed = _failed_revision(exc, script) or target
+            progress.error = exc
+            progress.remaining = revisions
+            if not batch.transactional_ddl:
+                connection.rollback()
+                reached = self._current(connection)
+                progress.done = list(reversed(_between(script, current, reached)))
+                progress.remaining = list(reversed(_between(script, reached, _split(target))))
+            return progress
+        progress.done = revisions
+        return progress
+
+    def status(self) -> dict[str, Any]:
+        """``current`` and ``head`` revisions, ``applied`` and ``pending`` ones, ``batches``."""
+        script = self.script()
+        heads = tuple(script.get_heads())
+        with self.engine.connect() as connection:
+            current = self._current(connection)
+            tracked = self.tracker.rows(connection) if self.tracker.exists(connection) else []
+        return {
+            "current": _joined(current) if current else None,
+            "head": _joined(heads) if heads else None,
+            "version_table": self.version_table,
+            "applied": _between(script, current, ()),
+            "pending": _between(script, heads, current),
+            "batches": [
+                {"name": row.name, "batch": row.batch, "migrated_at": row.at.isoformat()}
+                for row in tracked
+            ],
+        }
+
+
+def _settle(connection: sa.Connection) -> None:
+    """End the transaction our reads opened, so that Alembic runs its own."""
+    if connection.in_transaction():
+        connection.commit()
+
+
+def _split(joined: str) -> tuple[str, ...]:
+    return () if joined == BASE else tuple(joined.split("+"))
+
+
+def _between(
+    script: ScriptDirectory, upper: str | tuple[str, ...], lower: tuple[str, ...]
+) -> list[str]:
+    """Revisions above ``lower`` up to and including ``upper``, oldest first."""
+    if not upper:
+        return []
+    found = script.iterate_revisions(upper, lower or BASE)
+    return [revision.revision for revision in reversed(list(found))]
+
+
+def _failed_revision(exc: BaseException, script: ScriptDirectory) -> str | None:
+    """The revision whose code raised ``exc``: the innermost frame of a revision file."""
+    known = {revision.revision for revision in script.walk_revisions()}
+    found: str | None = None
+    traceback: TracebackType | None = exc.__traceback__
+    while traceback is not None:
+        revision = traceback.tb_frame.f_globals.get("revision")
+        if isinstance(revision, str) and revision in known:
+            found = revision
+        traceback = traceback.tb_next
+    return found

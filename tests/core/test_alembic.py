@@ -1,0 +1,283 @@
+"""Alembic mode: an existing script directory, a version table per app, batches and rollback.
+
+Each test writes its own script directory (``env.py`` taking the connection and the
+version table from ``config.attributes``, and revisions ``rev1``, ``rev2``...) and runs
+on SQLite, the real PostgreSQL and the real MariaDB (``database_url``), or on SQLite and
+PostgreSQL only where DDL is transactional (``sql_url``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from core._alembic import AlembicMigrations, version_table
+from core._config import MigrationsConfig
+from core._errors import ConfigError, MigrationFailed
+from tests.core.fixtures_migrations import (
+    ENV_PY_WITHOUT_VERSION_TABLE,
+    FAIL,
+    AlembicScripts,
+    create_table,
+    drop_table,
+)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    created = sa.create_engine(database_url)
+    yield created
+    created.dispose()
+
+
+@pytest.fixture
+def sql_engine(sql_url: str) -> Iterator[sa.Engine]:
+    created = sa.create_engine(sql_url)
+    yield created
+    created.dispose()
+
+
+@pytest.fixture
+def scripts(tmp_path: Path) -> AlembicScripts:
+    """Two revisions: create table ``items``, then add its column ``name``."""
+    made = AlembicScripts.at(tmp_path / "alembic", table="items")
+    made.create_table()
+    made.add_column("name")
+    return made
+
+
+def make(engine: sa.Engine, scripts: AlembicScripts, app: str = "shop") -> AlembicMigrations:
+    return AlembicMigrations(
+        app, engine, MigrationsConfig(alembic=str(scripts.directory), lock_timeout=10)
+    )
+
+
+def tables(engine: sa.Engine) -> set[str]:
+    return set(sa.inspect(engine).get_table_names())
+
+
+def columns(engine: sa.Engine, table: str) -> set[str]:
+    return {column["name"] for column in sa.inspect(engine).get_columns(table)}
+
+
+def versions(engine: sa.Engine, table: str) -> list[str]:
+    with engine.connect() as connection:
+        found = connection.execute(
+            sa.select(sa.column("version_num", sa.String)).select_from(sa.table(table))
+        )
+        return list(found.scalars())
+
+
+def tracked(engine: sa.Engine) -> list[tuple[str, str, int]]:
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.text("SELECT app, name, batch FROM ro_migrations ORDER BY app, batch")
+        ).all()
+    return [(app, name, batch) for app, name, batch in rows]
+
+
+class TestVersionTable:
+    @pytest.mark.parametrize(
+        ("app", "expected"),
+        [
+            pytest.param("shop", "alembic_version_shop", id="plain"),
+            pytest.param("My-Shop.eu", "alembic_version_my_shop_eu", id="sanitised"),
+        ],
+    )
+    def test_is_named_after_the_app(self, app: str, expected: str) -> None:
+        """Lower-case letters, digits and underscores only."""
+        assert version_table(app) == expected
+
+    def test_a_long_name_is_shortened_but_stays_distinct(self) -> None:
+        """Names fit PostgreSQL's 63 characters; a hash keeps long app names apart."""
+        first, second = version_table("a" * 80), version_table("a" * 81)
+        assert len(first) <= 63
+        assert len(second) <= 63
+        assert first != second
+
+
+class TestDiscover:
+    def test_lists_revisions_oldest_first(self, tmp_path: Path, scripts: AlembicScripts) -> None:
+        """``discover()`` walks the script directory from base to head."""
+        engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+        assert make(engine, scripts).discover() == ["rev1", "rev2"]
+        engine.dispose()
+
+    def test_a_directory_that_is_not_an_alembic_one_is_a_config_error(self, tmp_path: Path) -> None:
+        """A missing or broken script directory is reported with its key."""
+        engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+        migrations = AlembicMigrations(
+            "shop", engine, MigrationsConfig(alembic=str(tmp_path / "nowhere"))
+        )
+        with pytest.raises(ConfigError, match="not a usable Alembic script directory") as raised:
+            migrations.latest()
+        assert raised.value.path == "migrations.alembic"
+        engine.dispose()
+
+    def test_needs_a_directory(self, tmp_path: Path) -> None:
+        """Without ``migrations.alembic`` there is nothing to run."""
+        engine = sa.create_engine("sqlite://")
+        with pytest.raises(ConfigError, match=r"migrations\.alembic"):
+            AlembicMigrations("shop", engine, MigrationsConfig())
+        engine.dispose()
+
+
+class TestLatest:
+    def test_upgrades_to_head_in_a_version_table_of_the_app(
+        self, engine: sa.Engine, scripts: AlembicScripts
+    ) -> None:
+        """Every revision runs; the app's own version table holds the head."""
+        result = make(engine, scripts).latest()
+        assert result.success
+        assert result.operation == "migrations"
+        assert result.items == ("rev1", "rev2")
+        assert result.details == {
+            "action": "latest",
+            "batch": 1,
+            "from": "base",
+            "to": "rev2",
+            "version_table": "alembic_version_shop",
+        }
+        assert "name" in columns(engine, "items")
+        assert versions(engine, "alembic_version_shop") == ["rev2"]
+        assert "alembic_version" not in tables(engine)
+
+    def test_records_the_revision_it_started_from(
+        self, engine: sa.Engine, scripts: AlembicScripts
+    ) -> None:
+        """Each upgrade is a batch whose tracking row names its starting revision."""
+        migrations = make(engine, scripts)
+        migrations.latest()
+        scripts.revision(create_table("extra"), drop_table("extra"))
+        result = migrations.latest()
+        assert result.items == ("rev3",)
+        assert tracked(engine) == [("shop", "alembic:base", 1), ("shop", "alembic:rev2", 2)]
+
+    def test_is_idempotent(self, engine: sa.Engine, scripts: AlembicScripts) -> None:
+        """At head, a second call changes and records nothing."""
+        migrations = make(engine, scripts)
+        migrations.latest()
+        again = migrations.latest()
+        assert again.success
+        assert again.items == ()
+        assert again.details["batch"] is None
+        assert tracked(engine) == [("shop", "alembic:base", 1)]
+
+    def test_two_apps_on_one_database_keep_separate_versions(
+        self, engine: sa.Engine, tmp_path: Path
+    ) -> None:
+        """Each app's revisions live in its own version table, its batches in its own rows."""
+        shop = AlembicScripts.at(tmp_path / "shop", table="items")
+        shop.create_table()
+        shop.add_column("name")
+        blog = AlembicScripts.at(tmp_path / "blog", table="posts")
+        blog.create_table()
+        make(engine, shop, "shop").latest()
+        assert make(engine, blog, "blog").status()["pending"] == ["rev1"]
+        make(engine, blog, "blog").latest()
+        assert versions(engine, "alembic_version_shop") == ["rev2"]
+        assert versions(engine, "alembic_version_blog") == ["rev1"]
+        assert make(engine, shop, "shop").rollback().success
+        assert "items" not in tables(engine)
+        assert "posts" in tables(engine)
+        assert versions(engine, "alembic_version_blog") == ["rev1"]
+        assert make(engine, blog, "blog").status()["current"] == "rev1"
+
+    def test_a_failing_revision_raises_naming_it_and_leaves_nothing(
+        self, sql_engine: sa.Engine, scripts: AlembicScripts
+    ) -> None:
+        """Where DDL is transactional the whole upgrade and its row are undone."""
+        scripts.revision(f"{create_table('extra')}\n{FAIL}", drop_table("extra"))
+        with pytest.raises(MigrationFailed) as raised:
+            make(sql_engine, scripts).latest()
+        assert raised.value.migration == "rev3"
+        assert "RuntimeError: boom" in raised.value.reason
+        assert "nothing of this upgrade is applied" in raised.value.reason
+        assert tables(sql_engine) == {"ro_migrations"}
+        assert tracked(sql_engine) == []
+
+    @pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)
+    def test_on_mariadb_a_failed_upgrade_keeps_and_tracks_what_succeeded(
+        self, engine: sa.Engine, scripts: AlembicScripts
+    ) -> None:
+        """MariaDB keeps the revisions before the failed one; rollback can return to base."""
+        scripts.revision(FAIL, "pass")
+        migrations = make(engine, scripts)
+        with pytest.raises(MigrationFailed, match="applied and tracked before it") as raised:
+            migrations.latest()
+        assert raised.value.migration == "rev3"
+        assert versions(engine, "alembic_version_shop") == ["rev2"]
+        assert tracked(engine) == [("shop", "alembic:base", 1)]
+        assert migrations.rollback().items == ("rev2", "rev1")
+        assert "items" not in tables(engine)
+
+    def test_an_env_py_ignoring_the_version_table_is_reported(
+        self, sql_engine: sa.Engine, tmp_path: Path
+    ) -> None:
+        """An ``env.py`` that does not use the version table handed in fails the upgrade."""
+        scripts = AlembicScripts.at(
+            tmp_path / "alembic", table="items", env=ENV_PY_WITHOUT_VERSION_TABLE
+        )
+        scripts.create_table()
+        with pytest.raises(MigrationFailed, match=r"env\.py must configure"):
+            make(sql_engine, scripts).latest()
+        assert tables(sql_engine) == {"ro_migrations"}
+
+
+class TestRollback:
+    def test_returns_to_the_revision_recorded_before_the_last_upgrade(
+        self, engine: sa.Engine, scripts: AlembicScripts
+    ) -> None:
+        """Rollback downgrades the newest batch only, newest revision first."""
+        migrations = make(engine, scripts)
+        migrations.latest()
+        scripts.revision(create_table("extra"), drop_table("extra"))
+        migrations.latest()
+        result = migrations.rollback()
+        assert result.success
+        assert result.items == ("rev3",)
+        assert result.details["to"] == "rev2"
+        assert versions(engine, "alembic_version_shop") == ["rev2"]
+        assert "extra" not in tables(engine)
+        second = migrations.rollback()
+        assert second.items == ("rev2", "rev1")
+        assert versions(engine, "alembic_version_shop") == []
+        assert tables(engine) == {"ro_migrations", "alembic_version_shop"}
+        assert tracked(engine) == []
+        assert migrations.rollback().items == ()
+
+    def test_a_failing_downgrade_gives_a_failed_result_naming_it(
+        self, sql_engine: sa.Engine, scripts: AlembicScripts
+    ) -> None:
+        """The downgrade is undone, the batch stays tracked, the result names the revision."""
+        scripts.revision(create_table("extra"), f"{drop_table('extra')}\n{FAIL}")
+        migrations = make(sql_engine, scripts)
+        migrations.latest()
+        result = migrations.rollback()
+        assert not result.success
+        assert (result.error or "").startswith("rev3: RuntimeError: boom")
+        assert result.details["failed"] == "rev3"
+        assert versions(sql_engine, "alembic_version_shop") == ["rev3"]
+        assert "extra" in tables(sql_engine)
+        assert tracked(sql_engine) == [("shop", "alembic:base", 1)]
+
+
+class TestStatus:
+    def test_shows_current_and_head(self, engine: sa.Engine, scripts: AlembicScripts) -> None:
+        """Status has the current and head revisions and what is applied and pending."""
+        migrations = make(engine, scripts)
+        before = migrations.status()
+        assert before["current"] is None
+        assert before["head"] == "rev2"
+        assert before["applied"] == []
+        assert before["pending"] == ["rev1", "rev2"]
+        assert before["version_table"] == "alembic_version_shop"
+        migrations.latest()
+        after = migrations.status()
+        assert after["current"] == "rev2"
+        assert after["applied"] == ["rev1", "rev2"]
+        assert after["pending"] == []
+        assert [entry["name"] for entry in after["batches"]] == ["alembic:base"]
