@@ -38,6 +38,7 @@ class Claimer:
         self.interval = idle / 3
         self._cursor = "0-0"
         self._stop = anyio.Event()
+        self._reclaim_after = 0.0
         self.reclaimed = 0
 
     def stop(self) -> None:
@@ -53,12 +54,16 @@ class Claimer:
             rounds += 1
             try:
                 await self.renew()
-                await self.reclaim()
+                # After an outage every lease looks idle: give the live owners one idle
+                # period to renew theirs before taking anything over.
+                if anyio.current_time() >= self._reclaim_after:
+                    await self.reclaim()
                 if rounds % SWEEP_EVERY == 0:
                     await self.sweep()
             except GroupMissing:
                 await self.consumer.bus.ensure_group(self.consumer.plugin)
             except BusUnavailable as exc:
+                self._reclaim_after = anyio.current_time() + self.idle_ms / 1000
                 log.debug("claim round of %s skipped: %s", self.consumer.consumer, exc)
 
     async def renew(self) -> None:

@@ -203,7 +203,7 @@ class Redis:
 
     def batch(self, *, atomic: bool = True) -> Batch:
         """A pipeline; ``atomic`` wraps it in MULTI/EXEC (all keys share one slot)."""
-        return Batch(self, self._client.pipeline(transaction=atomic))
+        return Batch(self, self._client, atomic)
 
     def wake(self, key: str) -> None:
         """Wake the embedded bus's blocked readers of ``key`` (a real BLOCK just times out)."""
@@ -453,42 +453,51 @@ class Redis:
 
 
 class Batch:
-    """A typed pipeline of writes, sent in one round trip (MULTI/EXEC when atomic)."""
+    """A typed pipeline of writes, sent in one round trip (MULTI/EXEC when atomic).
 
-    def __init__(self, redis: Redis, pipeline: Any) -> None:
+    The commands are kept here, not in a redis-py pipeline: redis-py empties a pipeline
+    even when ``execute`` fails, so a retry after a lost connection would send nothing
+    and look like success. Each ``execute`` builds a fresh pipeline from the list.
+    """
+
+    def __init__(self, redis: Redis, client: Any, atomic: bool) -> None:
         self._redis = redis
-        self._pipeline = pipeline
+        self._client = client
+        self._atomic = atomic
+        self._commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         self._streams: set[str] = set()
 
     def __len__(self) -> int:
-        return len(self._pipeline)
+        return len(self._commands)
+
+    def _add(self, name: str, *args: Any, **kwargs: Any) -> Batch:
+        self._commands.append((name, args, kwargs))
+        return self
 
     def xadd(self, key: str, fields: Fields, maxlen: int | None = None) -> Batch:
-        self._pipeline.xadd(key, dict(fields), maxlen=maxlen, approximate=True)
         self._streams.add(key)
-        return self
+        return self._add("xadd", key, dict(fields), maxlen=maxlen, approximate=True)
 
     def xack(self, key: str, group: str, entry_ids: Sequence[str]) -> Batch:
-        if entry_ids:
-            self._pipeline.xack(key, group, *entry_ids)
-        return self
+        return self._add("xack", key, group, *entry_ids) if entry_ids else self
 
     def pexpire(self, key: str, millis: int) -> Batch:
-        self._pipeline.pexpire(key, millis)
-        return self
+        return self._add("pexpire", key, millis)
 
     def hset(self, key: str, name: str, value: bytes) -> Batch:
-        self._pipeline.hset(key, name, value)
-        return self
+        return self._add("hset", key, name, value)
 
     def hincrby(self, key: str, name: str, amount: int = 1) -> Batch:
-        self._pipeline.hincrby(key, name, amount)
-        return self
+        return self._add("hincrby", key, name, amount)
 
     async def execute(self) -> list[Any]:
-        if not len(self._pipeline):
+        """Send every command; safe to call again after ``BusUnavailable``."""
+        if not self._commands:
             return []
+        pipeline = self._client.pipeline(transaction=self._atomic)
+        for name, args, kwargs in self._commands:
+            getattr(pipeline, name)(*args, **kwargs)
         async with self._redis._errors():
-            replies: list[Any] = await self._pipeline.execute()
+            replies: list[Any] = await pipeline.execute()
         self._redis._notify(sorted(self._streams))
         return replies

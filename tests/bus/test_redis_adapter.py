@@ -190,3 +190,15 @@ class TestBlockingReads:
                 await anyio.sleep(0.1)
                 bus.redis.wake(key)
             assert elapsed[0] < 0.5
+
+
+class TestBatchRetry:
+    async def test_a_batch_sends_its_commands_again_on_every_execute(self, bus: Bus) -> None:
+        """Executing a batch twice sends it twice: a retry after a lost connection is never
+        an empty transaction that looks like success."""
+        batch = bus.redis.batch()
+        batch.xadd("retry-probe", {b"f": b"1"})
+        await batch.execute()
+        await batch.execute()
+        assert await bus.redis.xlen("retry-probe") == 2
+        await bus.redis.delete("retry-probe")

@@ -1,0 +1,31 @@
+"""Fault scenarios: delivery guarantees while workers die, Redis goes away and poison
+arrives.
+
+The process lane runs real worker processes against a ``redis-server`` that each test
+starts on its own loopback port (with an AOF in the test's directory, so that it can be
+stopped and started again); the embedded lane runs the scenarios that make sense
+in-process on ``memory://``. The plugins count what they handle on the server side, and
+every scenario reports one line ``events=N delivered=N duplicates=N dead_lettered=N
+lost=N``, repeated in the terminal summary so that it shows with or without ``-s``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+
+
+def subprocess_env() -> dict[str, str]:
+    """This environment for a child process: the repository importable (for
+    ``tests.faults.plugins``), output unbuffered, no ``RAPID_OBJECTION_*`` of the caller."""
+    env = {
+        name: value for name, value in os.environ.items() if not name.startswith("RAPID_OBJECTION_")
+    }
+    paths = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
