@@ -270,6 +270,17 @@ class Manifest(_Frozen, frozen=True):
     updated: float = 0.0
 
 
+class LoadError(_Frozen, frozen=True):
+    """Why a plugin's worker could not start (bad configuration, failing initialize)."""
+
+    plugin: str
+    consumer: str
+    error: str
+    time: float
+    phase: str = "initialize"
+    """``validate`` (validate_configuration refused), ``build`` or ``initialize``."""
+
+
 class WorkerInfo(_Frozen, frozen=True):
     """One worker process (a consumer of its plugin's group), refreshed by its heartbeat."""
 
@@ -303,6 +314,7 @@ _ack_decoder: Final = msgspec.msgpack.Decoder(Ack)
 _failure_decoder: Final = msgspec.msgpack.Decoder(Failure)
 _manifest_decoder: Final = msgspec.msgpack.Decoder(Manifest)
 _worker_decoder: Final = msgspec.msgpack.Decoder(WorkerInfo)
+_load_error_decoder: Final = msgspec.msgpack.Decoder(LoadError)
 _registry_decoder: Final = msgspec.msgpack.Decoder(RegistryInfo)
 
 encode = _encoder.encode
@@ -310,6 +322,7 @@ decode_ack = _ack_decoder.decode
 decode_failure = _failure_decoder.decode
 decode_manifest = _manifest_decoder.decode
 decode_worker = _worker_decoder.decode
+decode_load_error = _load_error_decoder.decode
 decode_registry = _registry_decoder.decode
 
 

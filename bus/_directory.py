@@ -6,9 +6,11 @@ import time
 
 from ._constants import ALIVE_AFTER_HEARTBEATS, HEARTBEAT_INTERVAL
 from ._contract import (
+    LoadError,
     Manifest,
     RegistryInfo,
     WorkerInfo,
+    decode_load_error,
     decode_manifest,
     decode_registry,
     decode_worker,
@@ -36,8 +38,17 @@ class Directory:
         self._keys = keys
 
     async def announce(self, manifest: Manifest) -> None:
-        """Publish (or replace) a plugin's manifest."""
+        """Publish (or replace) a plugin's manifest; a started worker clears load errors."""
         await self._redis.hset(self._keys.plugins, manifest.plugin, encode(manifest))
+        await self._redis.hdel(self._keys.load_errors, manifest.plugin)
+
+    async def report_load_error(self, error: LoadError) -> None:
+        """Say why a worker of a plugin could not start, for the registry waiting on it."""
+        await self._redis.hset(self._keys.load_errors, error.plugin, encode(error))
+
+    async def load_error(self, plugin: str) -> LoadError | None:
+        raw = await self._redis.hget(self._keys.load_errors, plugin)
+        return None if raw is None else decode_load_error(raw)
 
     async def manifests(self) -> dict[str, Manifest]:
         raw = await self._redis.hgetall(self._keys.plugins)

@@ -56,6 +56,11 @@ class Keys:
         return self.prefix + "registries"
 
     @property
+    def load_errors(self) -> str:
+        """Hash plugin -> why its last worker could not start (cleared when one does)."""
+        return self.prefix + "load-errors"
+
+    @property
     def ack_positions(self) -> str:
         """Hash registry id -> the last ack entry it read (where a restart continues)."""
         return self.prefix + "ackpos"
@@ -80,5 +85,6 @@ class Keys:
             self.workers,
             self.registries,
             self.ack_positions,
+            self.load_errors,
             self.apps,
         )

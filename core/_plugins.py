@@ -138,13 +138,13 @@ class PluginManager:
             }
         for name, failure in self.failed.items():
             plugins[name] = {"status": "failed", "error": failure.error, "phase": failure.phase}
-        return {
+        counts = {
             "total": len(configured) + len(set(self._plugins) - set(configured)),
             "enabled": sum(1 for c in configured.values() if c.enabled),
             "loaded": len(self._plugins),
             "failed": len(self.failed),
-            "plugins": plugins,
         }
+        return {**counts, "counts": counts, "plugins": plugins}
 
     # -- loading --------------------------------------------------------------------------
 
@@ -203,11 +203,12 @@ class PluginManager:
             loaded = await self._start_processes(name, config)
         else:
             loaded = LoadedPlugin(name, "external", config)
-            await self._await_manifest(name, self.settings.load_timeout)
+            await self._await_manifest(name, self.settings.load_timeout, config.module)
         self.failed.pop(name, None)
         self._plugins[name] = loaded
         await self.registry.listeners.emit(
-            "plugin-loaded", {"plugin": name, "mode": loaded.mode, "version": loaded.version}
+            "plugin-loaded",
+            {"name": name, "plugin": name, "mode": loaded.mode, "version": loaded.version},
         )
         return loaded
 
@@ -217,10 +218,18 @@ class PluginManager:
         if name in self._plugins:
             raise PluginFailed(name, f"Plugin '{name}' is already loaded", "load")
         self.registry.publisher_policy(name, config)
-        loaded = await self._start_inline(name, instance, config)
+        limit = self.settings.load_timeout
+        try:
+            with anyio.fail_after(limit):
+                loaded = await self._start_inline(name, instance, config)
+        except TimeoutError:
+            raise PluginFailed(
+                name, f"Timeout ({int(limit * 1000)}ms): load plugin '{name}'", "timeout"
+            ) from None
         self._plugins[name] = loaded
         await self.registry.listeners.emit(
-            "plugin-loaded", {"plugin": name, "mode": "inline", "version": loaded.version}
+            "plugin-loaded",
+            {"name": name, "plugin": name, "mode": "inline", "version": loaded.version},
         )
         return loaded
 
@@ -245,6 +254,7 @@ class PluginManager:
             max_deliveries=config.max_deliveries,
             registry_id=self.registry.id,
             live_engines=self.registry.engines.engine,
+            name=name,
         )
         loaded = LoadedPlugin(name, "inline", config, instance=instance, worker=worker)
 
@@ -276,6 +286,7 @@ class PluginManager:
             bus_url=self.registry.config.bus.url,
             namespace=bus.namespace,
             table={
+                "name": name,
                 "config": config.config,
                 "timeout": config.timeout,
                 "required": config.required,
@@ -296,28 +307,31 @@ class PluginManager:
 
         await self.registry.task_group().start(run)
         try:
-            await self._await_manifest(name, None)
+            await self._await_manifest(name, None, config.module)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await supervisor.stop()
             raise
         return loaded
 
-    async def _await_manifest(self, name: str, limit: float | None) -> None:
-        """Wait until a worker of ``name`` has announced itself (a test-free poll of the
-        directory, a few times a second, only while loading)."""
+    async def _await_manifest(self, name: str, limit: float | None, module: str) -> None:
+        """Wait until a worker of ``name`` has announced itself, or reported why it could
+        not start (a poll of the directory, a few times a second, only while loading)."""
         bus = self.registry.require_bus()
+        since = time.time()
         with anyio.move_on_after(limit if limit is not None else float("inf")) as scope:
             while True:
-                workers = await bus.directory.workers(name)
-                if workers:
+                if await bus.directory.workers(name):
                     break
+                error = await bus.directory.load_error(name)
+                if error is not None and error.time >= since:
+                    raise PluginFailed(name, error.error, error.phase)
                 await anyio.sleep(MANIFEST_POLL)
         if scope.cancelled_caught:
             raise PluginFailed(
                 name,
                 f"Plugin '{name}' has no worker: none announced itself within "
-                f"{limit:g}s (start one with `rapid-objection worker {name} ...`)",
+                f"{limit:g}s (start one with `rapid-objection worker {module} ...`)",
                 "manifest",
             )
         await self.registry.refresh_plugins()
@@ -338,7 +352,9 @@ class PluginManager:
                 await loaded.supervisor.stop()
                 await loaded.stopped.wait()
         self.registry.drop_policy(name)
-        await self.registry.listeners.emit("plugin-unloaded", {"plugin": name, "mode": loaded.mode})
+        await self.registry.listeners.emit(
+            "plugin-unloaded", {"name": name, "plugin": name, "mode": loaded.mode}
+        )
         return True
 
     async def shutdown(self, timeout: float | None = None) -> list[str]:

@@ -13,9 +13,11 @@ ENTRY_POINT_GROUP = "rapid_objection.plugins"
 class PluginLoadError(Exception):
     """A plugin that cannot be imported or built; the message is the seed's text."""
 
-    def __init__(self, target: str, message: str) -> None:
+    def __init__(self, target: str, message: str, phase: str = "import") -> None:
         super().__init__(message)
         self.target = target
+        self.phase = phase
+        """import, build, validate or initialize: where loading stopped."""
 
 
 def load_plugin_class(target: str) -> type[Any]:
@@ -58,4 +60,5 @@ def build_plugin(plugin_class: type[Any], config: dict[str, Any]) -> Any:
         raise PluginLoadError(
             f"{plugin_class.__module__}:{plugin_class.__qualname__}",
             f"Plugin '{plugin_class.__qualname__}' failed to build: {type(exc).__name__}: {exc}",
+            phase="build",
         ) from exc

@@ -21,6 +21,7 @@ from bus import (
     BusUnavailable,
     Consumer,
     GroupMissing,
+    LoadError,
     Manifest,
     RetryPolicy,
     WorkerInfo,
@@ -64,10 +65,12 @@ class Worker:
         registry_id: str = "",
         claim_idle: float = CLAIM_IDLE,
         live_engines: LiveEngines | None = None,
+        name: str | None = None,
     ) -> None:
         self.plugin = plugin
         self.bus = bus
-        self.name = plugin_name(plugin)
+        # The name under which the registry configured the plugin wins over its own.
+        self.name = name or plugin_name(plugin)
         self.consumer_name = consumer or default_consumer_name()
         if "|" in self.consumer_name or not self.consumer_name.strip():
             # "|" separates plugin, consumer and kind in the directory and the counters.
@@ -117,17 +120,20 @@ class Worker:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Initialize the plugin, announce it, consume until stopped, shut the plugin down."""
-        initialize = getattr(self.plugin, "initialize", None)
-        if initialize is not None:
-            try:
-                result = initialize(self.view, self.config)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception as exc:
-                raise PluginLoadError(
-                    self.name,
-                    f"Plugin '{self.name}' failed to initialize: {type(exc).__name__}: {exc}",
-                ) from exc
+        try:
+            await self._start_plugin()
+        except PluginLoadError as exc:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await self.bus.directory.report_load_error(
+                    LoadError(
+                        plugin=self.name,
+                        consumer=self.consumer_name,
+                        error=str(exc),
+                        time=time.time(),
+                        phase=exc.phase,
+                    )
+                )
+            raise
         try:
             # The group first: a registry that sees the manifest may publish at once,
             # and an event published before the group exists never reaches it.
@@ -141,6 +147,29 @@ class Worker:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._leave()
+
+    async def _start_plugin(self) -> None:
+        """validate_configuration (when the plugin has it), then initialize."""
+        for method, phase, failure in (
+            ("validate_configuration", "validate", "configuration is invalid"),
+            ("initialize", "initialize", "failed to initialize"),
+        ):
+            function = getattr(self.plugin, method, None)
+            if function is None:
+                continue
+            arguments = (
+                (self.config,) if method == "validate_configuration" else (self.view, self.config)
+            )
+            try:
+                result = function(*arguments)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                raise PluginLoadError(
+                    self.name,
+                    f"Plugin '{self.name}' {failure}: {type(exc).__name__}: {exc}",
+                    phase=phase,
+                ) from exc
 
     async def _consume(
         self, scope: anyio.CancelScope, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED

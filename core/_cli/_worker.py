@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,7 @@ def _number(given: float | None, table: dict[str, Any], key: str, default: float
 
 def run(args: argparse.Namespace) -> int:
     from bus import CLAIM_IDLE, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_DELIVERIES, Bus
-    from plugin_workers import Worker, build_plugin, load_plugin_class
+    from plugin_workers import PluginLoadError, Worker, build_plugin, load_plugin_class
 
     table, bus_table = read_config(args.config, args.plugin) if args.config else ({}, {})
     if args.config_json:
@@ -104,7 +105,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--concurrency must be at least 1, not {args.concurrency}")
     namespace = args.namespace or bus_table.get("namespace") or "default"
     config = dict(table.get("config", {}))
-    plugin = build_plugin(load_plugin_class(args.plugin), config)
+    plugin_class = load_plugin_class(args.plugin)
+    try:
+        plugin = build_plugin(plugin_class, config)
+    except PluginLoadError as exc:
+        # A supervising registry may be waiting for this worker: tell it why not.
+        name = str(table.get("name") or plugin_class.__name__)
+        anyio.run(_report, url, namespace, name, args.consumer or name, exc)
+        raise
     timeout = _number(args.timeout, table, "timeout", DEFAULT_HOOK_TIMEOUT)
     max_deliveries = int(
         _number(args.max_deliveries, table, "max_deliveries", DEFAULT_MAX_DELIVERIES)
@@ -131,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
                 required=args.required or bool(table.get("required", False)),
                 max_deliveries=max_deliveries,
                 claim_idle=claim_idle,
+                name=table.get("name"),
             )
             async with anyio.create_task_group() as group:
                 group.start_soon(_stop_on_signal, worker, group.cancel_scope)
@@ -139,6 +148,26 @@ def run(args: argparse.Namespace) -> int:
 
     anyio.run(main)
     return 0
+
+
+async def _report(url: str, namespace: str, plugin: str, consumer: str, exc: Any) -> None:
+    """Best effort: a bus that does not answer only loses the explanation."""
+    from bus import Bus, BusError, LoadError
+
+    try:
+        async with Bus.connect(url, namespace) as bus:
+            with anyio.move_on_after(2):
+                await bus.directory.report_load_error(
+                    LoadError(
+                        plugin=plugin,
+                        consumer=consumer,
+                        error=str(exc),
+                        time=time.time(),
+                        phase=getattr(exc, "phase", "build"),
+                    )
+                )
+    except BusError:
+        pass
 
 
 async def _stop_on_signal(worker: Any, scope: anyio.CancelScope) -> None:
