@@ -436,7 +436,7 @@ class Consumer:
             app=envelope.app,
             plugin=self.plugin,
             consumer=self.consumer,
-            kind="error",
+            kind="timeout" if ack.error_type == "HookTimeout" else "error",
             error=f"{ack.error_type}: {ack.error}" if ack.error_type else ack.error or "",
             attempt=ack.attempt,
             time=time.time(),

@@ -81,14 +81,28 @@ class Directory:
         await self._redis.hdel(self._keys.registries, registry)
 
     async def claim_app(self, app: str, registry: str) -> str:
-        """Make ``registry`` the owner of ``app`` unless another one is; returns the owner."""
-        if await self._redis.hsetnx(self._keys.apps, app, registry.encode()):
-            return registry
-        owner = await self._redis.hget(self._keys.apps, app)
-        return owner.decode() if owner is not None else registry
+        """Make ``registry`` the owner of ``app`` unless a live registry is; returns the
+        owner. An owner whose heartbeat stopped (it crashed) loses the app."""
+        for _ in range(3):
+            if await self._redis.hsetnx(self._keys.apps, app, registry.encode()):
+                return registry
+            raw = await self._redis.hget(self._keys.apps, app)
+            if raw is None:
+                continue  # released in between: try again
+            owner = raw.decode()
+            if owner == registry:
+                return registry
+            info = await self._redis.hget(self._keys.registries, owner)
+            if info is not None and is_alive(decode_registry(info).seen):
+                return owner
+            await self._redis.hdel(self._keys.apps, app)  # a dead owner's claim
+        return registry
 
-    async def release_app(self, app: str) -> None:
-        await self._redis.hdel(self._keys.apps, app)
+    async def release_app(self, app: str, registry: str) -> None:
+        """Drop ``registry``'s claim on ``app`` (another registry's claim stays)."""
+        owner = await self._redis.hget(self._keys.apps, app)
+        if owner is not None and owner.decode() == registry:
+            await self._redis.hdel(self._keys.apps, app)
 
     async def apps(self) -> dict[str, str]:
         """App name -> the registry that owns it."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import time
 from collections import deque
@@ -70,7 +71,8 @@ class PluginPolicy:
 
 
 def default_registry_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """Host, pid and a random suffix: several registries in one process stay apart."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
 @dataclass
@@ -100,10 +102,11 @@ class Publisher:
         policies: Mapping[str, PluginPolicy] | None = None,
         ack_timeout: float = DEFAULT_ACK_TIMEOUT,
         retention: Retention | None = None,
+        ephemeral: bool | None = None,
     ) -> None:
         self.bus = bus
         self.registry_id = registry_id or default_registry_id()
-        self._ephemeral = registry_id is None
+        self._ephemeral = registry_id is None if ephemeral is None else ephemeral
         self.policies = dict(policies or {})
         self.ack_timeout = ack_timeout
         self.apps: set[str] = set()
@@ -153,9 +156,16 @@ class Publisher:
             try:
                 await self.bus.directory.forget_registry(self.registry_id)
                 if self._ephemeral:
-                    # A host-pid id never comes back: its position and acks are litter.
+                    # A generated id never comes back: its position and acks are litter.
                     await self.bus.redis.hdel(self.bus.keys.ack_positions, self.registry_id)
                     await self.bus.redis.delete(self._ack_key)
+                elif self._ack_position != self._saved_position:
+                    # A stable id comes back: it continues after the last ack it read.
+                    await self.bus.redis.hset(
+                        self.bus.keys.ack_positions,
+                        self.registry_id,
+                        self._ack_position.encode(),
+                    )
             except BusUnavailable:
                 log.warning("could not remove registry %s from %s", self.registry_id, self.bus.url)
 
@@ -297,7 +307,15 @@ class Publisher:
                 pending = []
             holder = pending[0].consumer if pending else None
             alive = any(w.plugin == plugin and is_alive(w.seen) for w in workers)
-            kind: FailureKind = "timeout" if holder is not None or alive else "no_consumer"
+            holder_alive = any(
+                w.plugin == plugin and w.consumer == holder and is_alive(w.seen) for w in workers
+            )
+            kind: FailureKind
+            if holder is not None:
+                # A holder whose heartbeat stopped died with the event in hand.
+                kind = "timeout" if holder_alive else "crashed"
+            else:
+                kind = "timeout" if alive else "no_consumer"
             if holder is not None:
                 error = f"no ack from consumer {holder!r} before the deadline"
             elif alive:

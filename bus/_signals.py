@@ -9,7 +9,11 @@ from __future__ import annotations
 
 
 class RetryLater(Exception):  # noqa: N818 - a signal, named for what it asks
-    """Deliver this event again after ``delay`` seconds; not counted as a failure."""
+    """Deliver this event again after ``delay`` seconds.
+
+    No failure is recorded for it, but each deferral is an attempt of the plugin's
+    ``max_deliveries`` budget: an event deferred that often is dead-lettered.
+    """
 
     def __init__(self, delay: float = 1.0, reason: str = "") -> None:
         super().__init__(reason or f"retry in {delay:g}s")

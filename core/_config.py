@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from bus import DEFAULT_ACK_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_DELIVERIES
+from bus import CLAIM_IDLE, DEFAULT_ACK_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_DELIVERIES
 
 from ._errors import ConfigError
 
@@ -119,6 +119,8 @@ class PluginConfig(_Section):
     on_failure: Literal["continue", "abort"] = "continue"
     timeout: float = DEFAULT_HOOK_TIMEOUT
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
+    claim_idle: float = CLAIM_IDLE
+    """Seconds before a live worker takes over events held by a dead one."""
     mode: Literal["inline", "process", "external"] = "inline"
     workers: int = 1
 

@@ -37,9 +37,12 @@ class ConfigError(RegistryError, ValueError):
 
 
 class AppAlreadyRegistered(RegistryError):  # noqa: N818 - reads as the condition
-    def __init__(self, app: str) -> None:
+    def __init__(self, app: str, owner: str | None = None) -> None:
         self.app = app
-        super().__init__(f"app {app!r} is already registered")
+        self.owner = owner
+        """The other live registry of the bus that holds the app, if it is another."""
+        by = f" by registry {owner!r}" if owner else ""
+        super().__init__(f"app {app!r} is already registered{by}")
 
 
 class AppNotRegistered(RegistryError):  # noqa: N818 - reads as the condition

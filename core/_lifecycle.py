@@ -39,6 +39,7 @@ from bus import (
 
 from ._config import AppConfig, to_dict
 from ._connections import ConnectionManager
+from ._errors import AppAlreadyRegistered
 from ._models import ModelSet, load_models
 from ._results import UnregisterResult
 
@@ -104,7 +105,13 @@ async def register(registry: AppRegistry, name: str, config: AppConfig) -> AppRe
     opened = False
     models: ModelSet | None = None
     stage = "app_registration_started"
+    claimed = False
     try:
+        # One owner per app on the bus: a live registry that holds the name keeps it.
+        owner = await registry.require_bus().directory.claim_app(name, registry.id)
+        if owner != registry.id:
+            raise AppAlreadyRegistered(name, owner=owner)
+        claimed = True
         await registry.step(AppRegistrationStarted(config=to_dict(config)), name)
         stage = "connection"
         lease = await anyio.to_thread.run_sync(
@@ -157,7 +164,6 @@ async def register(registry: AppRegistry, name: str, config: AppConfig) -> AppRe
         await registry.step(
             AppRegistered(connection=engines.info(name), config=to_dict(config)), name
         )
-        await registry.require_bus().directory.claim_app(name, registry.id)
         return AppRecord(
             manager=manager,
             config=config,
@@ -174,6 +180,8 @@ async def register(registry: AppRegistry, name: str, config: AppConfig) -> AppRe
                 models.clear()
             if opened:
                 await _release(registry, name, registry_shutdown=False)
+            if claimed:
+                await _release_claim(registry, name)
         raise
 
 
@@ -217,7 +225,7 @@ async def unregister(
             )
         stage = "connection_shutdown"
         closed = await _release(registry, name, registry_shutdown=False)
-        await registry.require_bus().directory.release_app(name)
+        await registry.require_bus().directory.release_app(name, registry.id)
         stage = "app_unregistered"
         await registry.step(AppUnregistered(options=options), name)
     except BaseException as exc:
@@ -249,7 +257,7 @@ async def close_connection(
     _clear_models(record)
     await _release(registry, name, registry_shutdown=registry_shutdown)
     try:
-        await registry.require_bus().directory.release_app(name)
+        await registry.require_bus().directory.release_app(name, registry.id)
     except BusError as exc:
         log.warning("could not release app %s in the directory: %s", name, exc)
 
@@ -267,10 +275,18 @@ async def _release(registry: AppRegistry, name: str, *, registry_shutdown: bool)
             registry_shutdown=registry_shutdown,
         )
         try:
-            await registry.require_publisher().emit(payload, app=name)
+            # Shown to step listeners like every step, but never vetoed: it is closed.
+            await registry.step(payload, name, veto=False)
         except BusError as exc:
             log.warning("connection_shutdown of %s not published: %s", name, exc)
     return released.last_reference
+
+
+async def _release_claim(registry: AppRegistry, name: str) -> None:
+    try:
+        await registry.require_bus().directory.release_app(name, registry.id)
+    except BusError as exc:
+        log.warning("could not release app %s in the directory: %s", name, exc)
 
 
 async def _report_failure(

@@ -206,6 +206,7 @@ class PluginManager:
             await self._await_manifest(name, self.settings.load_timeout, config.module)
         self.failed.pop(name, None)
         self._plugins[name] = loaded
+        await self.registry.refresh_plugins()  # its manifest now decides what it awaits
         await self.registry.listeners.emit(
             "plugin-loaded",
             {"name": name, "plugin": name, "mode": loaded.mode, "version": loaded.version},
@@ -227,6 +228,7 @@ class PluginManager:
                 name, f"Timeout ({int(limit * 1000)}ms): load plugin '{name}'", "timeout"
             ) from None
         self._plugins[name] = loaded
+        await self.registry.refresh_plugins()
         await self.registry.listeners.emit(
             "plugin-loaded",
             {"name": name, "plugin": name, "mode": "inline", "version": loaded.version},
@@ -250,8 +252,11 @@ class PluginManager:
             consumer=f"{self.registry.id}-{name}",
             config=dict(config.config),
             timeout=config.timeout,
-            required=config.required,
+            # This registry's policy makes it required here; the manifest must not
+            # impose that on the other registries of the bus.
+            required=False,
             max_deliveries=config.max_deliveries,
+            claim_idle=config.claim_idle,
             registry_id=self.registry.id,
             live_engines=self.registry.engines.engine,
             name=name,
@@ -289,8 +294,8 @@ class PluginManager:
                 "name": name,
                 "config": config.config,
                 "timeout": config.timeout,
-                "required": config.required,
                 "max_deliveries": config.max_deliveries,
+                "claim_idle": config.claim_idle,
             },
             consumer_prefix=self.registry.id,
             shutdown_timeout=self.settings.shutdown_timeout,

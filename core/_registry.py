@@ -90,6 +90,7 @@ class AppRegistry:
                 Publisher(
                     self.bus,
                     self.id,
+                    ephemeral=self.config.registry.id is None,
                     policies=self.plugins.policies(),
                     ack_timeout=settings.ack_timeout,
                     retention=retention,
@@ -334,9 +335,10 @@ class AppRegistry:
             except BusError as exc:
                 log.warning("registry %s could not refresh plugins: %s", self.id, exc)
 
-    async def step(self, payload: Payload, app: str) -> WaitResult:
+    async def step(self, payload: Payload, app: str, *, veto: bool = True) -> WaitResult:
         """Publish one lifecycle event and await its required acks; a required plugin
-        with ``on_failure = "abort"`` that failed or timed out raises ``PluginVeto``."""
+        with ``on_failure = "abort"`` that failed or timed out raises ``PluginVeto``
+        (unless ``veto`` is False: a step that cannot be undone)."""
         result = await self.require_publisher().emit(payload, app=app)
         await self.listeners.emit("step", {"app": app, "event": result.type, "result": result})
         for outcome in (*result.failed, *result.timed_out):
@@ -353,6 +355,6 @@ class AppRegistry:
                     "error": reason,
                 },
             )
-            if plugin is not None and plugin.on_failure == "abort":
+            if veto and plugin is not None and plugin.on_failure == "abort":
                 raise PluginVeto(app, result.type, outcome.plugin, outcome.consumer, reason)
         return result

@@ -174,6 +174,9 @@ class Dispatcher:
                     error=f"hook {self._hook_name(envelope)} timed out after {self.timeout:g}s",
                     error_type="HookTimeout",
                     duration=time.perf_counter() - started,
+                    # Not retried: the registry's deadline is the hook timeout (plus a
+                    # grace), so it hears of the overrun now instead of a late retry.
+                    permanent=True,
                 )
         except RetryLater as signal:
             return Deferred(signal.delay, signal.reason or "the plugin asked to retry later")

@@ -99,7 +99,8 @@ class PluginInterface:
         """An operation of the registry failed; ``error.type`` and ``error.message`` say how."""
 
     async def on_health_check(self, app_name: str, health_status: dict[str, Any]) -> Any:
-        """A health check ran; a returned dict is merged into the app's health."""
+        """A health check ran; the returned value joins the app's health, under
+        ``health["plugins"][<plugin name>]``."""
 
 
 def implemented_hooks(plugin: object) -> tuple[str, ...]:

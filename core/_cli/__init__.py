@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from . import _demo, _dlq, _status, _worker
+from . import _demo, _dlq, _replay, _run, _status, _worker
 from ._args import Parser, UsageError, fail
 
 
@@ -16,6 +16,8 @@ def build_parser() -> Parser:
     _status.add_parser(commands)
     _demo.add_parser(commands)
     _dlq.add_parser(commands)
+    _run.add_parser(commands)
+    _replay.add_parser(commands)
     return parser
 
 

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -105,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--concurrency must be at least 1, not {args.concurrency}")
     namespace = args.namespace or bus_table.get("namespace") or "default"
     config = dict(table.get("config", {}))
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        # Like `python -m`: a plugin module in the working directory is importable.
+        sys.path.insert(0, os.getcwd())
     plugin_class = load_plugin_class(args.plugin)
     try:
         plugin = build_plugin(plugin_class, config)

@@ -1,34 +1,10 @@
 """The audit plugin: every lifecycle event into a SQL table, for audit beyond the stream.
 
-The event stream is the short-term history (``rapid-objection replay``); its retention
-trims it. ``AuditPlugin`` keeps every event it receives, one row per event id, in a
-table of any database SQLAlchemy reaches (``url``, default a SQLite file):
-
-====================  ==================================================================
-column                what it holds
-====================  ==================================================================
-``id``                row number, in the order rows were written
-``time``              the event's time (Unix seconds, as published)
-``registry``          the publishing registry (a plugin's ``emit`` names the plugin)
-``app``               the app, or empty
-``type``              the event type (``app_registered``, ..., ``custom``)
-``event_id``          the envelope id; unique, so a re-delivered event adds no row (a
-                      replay's or re-drive's copy is recorded under the id it replaces)
-``seq``               the registry's sequence number of the event
-``payload``           the payload as JSON, as it travelled (secrets already redacted)
-``acks``              JSON list of what this plugin knows of the event's handling: its
-                      own record (plugin, consumer, attempt, time)
-``consumer``          the audit worker that wrote the row
-``replay``            true when the row was written from a replay
-``recorded``          when the row was written (Unix seconds)
-====================  ==================================================================
-
-Indexes serve queries by time, by app and time, and by type and time. ``AuditStore``
-is the same table seen from a program: ``AuditStore(url).query(app="shop")``.
-
-Rows are written one event at a time, before the event is acknowledged, so an event
-whose row failed to be written is retried and none is lost to a buffer. Database work
-runs in a worker thread.
+The event stream is the short-term history; its retention trims it. ``AuditPlugin``
+keeps one row per event (unique on the event id, so a re-delivery adds nothing) in a
+table of any database SQLAlchemy reaches, written before the event is acknowledged,
+in a worker thread. ``AuditStore`` is the same table seen from a program. The columns
+and every configuration key are described in ``docs/plugins.md``.
 """
 
 from __future__ import annotations
@@ -142,11 +118,10 @@ class AuditEntry:
 
 
 def _seconds(value: float | datetime | None) -> float | None:
-    """Unix seconds of a bound given as seconds or as a datetime (naive means UTC)."""
+    """Unix seconds of a bound given as seconds or as a datetime (a naive one is local time,
+    as ``datetime.timestamp`` reads it)."""
     if value is None or isinstance(value, int | float):
         return value
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=datetime.now().astimezone().tzinfo)
     return value.timestamp()
 
 
@@ -183,7 +158,13 @@ class AuditStore:
 
     def create(self) -> None:
         """Create the table and its indexes unless they exist."""
-        self.table.create(self.engine, checkfirst=True)
+        try:
+            self.table.create(self.engine, checkfirst=True)
+        except sa.exc.DBAPIError:
+            # Several audit workers start at once: another one created it between our
+            # check and our CREATE (its indexes come in the same transaction).
+            if not sa.inspect(self.engine).has_table(self.table.name):
+                raise
         self._exists = True
 
     def record(self, row: Mapping[str, Any]) -> bool:
@@ -410,7 +391,7 @@ class AuditPlugin(PluginInterface):
             envelope,
             consumer=self.consumer,
             attempt=delivery.attempt,
-            plugin=self.name,
+            plugin=self._plugin_name(),
             acks=settings.record_acks,
         )
         inserted = await anyio.to_thread.run_sync(store.record, row)
@@ -422,6 +403,10 @@ class AuditPlugin(PluginInterface):
         self.last_event_id = row["event_id"]
         return {"event_id": row["event_id"], "recorded": inserted}
 
+    def _plugin_name(self) -> str:
+        """The name this plugin runs under (a registry may configure another than "audit")."""
+        return self.registry.plugin if self.registry is not None else self.name
+
     async def _find_consumer(self) -> str:
         """This worker's consumer name, from the directory: the one worker of this plugin
         in this process (a RegistryView does not carry it); empty when not unique."""
@@ -430,7 +415,7 @@ class AuditPlugin(PluginInterface):
         host, pid = socket.gethostname(), os.getpid()
         mine = [
             worker.consumer
-            for worker in await self.registry.bus.directory.workers(self.name)
+            for worker in await self.registry.bus.directory.workers(self._plugin_name())
             if worker.host == host and worker.pid == pid
         ]
         return mine[0] if len(mine) == 1 else ""

@@ -331,19 +331,18 @@ class BackupPlugin(PluginInterface):
     def get_status(self) -> dict[str, Any]:
         settings = self.settings
         with self._lock:
-            apps = sorted(self._apps)
-        return {
-            **super().get_status(),
-            "directory": settings.directory if settings else self.config.get("directory"),
-            "keep": settings.keep if settings else None,
-            "interval": settings.interval if settings else None,
-            "scheduler": self._scheduler is not None,
-            "apps": apps,
-            "made": self.made,
-            "failed": self.failed,
-            "skipped": dict(self.skipped),
-            "last": dict(self.last),
-        }
+            return {
+                **super().get_status(),
+                "directory": settings.directory if settings else self.config.get("directory"),
+                "keep": settings.keep if settings else None,
+                "interval": settings.interval if settings else None,
+                "scheduler": self._scheduler is not None,
+                "apps": sorted(self._apps),
+                "made": self.made,
+                "failed": self.failed,
+                "skipped": dict(self.skipped),
+                "last": dict(self.last),
+            }
 
     @property
     def apps(self) -> list[str]:
@@ -383,7 +382,8 @@ class BackupPlugin(PluginInterface):
         self._settings()  # a bad configuration fails the hook before anything is read
         source = await self._source(app, connection)
         if isinstance(source, str):
-            self.skipped[app] = source
+            with self._lock:
+                self.skipped[app] = source
             log.info("backup of %s skipped: %s", app, source)
             return {"app": app, "kind": kind, "skipped": source}
         if track:
@@ -437,11 +437,13 @@ class BackupPlugin(PluginInterface):
             try:
                 made = make_copy(Path(settings.directory), app, source, kind, settings.keep)
             except Exception:
-                self.failed += 1
+                with self._lock:  # hooks and the scheduler count from different threads
+                    self.failed += 1
                 raise
-        self.made += 1
-        self.last[app] = made.as_dict()
-        self.skipped.pop(app, None)
+        with self._lock:
+            self.made += 1
+            self.last[app] = made.as_dict()
+            self.skipped.pop(app, None)
         log.info("backup of %s (%s): %s, %d bytes", app, kind, made.path, made.size)
         return made
 

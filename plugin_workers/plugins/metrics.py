@@ -3,26 +3,9 @@
 Every lifecycle event reaches every plugin's group, so this plugin sees them all and
 counts them. The figures only the bus knows (failures per plugin, consumer and kind;
 each group's lag and pending count; dead letters) are read with ``collect_status``
-every ``refresh_interval`` seconds and exposed as they were last read. Everything lives
-in a ``CollectorRegistry`` of the plugin's own, served on ``host:port`` (``/metrics``).
-
-=============================================  ==========================================
-metric                                         what it counts
-=============================================  ==========================================
-``rapid_objection_hooks_total``                events handled, by ``type``, ``app`` and
-                                               ``status`` (see ``event_status``)
-``rapid_objection_delivery_latency_seconds``   histogram by ``type``: from the event's
-                                               publication to its hook here
-``rapid_objection_plugin_failures_total``      failures by ``plugin``, ``consumer``,
-                                               ``kind`` (the bus's counters)
-``rapid_objection_group_lag``                  events not yet read, by ``plugin``
-``rapid_objection_group_pending``              events read and not acknowledged
-``rapid_objection_consumer_pending``           the same per ``plugin`` and ``consumer``
-``rapid_objection_consumer_alive``             1 while the consumer's heartbeat is fresh
-``rapid_objection_stream_events``              events in the stream
-``rapid_objection_dead_letters``               entries in the dead-letter stream
-``rapid_objection_status_refreshed_seconds``   when the bus figures were read (Unix time)
-=============================================  ==========================================
+every ``refresh_interval`` seconds and exposed as last read. Everything lives in a
+``CollectorRegistry`` of the plugin's own, served on ``http://host:port/metrics``. The
+metrics and every configuration key are described in ``docs/plugins.md``.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from bus import (
     EventType,
     Failure,
     HealthCheck,
+    LoadError,
     Manifest,
     OperationFailed,
     OperationResult,
@@ -182,6 +183,13 @@ def struct_samples() -> dict[str, msgspec.Struct]:
             timeout=2.5,
             max_deliveries=3,
             updated=NOW,
+        ),
+        LoadError=LoadError(
+            plugin="audit",
+            consumer="host-1-ab12",
+            error="Plugin 'audit' configuration is invalid: KeyError: 'url'",
+            time=NOW,
+            phase="validate",
         ),
         WorkerInfo=WorkerInfo(
             plugin="audit",

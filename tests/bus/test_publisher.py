@@ -23,6 +23,7 @@ from bus import (
     PluginPolicy,
     Publisher,
     WaitResult,
+    WorkerInfo,
 )
 from bus._redis import forget_memory_server
 from plugin_workers import PluginInterface, Worker
@@ -165,9 +166,26 @@ class TestEmitOutcomes:
         assert failure.event_id == result.event_id
         assert await bus.failures.counts() == [FailureCount("ghost", None, "no_consumer", 1)]
 
-    async def test_event_held_by_a_silent_consumer_times_out_naming_it(self, bus: Bus) -> None:
-        """An event read by a consumer that never acks times out naming that consumer."""
+    @pytest.mark.parametrize(
+        ("heartbeat", "kind"),
+        [
+            pytest.param(True, "timeout", id="alive-holder"),
+            pytest.param(False, "crashed", id="dead-holder"),
+        ],
+    )
+    async def test_event_held_by_a_silent_consumer_times_out_naming_it(
+        self, bus: Bus, heartbeat: bool, kind: str
+    ) -> None:
+        """An event read by a consumer that never acks times out naming that consumer; the
+        failure is a timeout while the holder heartbeats, and "crashed" when it does not."""
         await bus.ensure_group("stuck")
+        if heartbeat:
+            now = time.time()
+            await bus.directory.beat_worker(
+                WorkerInfo(
+                    plugin="stuck", consumer="stuck-1", host="h", pid=1, started=now, seen=now
+                )
+            )
         results: list[WaitResult] = []
         async with Publisher(bus, "reg-a") as publisher, anyio.create_task_group() as group:
 
@@ -187,9 +205,9 @@ class TestEmitOutcomes:
         assert outcome.error is not None
         assert "stuck-1" in outcome.error
         [failure] = await bus.failures.recent()
-        assert (failure.plugin, failure.consumer, failure.kind) == ("stuck", "stuck-1", "timeout")
+        assert (failure.plugin, failure.consumer, failure.kind) == ("stuck", "stuck-1", kind)
         assert failure.attempt == 1
-        assert FailureCount("stuck", "stuck-1", "timeout", 1) in await bus.failures.counts()
+        assert FailureCount("stuck", "stuck-1", kind, 1) in await bus.failures.counts()
 
     async def test_required_plugin_that_skips_the_hook_acks_skipped(self, bus: Bus) -> None:
         """A required plugin without the hook answers "skipped" at once, which is ok."""

@@ -1,0 +1,245 @@
+"""Replay: the event history selected by time, app and type, and re-delivered to one plugin.
+
+The stream is the audit history (DESIGN §1). ``select`` reads it back; ``redeliver``
+publishes, for each selected event, a copy meant for one plugin only: a new id and time,
+``replay=True``, ``target=<plugin>`` and ``replaces=<original id>``. Every other plugin's
+workers acknowledge such a copy without calling anything. Nothing is published unless
+``execute=True``: the default is a dry run that says what would be re-delivered.
+
+A copy keeps the rest of the original envelope, the publishing registry and its sequence
+number included (as a dead-letter re-drive does): it is still that registry's event. Its
+ack goes to that registry's ack stream, where a live registry counts it as late and a
+gone registry's stream expires on its own.
+
+Copies already in the history (earlier replays and dead-letter re-drives, which carry
+``replaces``) are listed like any event but never re-delivered again: the event they copy
+is re-delivered instead when it is in the selection, so a second replay of the same
+window does not double every event.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from msgspec.structs import replace
+
+from bus import (
+    AutoOperationsCompleted,
+    Bus,
+    ConnectionCreated,
+    ConnectionShutdown,
+    Custom,
+    Envelope,
+    GroupMissing,
+    HealthCheck,
+    HistoryEntry,
+    OperationFailed,
+    is_alive,
+    new_event_id,
+)
+
+from ._errors import RegistryError
+
+_RELATIVE = re.compile(r"-?(?P<amount>\d+(?:\.\d+)?)(?P<unit>[smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+PAGE_SIZE = 500
+"""Events read per XRANGE while selecting."""
+
+
+class ReplayError(RegistryError, ValueError):
+    """A replay that cannot be done: an unreadable time, or a plugin nobody would serve."""
+
+    def __init__(self, message: str, *, plugin: str | None = None) -> None:
+        super().__init__(message)
+        self.plugin = plugin
+
+
+def parse_time(text: str, *, now: float | None = None) -> float:
+    """A Unix time from ISO 8601 (``2024-05-01T12:00:00Z``; without an offset it is local
+    time) or from a time relative to now (``-15m``, ``-2h``, ``-1d``, ``-30s``, ``-1w``;
+    the minus sign is optional, and ``now`` is accepted)."""
+    value = text.strip()
+    current = time.time() if now is None else now
+    if value == "now":
+        return current
+    relative = _RELATIVE.fullmatch(value)
+    if relative is not None:
+        return current - float(relative["amount"]) * _UNIT_SECONDS[relative["unit"]]
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise ReplayError(
+            f"{text!r} is neither an ISO 8601 time (2024-05-01T12:00:00Z) nor a relative "
+            "one (-15m, -2h, -1d)"
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which events of the history: a time window, an app, event types, a count."""
+
+    since: float | None = None
+    until: float | None = None
+    app: str | None = None
+    types: Collection[str] = ()
+    limit: int | None = None
+    """At most this many events, oldest first; None: all of them."""
+
+
+async def select(bus: Bus, selection: Selection) -> AsyncIterator[HistoryEntry]:
+    """The selected events of ``bus``'s stream, oldest first, read page by page."""
+    if selection.limit is not None and selection.limit <= 0:
+        return
+    remaining = selection.limit
+    cursor: str | None = None
+    while True:
+        page = await bus.history.page(
+            after=cursor,
+            since=selection.since,
+            until=selection.until,
+            app=selection.app,
+            types=selection.types,
+            size=PAGE_SIZE if remaining is None else min(PAGE_SIZE, remaining),
+        )
+        for entry in page.entries:
+            yield entry
+        if remaining is not None:
+            remaining -= len(page.entries)
+        if page.cursor is None or remaining == 0:
+            return
+        cursor = page.cursor
+
+
+def is_copy(envelope: Envelope) -> bool:
+    """Whether the event is itself a copy (a replay or a dead-letter re-drive)."""
+    return envelope.replaces is not None
+
+
+def copy_for(envelope: Envelope, plugin: str, *, now: float | None = None) -> Envelope:
+    """The copy of ``envelope`` that only ``plugin`` handles: a new id and time,
+    ``replay``, ``target`` and ``replaces`` set, no registry waiting for it."""
+    moment = time.time() if now is None else now
+    return replace(
+        envelope,
+        id=new_event_id(moment),
+        time=moment,
+        replay=True,
+        target=plugin,
+        replaces=envelope.id,
+        required=(),
+        deadline=0.0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Redelivery:
+    """One selected event and its copy for the plugin."""
+
+    original: HistoryEntry
+    copy: Envelope
+    entry_id: str | None = None
+    """The copy's stream entry id once published; None in a dry run."""
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What ``redeliver`` did (or, in a dry run, would do)."""
+
+    plugin: str
+    executed: bool
+    redeliveries: list[Redelivery] = field(default_factory=list)
+    skipped: list[HistoryEntry] = field(default_factory=list)
+    """Selected events that are copies themselves, not re-delivered again."""
+    live_workers: int = 0
+    """Workers of the plugin alive now; with none, the copies wait in its group."""
+
+
+async def check_plugin(bus: Bus, plugin: str) -> int:
+    """The number of live workers of ``plugin``; raises ``ReplayError`` when nothing on the
+    bus would ever receive its events (no manifest, no consumer group)."""
+    manifests = await bus.directory.manifests()
+    try:
+        groups = {group.name for group in await bus.redis.xinfo_groups(bus.keys.events)}
+    except GroupMissing:
+        groups = set()
+    if plugin not in manifests and plugin not in groups:
+        known = sorted(set(manifests) | groups)
+        listed = ", ".join(known) if known else "none"
+        raise ReplayError(
+            f"plugin {plugin!r} is unknown in namespace {bus.namespace!r} (no worker ever "
+            f"announced it and it has no consumer group); known plugins: {listed}",
+            plugin=plugin,
+        )
+    return sum(1 for worker in await bus.directory.workers(plugin) if is_alive(worker.seen))
+
+
+async def redeliver(
+    bus: Bus, plugin: str, selection: Selection, *, execute: bool = False
+) -> Replay:
+    """Re-deliver the selected events to ``plugin`` alone; a dry run unless ``execute``.
+
+    The selection is read completely before anything is published, so the copies (which
+    land at the end of the same stream) are never selected themselves.
+    """
+    live = await check_plugin(bus, plugin)
+    chosen: list[HistoryEntry] = []
+    skipped: list[HistoryEntry] = []
+    async for entry in select(bus, selection):
+        (skipped if is_copy(entry.envelope) else chosen).append(entry)
+    redeliveries: list[Redelivery] = []
+    for entry in chosen:
+        copy = copy_for(entry.envelope, plugin)
+        entry_id = await bus.publish(copy) if execute else None
+        redeliveries.append(Redelivery(entry, copy, entry_id))
+    return Replay(plugin, execute, redeliveries, skipped, live)
+
+
+def summary(envelope: Envelope) -> str:  # noqa: PLR0911 - one line per payload kind
+    """A short human description of an event's payload, for tables."""
+    payload = envelope.payload
+    if isinstance(payload, OperationFailed):
+        return f"{payload.operation}: {payload.error_type}: {payload.error_message}"
+    if isinstance(payload, Custom):
+        return f"{payload.name} from {payload.source}" if payload.source else payload.name
+    if isinstance(payload, ConnectionCreated):
+        reused = " (reused)" if payload.reused else ""
+        return f"{payload.connection.url or payload.connection.dialect}{reused}"
+    if isinstance(payload, ConnectionShutdown):
+        why = "registry shutdown" if payload.registry_shutdown else "last reference"
+        return f"{payload.connection.url or payload.connection.dialect} ({why})"
+    if isinstance(payload, AutoOperationsCompleted):
+        done = ", ".join(
+            f"{op.operation} {'ok' if op.success else 'FAILED'}" for op in payload.operations
+        )
+        return done or ("ok" if payload.success else "FAILED")
+    if isinstance(payload, HealthCheck):
+        status = str(payload.health.get("status", ""))
+        error = payload.health.get("error")
+        return f"{status}: {error}" if error else status
+    return ""
+
+
+def provenance(envelope: Envelope) -> str:
+    """``replay of <id> for <plugin>`` and the like; empty for an original event."""
+    parts: list[str] = []
+    if envelope.replay:
+        parts.append("replay")
+    elif envelope.replaces is not None:
+        parts.append("re-drive")
+    if envelope.replaces is not None:
+        parts.append(f"of {envelope.replaces}")
+    if envelope.target is not None:
+        parts.append(f"for {envelope.target}")
+    return " ".join(parts)
+
+
+def describe(entries: Sequence[HistoryEntry]) -> str:
+    """``3 events (2 apps, 2 types)``."""
+    apps = {entry.envelope.app for entry in entries if entry.envelope.app}
+    types = {entry.envelope.type for entry in entries}
+    noun = "event" if len(entries) == 1 else "events"
+    return f"{len(entries)} {noun} ({len(apps)} apps, {len(types)} types)"
