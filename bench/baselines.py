@@ -43,7 +43,7 @@ DATA_FIELD: Final = b"__data__"  # the entry field FastStream reads its envelope
 
 _Entry = tuple[bytes, dict[bytes, bytes]]
 
-_ROOT: Final = Path(__file__).resolve().parent.parent  # so `-m bench.baselines` resolves
+ROOT: Final = Path(__file__).resolve().parent.parent  # so `-m bench.baselines` resolves
 _encoder: Final = msgspec.msgpack.Encoder()
 _decoder: Final = msgspec.msgpack.Decoder(dict[str, Any])
 
@@ -134,17 +134,17 @@ def _workers(commands: Sequence[Sequence[str]]) -> Iterator[list[subprocess.Pope
             procs.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "bench.baselines", "worker", *command],
-                    cwd=_ROOT,
+                    cwd=ROOT,
                     stdin=subprocess.PIPE,  # EOF tells a worker its parent is gone
                     stdout=subprocess.DEVNULL,
                 )
             )
         yield procs
     finally:
-        _stop(procs)
+        stop_processes(procs)
 
 
-def _stop(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+def stop_processes(procs: Sequence[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         if proc.poll() is None:
             proc.terminate()
@@ -242,16 +242,23 @@ async def _measure_round_trips(
 # -- scenario 2 and 4: throughput ---------------------------------------------
 
 
-def bare_throughput(url: str, n_events: int, workers: int = 4) -> float:
-    """Acked events/s: batches of 100 in, 4 workers acking each read batch in one pipeline."""
+def bare_throughput(
+    url: str, n_events: int, workers: int = 4, *, cpu: list[CpuUse] | None = None
+) -> float:
+    """Acked events/s: batches of 100 in, 4 workers acking each read batch in one pipeline.
+
+    When ``cpu`` is given, the CPU time used during the measured window is appended to it.
+    """
     keys = _Keys.new()
     commands = _bare_commands(url, keys, ["g"], workers)
     with _streams(url, keys, ["g"]), _workers(commands) as procs:
-        run = partial(_measure_throughput, url, keys, procs, n_events, _count_replies)
+        run = partial(_measure_throughput, url, keys, procs, n_events, _count_replies, cpu=cpu)
         return anyio.run(run, backend="asyncio")
 
 
-def faststream_throughput(url: str, n_events: int, workers: int = 4) -> float:
+def faststream_throughput(
+    url: str, n_events: int, workers: int = 4, *, cpu: list[CpuUse] | None = None
+) -> float:
     """Handled events/s: the same events drained by FastStream's stream subscriber.
 
     Each worker is a FastStream RedisBroker with one StreamSub(group, consumer,
@@ -266,7 +273,9 @@ def faststream_throughput(url: str, n_events: int, workers: int = 4) -> float:
     keys = _Keys.new()
     commands = [["faststream", url, keys.events, "g", f"c{i}", keys.ready] for i in range(workers)]
     with _streams(url, keys, ["g"]), _workers(commands) as procs:
-        run = partial(_measure_throughput, url, keys, procs, n_events, _poll_group, envelope=True)
+        run = partial(
+            _measure_throughput, url, keys, procs, n_events, _poll_group, envelope=True, cpu=cpu
+        )
         return anyio.run(run, backend="asyncio")
 
 
@@ -285,6 +294,7 @@ async def _measure_throughput(
     done: _Done,
     *,
     envelope: bool = False,
+    cpu: list[CpuUse] | None = None,
 ) -> float:
     """Events/s from the first publish until ``done`` returns.
 
@@ -298,12 +308,15 @@ async def _measure_throughput(
     try:
         await _wait_ready(client, keys.ready, procs)
         published: list[bytes] = []  # the last entry id, once everything is published
+        meter = CpuMeter([proc.pid for proc in procs], await redis_server_pid(client))
         with anyio.fail_after(max(120.0, n_events / 200)):
             started = time.perf_counter()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_publish, client, keys.events, blobs, published)
                 await done(client, keys, procs, n_events, published)
             elapsed = time.perf_counter() - started
+        if cpu is not None:
+            cpu.append(meter.stop())
         return n_events / elapsed
     finally:
         await client.aclose()
@@ -379,7 +392,7 @@ def idle_worker_rss_baseline(url: str = DEFAULT_URL) -> float:
     with _streams(url, keys, ["g"]), contextlib.closing(redis.Redis.from_url(url)) as client:
         proc = subprocess.Popen(
             [sys.executable, "-c", _IDLE_SCRIPT, url, keys.events, "g", name],
-            cwd=_ROOT,
+            cwd=ROOT,
             stdin=subprocess.DEVNULL,
         )
         try:
@@ -391,9 +404,9 @@ def idle_worker_rss_baseline(url: str = DEFAULT_URL) -> float:
                     raise TimeoutError(msg)
                 time.sleep(0.05)
             time.sleep(0.2)  # let the first read settle before sampling
-            return _vm_rss_kib(proc.pid) / 1024
+            return vm_rss_kib(proc.pid) / 1024
         finally:
-            _stop([proc])
+            stop_processes([proc])
 
 
 def _is_blocked(client: redis.Redis, name: str) -> bool:
@@ -404,7 +417,7 @@ def _is_blocked(client: redis.Redis, name: str) -> bool:
     )
 
 
-def _vm_rss_kib(pid: int) -> int:
+def vm_rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
@@ -427,8 +440,80 @@ def import_time(module: str, *, repeat: int = 5) -> float:
 
 def _run_python(code: str) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], cwd=_ROOT, check=True)
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
     return time.perf_counter() - started
+
+
+# -- CPU accounting -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CpuUse:
+    """CPU seconds spent during a measured window, by who spent them."""
+
+    publisher: float
+    """This process: the publisher and whatever observes completion."""
+    workers: float
+    """All worker processes together."""
+    redis: float | None
+    """The Redis server, when it runs on this machine (None otherwise)."""
+
+    def per_event_us(self, n_events: int) -> dict[str, float | None]:
+        """Microseconds of CPU per event, per party (the way to compare costs on a busy box)."""
+
+        def us(seconds: float | None) -> float | None:
+            return None if seconds is None else round(seconds / n_events * 1e6, 1)
+
+        return {
+            "publisher": us(self.publisher),
+            "workers": us(self.workers),
+            "redis": us(self.redis),
+        }
+
+
+def _process_cpu(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds (fields 14 and 15 of /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """Starts counting at construction; ``stop()`` returns what each party spent since."""
+
+    def __init__(self, worker_pids: Sequence[int], redis_pid: int | None) -> None:
+        self._workers = list(worker_pids)
+        self._redis = redis_pid
+        self._start = self._sample()
+
+    def _sample(self) -> tuple[float, float, float | None]:
+        own = os.times()
+        workers = sum(_process_cpu(pid) for pid in self._workers)
+        server = _process_cpu(self._redis) if self._redis is not None else None
+        return own.user + own.system, workers, server
+
+    def stop(self) -> CpuUse:
+        own, workers, server = self._sample()
+        start_own, start_workers, start_server = self._start
+        return CpuUse(
+            publisher=own - start_own,
+            workers=workers - start_workers,
+            redis=None if server is None or start_server is None else server - start_server,
+        )
+
+
+async def redis_server_pid(client: redis.asyncio.Redis) -> int | None:
+    """The Redis server's pid when it runs on this machine and /proc shows it, else None."""
+    return local_pid(await client.info("server"))
+
+
+def local_pid(server_info: dict[str, Any]) -> int | None:
+    """The pid of ``INFO server`` when that process is a Redis server on this machine."""
+    pid = int(server_info.get("process_id", 0))
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text()
+    except OSError:
+        return None
+    return pid if pid and comm.startswith("redis") else None
 
 
 # -- helpers for reports ------------------------------------------------------
