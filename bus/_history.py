@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncGenerator, Collection
 from dataclasses import dataclass
 
 import msgspec
@@ -80,7 +80,7 @@ class History:
         app: str | None = None,
         types: Collection[str] = (),
         size: int = 500,
-    ) -> AsyncIterator[HistoryEntry]:
+    ) -> AsyncGenerator[HistoryEntry, None]:
         """Every matching event, page by page."""
         cursor: str | None = None
         while True:

@@ -307,6 +307,6 @@ async def _report_failure(
         "error", {"component": "AppRegistry", "phase": stage, "app": name, "error": message}
     )
     try:
-        await registry.require_publisher().emit(payload, app=name)
+        await registry.step(payload, name, veto=False)
     except Exception as report_error:
         log.warning("operation_failed of %s not published: %s", name, report_error)

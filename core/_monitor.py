@@ -33,7 +33,9 @@ async def check_app(registry: AppRegistry, name: str, record: AppRecord) -> dict
         for plugin, manifest in publisher.manifests.items()
         if "health_check" in manifest.hooks
     }
-    result = await publisher.emit(HealthCheck(health=health), app=name, required=sorted(awaited))
+    result = await registry.step(
+        HealthCheck(health=health), name, veto=False, required=sorted(awaited)
+    )
     health = {**health, "plugins": result.results()}
     failed = {o.plugin: o.error for o in (*result.failed, *result.timed_out)}
     if failed:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
@@ -335,11 +335,18 @@ class AppRegistry:
             except BusError as exc:
                 log.warning("registry %s could not refresh plugins: %s", self.id, exc)
 
-    async def step(self, payload: Payload, app: str, *, veto: bool = True) -> WaitResult:
+    async def step(
+        self,
+        payload: Payload,
+        app: str,
+        *,
+        veto: bool = True,
+        required: Iterable[str] | None = None,
+    ) -> WaitResult:
         """Publish one lifecycle event and await its required acks; a required plugin
         with ``on_failure = "abort"`` that failed or timed out raises ``PluginVeto``
         (unless ``veto`` is False: a step that cannot be undone)."""
-        result = await self.require_publisher().emit(payload, app=app)
+        result = await self.require_publisher().emit(payload, app=app, required=required)
         await self.listeners.emit("step", {"app": app, "event": result.type, "result": result})
         for outcome in (*result.failed, *result.timed_out):
             plugin = self.plugins.config_of(outcome.plugin)

@@ -19,6 +19,8 @@ class RegistryView:
     def __init__(self, bus: Bus, *, plugin: str, consumer: str, registry_id: str = "") -> None:
         self.bus = bus
         self.plugin = plugin
+        self.consumer = consumer
+        """This worker's consumer name in the plugin's group."""
         self.registry_id = registry_id
         """The registry this plugin runs inside (inline mode), or empty for a worker."""
         self._publisher = Publisher(bus, registry_id=f"{plugin}@{consumer}")

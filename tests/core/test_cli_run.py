@@ -1,0 +1,382 @@
+"""``rapid-objection run registry.toml``: a long-running registry, run in a subprocess.
+
+Most tests use the embedded bus (``memory://``), which lives inside the registry's own
+process, with the demo's sample plugins running inline; the flag tests use the real Redis.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import Process
+
+from bus import Bus, ConnectionInfo, Envelope, HealthCheck
+from bus.testing import purge
+from plugin_workers import PluginInterface
+from tests.e2e import CLI, REPO_ROOT, run_cli, subprocess_env
+
+pytestmark = pytest.mark.anyio
+
+SAMPLE = REPO_ROOT / "tests" / "core" / "sample_app"
+SECRET_URL = "redis://user:hunter2@127.0.0.1:1/0"  # noqa: S105 - a fake password that must not show
+READY = "running:"
+"""What ``run`` prints once its apps are registered."""
+
+
+class SlowShutdown(PluginInterface):
+    """Takes ten seconds over each connection_shutdown: a slow clean shutdown."""
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        super().__init__("slow-shutdown", "1.0.0")
+
+    async def on_connection_shutdown(
+        self, app_name: str, connection: ConnectionInfo, options: dict[str, Any]
+    ) -> None:
+        await anyio.sleep(10)
+
+
+def registry_file(tmp_path: Path, body: str, *, registry: str = "") -> Path:
+    """A registry file in ``tmp_path``: id ``run-test`` (and ``registry`` lines), the
+    embedded bus, then ``body``."""
+    path = tmp_path / "registry.toml"
+    head = f'[registry]\nid = "run-test"\n{registry}\n[bus]\nurl = "memory://"\n'
+    path.write_text(f"{head}ack_timeout = 3.0\n\n{body}")
+    return path
+
+
+def sqlite_app(tmp_path: Path, name: str) -> str:
+    """An ``[apps.<name>]`` table: a SQLite file with the sample migrations and seeds."""
+    return (
+        f"[apps.{name}]\n"
+        f'database.url = "sqlite:///{tmp_path / name}.db"\n'
+        f'migrations.directory = "{SAMPLE / "migrations"}"\n'
+        f'seeds.directory = "{SAMPLE / "seeds"}"\n\n'
+    )
+
+
+DEMO_PLUGINS = """
+[plugins.audit-log]
+module = "core._demo_plugins:AuditLogPlugin"
+required = true
+
+[plugins.monitoring]
+module = "core._demo_plugins:MonitoringPlugin"
+
+"""
+
+
+async def health_checks(bus: Bus) -> list[Envelope]:
+    return [entry.envelope async for entry in bus.history.iterate(types=["health_check"])]
+
+
+class Run:
+    """One ``rapid-objection run`` process, its output in files."""
+
+    def __init__(self, process: Process, out: Path, err: Path) -> None:
+        self.process = process
+        self.out_path, self.err_path = out, err
+
+    @property
+    def out(self) -> str:
+        return self.out_path.read_text()
+
+    @property
+    def err(self) -> str:
+        return self.err_path.read_text()
+
+    async def printed(self, text: str, *, timeout: float = 30.0) -> None:
+        """Wait until the process printed ``text`` on stdout."""
+        with anyio.move_on_after(timeout):
+            while self.process.returncode is None:
+                if text in self.out:
+                    return
+                await anyio.sleep(0.05)
+        if text not in self.out:
+            pytest.fail(f"never printed {text!r}; stdout:\n{self.out}\nstderr:\n{self.err}")
+
+    def signal(self, signum: signal.Signals) -> None:
+        self.process.send_signal(signum)
+
+    async def exit_code(self, *, timeout: float = 30.0) -> int:
+        with anyio.fail_after(timeout):
+            return await self.process.wait()
+
+
+@asynccontextmanager
+async def running(tmp_path: Path, *args: str) -> AsyncIterator[Run]:
+    """``rapid-objection run *args``, killed at the end if it still runs."""
+    out, err = tmp_path / "run.out", tmp_path / "run.err"
+    files = [out.open("wb"), err.open("wb")]
+    process = await anyio.open_process(
+        [CLI, "run", *args],
+        stdin=None,
+        stdout=files[0],
+        stderr=files[1],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+    )
+    try:
+        yield Run(process, out, err)
+    finally:
+        with anyio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+            await process.aclose()
+            for file in files:
+                file.close()
+
+
+def one_line_error(code: int, out: str, err: str) -> str:
+    assert code != 0
+    assert "Traceback" not in out + err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("rapid-objection")
+    return lines[0]
+
+
+class TestServe:
+    @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+    async def test_registers_the_apps_serves_and_stops_cleanly_on_a_signal(
+        self, tmp_path: Path, signum: signal.Signals
+    ) -> None:
+        """Plugins loaded, each app registered with its steps and the plugins' acks, a
+        line once it runs; SIGTERM or Ctrl-C shuts down (connections closed, plugins
+        unloaded) and exits 0."""
+        config = registry_file(tmp_path, DEMO_PLUGINS + sqlite_app(tmp_path, "shop"))
+        async with running(tmp_path, str(config)) as run:
+            await run.printed(READY)
+            run.signal(signum)
+            code = await run.exit_code()
+        out = run.out
+        assert code == 0, run.err
+        assert run.err == ""
+        assert "registry run-test: bus memory://, namespace default" in out
+        assert "plugin audit-log: loaded (inline, required, on_failure continue)" in out
+        assert "plugin monitoring: loaded (inline, optional, on_failure continue)" in out
+        assert "shop app_registered: audit-log acked (run-test-audit-log" in out
+        assert "app shop: registered on sqlite:///" in out
+        assert "running: 1 of 1 apps registered (shop)" in out
+        assert f"received {signum.name}: shutting down" in out
+        [shutdown] = [line for line in out.splitlines() if line.startswith("shutdown in")]
+        closed, unloaded = shutdown.split(": ", 1)[1].split("; ")
+        assert closed == "connections of apps closed: shop"
+        assert sorted(unloaded.removeprefix("plugins unloaded: ").split(", ")) == [
+            "audit-log",
+            "monitoring",
+        ]
+        assert (tmp_path / "shop.db").exists()
+
+    async def test_a_failing_app_is_reported_and_the_others_register(self, tmp_path: Path) -> None:
+        """An app that cannot connect is one line on stderr (its password masked); the
+        apps before and after it register, and the registry runs."""
+        broken = '[apps.broken]\ndatabase.url = "postgresql+psycopg://u:hunter2@127.0.0.1:1/x"\n\n'
+        body = sqlite_app(tmp_path, "first") + broken + sqlite_app(tmp_path, "last")
+        async with running(tmp_path, str(registry_file(tmp_path, body))) as run:
+            await run.printed(READY)
+            run.signal(signal.SIGTERM)
+            code = await run.exit_code()
+        assert code == 0, run.err
+        [line] = run.err.splitlines()
+        assert line.startswith("app broken: registration FAILED: app 'broken' cannot connect")
+        assert "hunter2" not in run.out + run.err
+        assert "running: 2 of 3 apps registered (first, last); failed: broken" in run.out
+        assert "plugins: none configured" in run.out
+
+    async def test_health_monitoring_as_configured(
+        self, tmp_path: Path, redis_url: str, namespace: str
+    ) -> None:
+        """With ``enable_health_monitoring``, the registry checks each app every interval:
+        health_check events of the app reach the bus while it runs."""
+        monitoring = "enable_health_monitoring = true\nhealth_check_interval = 0.2\n"
+        config = registry_file(tmp_path, sqlite_app(tmp_path, "shop"), registry=monitoring)
+        args = (str(config), "--bus-url", redis_url, "--namespace", namespace)
+        async with Bus.connect(redis_url, namespace) as bus, running(tmp_path, *args) as run:
+            try:
+                await run.printed("health checks every 0.2s")
+                with anyio.fail_after(10):
+                    while len(await health_checks(bus)) < 2:
+                        await anyio.sleep(0.1)
+                run.signal(signal.SIGTERM)
+                assert await run.exit_code() == 0, run.err
+                [health, *_] = await health_checks(bus)
+                assert health.app == "shop"
+                assert isinstance(health.payload, HealthCheck)
+                assert health.payload.health["status"] == "healthy"
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await purge(bus)
+
+    async def test_a_second_signal_exits_at_once(self, tmp_path: Path) -> None:
+        """While a clean shutdown waits on a slow plugin, a second signal exits at once
+        with status 130."""
+        slow = (
+            "[plugins.slow-shutdown]\n"
+            'module = "tests.core.test_cli_run:SlowShutdown"\nrequired = true\ntimeout = 20.0\n\n'
+        )
+        config = registry_file(tmp_path, slow + sqlite_app(tmp_path, "shop"))
+        async with running(tmp_path, str(config)) as run:
+            await run.printed(READY)
+            run.signal(signal.SIGTERM)
+            await run.printed("received SIGTERM: shutting down")
+            await anyio.sleep(0.5)
+            assert run.process.returncode is None, "the clean shutdown should still wait"
+            run.signal(signal.SIGTERM)
+            code = await run.exit_code(timeout=5)
+        assert code == 130
+        assert "received SIGTERM again: exiting at once" in run.err
+
+    async def test_a_stop_during_startup_registers_nothing_and_exits_cleanly(
+        self, tmp_path: Path
+    ) -> None:
+        """SIGTERM while plugins load: once loading ends, no app is registered and the
+        registry shuts down cleanly with status 0."""
+        external = (
+            "[plugin_manager]\nload_timeout = 1.5\n\n"
+            '[plugins.elsewhere]\nmodule = "x:Y"\nmode = "external"\n\n'
+        )
+        config = registry_file(tmp_path, external + sqlite_app(tmp_path, "shop"))
+        async with running(tmp_path, str(config)) as run:
+            await run.printed("registry run-test")
+            await anyio.sleep(0.3)
+            run.signal(signal.SIGTERM)
+            code = await run.exit_code()
+        assert code == 0, run.err
+        assert "plugin elsewhere: FAILED to load (manifest)" in run.out
+        assert "the registry runs without it" in run.out
+        assert "stop requested during startup: no app registered" in run.out
+        assert "app shop: registered" not in run.out
+        assert READY not in run.out
+
+
+class TestRequiredPlugins:
+    async def test_a_required_plugin_that_fails_to_load_stops_the_registry(
+        self, tmp_path: Path
+    ) -> None:
+        """A plugin marked required that cannot be imported: its failure is printed, no
+        app is registered, the registry shuts down and exits 1 with one line naming it."""
+        body = (
+            '[plugins.backup]\nmodule = "no_such_module:Backup"\nrequired = true\n\n'
+            + DEMO_PLUGINS
+            + sqlite_app(tmp_path, "shop")
+        )
+        async with running(tmp_path, str(registry_file(tmp_path, body))) as run:
+            code = await run.exit_code()
+        assert code == 1
+        assert "Traceback" not in run.out + run.err
+        assert "plugin audit-log: loaded" in run.out
+        assert "plugin backup: FAILED to load (import): Failed to import plugin module" in run.out
+        assert "app shop" not in run.out
+        assert "shutdown in" in run.out
+        last = run.err.splitlines()[-1]
+        assert last.startswith("rapid-objection: required plugins did not load (backup: ")
+        assert "no_such_module" in last
+
+    async def test_an_optional_plugin_that_fails_to_load_is_reported_only(
+        self, tmp_path: Path
+    ) -> None:
+        """A plugin that is not required and fails to load: reported, and the registry
+        runs its apps without it."""
+        body = '[plugins.extra]\nmodule = "no_such_module:Extra"\n\n' + sqlite_app(tmp_path, "a")
+        async with running(tmp_path, str(registry_file(tmp_path, body))) as run:
+            await run.printed(READY)
+            run.signal(signal.SIGTERM)
+            assert await run.exit_code() == 0, run.err
+        assert "plugin extra: FAILED to load (import)" in run.out
+        assert "the registry runs without it" in run.out
+        assert "app a: registered" in run.out
+
+
+class TestBusFlags:
+    async def test_flags_override_the_files_bus(
+        self, tmp_path: Path, redis_url: str, namespace: str
+    ) -> None:
+        """``--bus-url`` and ``--namespace`` win over the file's [bus] table: the registry
+        and its app show up in that namespace of the real Redis while it runs."""
+        config = registry_file(tmp_path, sqlite_app(tmp_path, "shop"))
+        args = (str(config), "--bus-url", redis_url, "--namespace", namespace)
+        async with Bus.connect(redis_url, namespace) as bus, running(tmp_path, *args) as run:
+            try:
+                await run.printed(READY)
+                assert f"bus {redis_url}, namespace {namespace}" in run.out
+                assert await bus.directory.apps() == {"shop": "run-test"}
+                with anyio.fail_after(5):  # the registry's next heartbeat names its apps
+                    while [(r.id, r.apps) for r in await bus.directory.registries()] != [
+                        ("run-test", ("shop",))
+                    ]:
+                        await anyio.sleep(0.1)
+                run.signal(signal.SIGTERM)
+                assert await run.exit_code() == 0, run.err
+                assert await bus.directory.apps() == {}
+                assert await bus.directory.registries() == []
+                types = [entry.envelope.type async for entry in bus.history.iterate(app="shop")]
+                assert types[-1] == "connection_shutdown"
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await purge(bus)
+
+    async def test_an_unreachable_bus_is_one_line_without_the_password(
+        self, tmp_path: Path
+    ) -> None:
+        """A bus that does not answer: one line naming its address, not its password."""
+        config = registry_file(tmp_path, "")
+        line = one_line_error(*await run_cli("run", str(config), "--bus-url", SECRET_URL))
+        assert "127.0.0.1:1" in line
+        assert "hunter2" not in line
+
+
+class TestConfigErrors:
+    @pytest.mark.parametrize(
+        ("content", "expected"),
+        [
+            (None, "cannot read the file: No such file or directory"),
+            ("[bus\n", "not valid TOML"),
+            ('[bus]\nurl = "memory://"\nnamespase = "x"\n', "at bus.namespase: unknown key"),
+            (
+                '[apps.shop]\ndatabase.pool_size = "five"\n',
+                "at apps.shop.database.pool_size: Expected `int | null`, got `str`",
+            ),
+            (
+                '[plugins.audit]\nmodule = "x:Y"\nmode = "sidecar"\n',
+                "at plugins.audit.mode",
+            ),
+        ],
+        ids=["missing", "not-toml", "unknown-key", "wrong-type", "bad-mode"],
+    )
+    async def test_a_bad_registry_file_is_one_line_naming_the_file_and_key(
+        self, tmp_path: Path, content: str | None, expected: str
+    ) -> None:
+        """A missing or invalid file: one line with the file and the dotted key, exit 2."""
+        path = tmp_path / "registry.toml"
+        if content is not None:
+            path.write_text(content)
+        code, out, err = await run_cli("run", str(path))
+        line = one_line_error(code, out, err)
+        assert code == 2
+        assert out == ""
+        assert str(path) in line
+        assert expected in line
+
+    @pytest.mark.parametrize(
+        "argv",
+        [["run"], ["run", "a.toml", "--nope"], ["run", "a.toml", "b.toml"]],
+        ids=["no-file", "unknown-flag", "two-files"],
+    )
+    async def test_a_wrong_command_line_is_one_line(self, argv: list[str]) -> None:
+        """A mistake on the command line: one line, exit 2."""
+        code, out, err = await run_cli(*argv)
+        one_line_error(code, out, err)
+        assert code == 2
+
+    async def test_a_bad_namespace_flag_is_one_line(self, tmp_path: Path) -> None:
+        """``--namespace`` with a character the key scheme reserves: one line."""
+        config = registry_file(tmp_path, "")
+        line = one_line_error(*await run_cli("run", str(config), "--namespace", "a:b"))
+        assert "a:b" in line
