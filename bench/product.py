@@ -511,10 +511,7 @@ async def _until_acked(publisher: Publisher, n_events: int, workers: Workers) ->
 
 async def _check_ack_records(bus: Bus, publisher: Publisher, event_ids: set[str]) -> None:
     """Every published event has exactly one ``ok`` ack record in the registry's stream."""
-    import msgspec
-
-    from bus import Ack
-    from bus._constants import ACK_FIELD
+    from bus import decode_ack_entry
 
     key = bus.keys.acks(publisher.registry_id)
     seen: dict[str, int] = {}
@@ -525,8 +522,7 @@ async def _check_ack_records(bus: Bus, publisher: Publisher, event_ids: set[str]
             entries = entries[1:]  # the first one is where the last page ended
         if not entries:
             break
-        for _entry_id, fields in entries:
-            ack = msgspec.msgpack.decode(fields[ACK_FIELD], type=Ack)
+        for ack in (ack for _, fields in entries for ack in decode_ack_entry(fields)):
             if ack.status != "ok":
                 msg = f"event {ack.event_id}: ack {ack.status} {ack.error}"
                 raise RuntimeError(msg)

@@ -9,7 +9,10 @@ EVENT_FIELD: Final = b"e"
 """The one stream field that carries an encoded envelope (one field keeps XADD small)."""
 
 ACK_FIELD: Final = b"a"
-"""The one stream field of an ack stream entry."""
+"""The one stream field of an ack stream entry holding a single Ack."""
+
+ACKS_FIELD: Final = b"A"
+"""The field of an ack stream entry holding a list of Acks (one worker's flush)."""
 
 RECORD_FIELD: Final = b"r"
 """The one stream field of failure and dead-letter records."""

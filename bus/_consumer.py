@@ -25,6 +25,7 @@ from ._constants import (
     ACK_FIELD,
     ACK_STREAM_MAXLEN,
     ACK_STREAM_TTL_MS,
+    ACKS_FIELD,
     CLAIM_IDLE,
     EVENT_FIELD,
     READ_BATCH,
@@ -36,6 +37,12 @@ from ._errors import BusUnavailable, GroupMissing
 from ._failures import add_failure
 from ._redact import mask_url
 from ._retry import Deferred, RetryPolicy
+
+FLUSH_GATHER = 0.001
+"""Seconds a flush waits for the other hooks of a read batch that are still running."""
+
+EXPIRY_REFRESH = 60.0
+"""Seconds between two PEXPIREs of one ack stream; its TTL is a day."""
 
 RECONNECT_DELAY_CAP = 5.0
 """Seconds; the longest pause between attempts while Redis is away."""
@@ -133,6 +140,7 @@ class Consumer:
         self._held = 0
         self._room_freed = anyio.Event()
         self._read_scope: anyio.CancelScope | None = None
+        self._expiry_set: dict[str, float] = {}
         self.retry = retry or RetryPolicy()
         self.claim_idle = claim_idle
         self._stopping = False
@@ -376,18 +384,32 @@ class Consumer:
         async with receive:
             async for first in receive:
                 done = [first]
-                while True:
-                    try:
-                        done.append(receive.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
+                self._drain_ready(receive, done)
+                if len(done) < self._held:
+                    # More of this read's hooks are running: give them a moment, so that
+                    # one read batch costs one MULTI/EXEC, not one per finished hook.
+                    with anyio.move_on_after(FLUSH_GATHER):
+                        while len(done) < self._held:
+                            try:
+                                done.append(await receive.receive())
+                            except anyio.EndOfStream:
+                                break
+                    self._drain_ready(receive, done)
                 await self._flush(done)
+
+    @staticmethod
+    def _drain_ready(receive: MemoryObjectReceiveStream[_Done], done: list[_Done]) -> None:
+        while True:
+            try:
+                done.append(receive.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                return
 
     async def _flush(self, done: list[_Done]) -> None:
         """Ack records, failures, dead letters and XACKs of ``done`` in one MULTI/EXEC."""
         keys = self.bus.keys
         batch = self.bus.redis.batch()
-        ack_streams: set[str] = set()
+        acks: dict[str, list[Ack]] = {}
         for item in done:
             if item.dead_letter is not None:
                 batch.xadd(keys.dlq, {RECORD_FIELD: encode(item.dead_letter)})
@@ -402,11 +424,19 @@ class Consumer:
                 if item.dead_letter is None:
                     add_failure(batch, keys, self._error_failure(envelope, ack))
             if self._wants_record(envelope, ack):
-                stream = keys.acks(envelope.registry)
-                batch.xadd(stream, {ACK_FIELD: encode(ack)}, maxlen=ACK_STREAM_MAXLEN)
-                ack_streams.add(stream)
-        for stream in ack_streams:
-            batch.pexpire(stream, ACK_STREAM_TTL_MS)
+                acks.setdefault(keys.acks(envelope.registry), []).append(ack)
+        now = time.monotonic()
+        for stream, records in acks.items():
+            # One entry per registry and flush: an XADD per ack costs ~6x the encoding.
+            fields = (
+                {ACK_FIELD: encode(records[0])}
+                if len(records) == 1
+                else {ACKS_FIELD: encode(records)}
+            )
+            batch.xadd(stream, fields, maxlen=ACK_STREAM_MAXLEN)
+            if now - self._expiry_set.get(stream, -EXPIRY_REFRESH) >= EXPIRY_REFRESH:
+                batch.pexpire(stream, ACK_STREAM_TTL_MS)
+                self._expiry_set[stream] = now
         batch.xack(keys.events, self.plugin, [item.entry_id for item in done if not item.keep])
         delay = 0.05
         while True:

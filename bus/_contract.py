@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from typing import Any, Final, Literal, cast, get_args
 
 import msgspec
@@ -311,6 +312,7 @@ class RegistryInfo(_Frozen, frozen=True):
 _encoder: Final = msgspec.msgpack.Encoder()
 _envelope_decoder: Final = msgspec.msgpack.Decoder(Envelope)
 _ack_decoder: Final = msgspec.msgpack.Decoder(Ack)
+_acks_decoder: Final = msgspec.msgpack.Decoder(list[Ack])
 _failure_decoder: Final = msgspec.msgpack.Decoder(Failure)
 _manifest_decoder: Final = msgspec.msgpack.Decoder(Manifest)
 _worker_decoder: Final = msgspec.msgpack.Decoder(WorkerInfo)
@@ -319,6 +321,7 @@ _registry_decoder: Final = msgspec.msgpack.Decoder(RegistryInfo)
 
 encode = _encoder.encode
 decode_ack = _ack_decoder.decode
+decode_acks = _acks_decoder.decode
 decode_failure = _failure_decoder.decode
 decode_manifest = _manifest_decoder.decode
 decode_worker = _worker_decoder.decode
@@ -364,3 +367,11 @@ class DeadLetter(_Frozen, frozen=True, kw_only=True):
 
 _dead_letter_decoder: Final = msgspec.msgpack.Decoder(DeadLetter)
 decode_dead_letter = _dead_letter_decoder.decode
+
+
+def decode_ack_entry(fields: Mapping[bytes, bytes]) -> list[Ack]:
+    """The acks of one ack stream entry: a single Ack (field ``a``) or a worker's whole
+    flush for this registry (field ``A``, a list)."""
+    if b"A" in fields:
+        return decode_acks(fields[b"A"])
+    return [decode_ack(fields[b"a"])]

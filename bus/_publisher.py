@@ -25,7 +25,6 @@ from anyio.abc import TaskStatus
 
 from ._bus import Bus
 from ._constants import (
-    ACK_FIELD,
     DEFAULT_ACK_TIMEOUT,
     DIRECTORY_REFRESH,
     HEARTBEAT_INTERVAL,
@@ -43,7 +42,7 @@ from ._contract import (
     Manifest,
     Payload,
     RegistryInfo,
-    decode_ack,
+    decode_ack_entry,
     new_event_id,
     payload_type,
 )
@@ -377,10 +376,14 @@ class Publisher:
 
     def _route(self, fields: dict[bytes, bytes]) -> None:
         try:
-            ack = decode_ack(fields[ACK_FIELD])
+            acks = decode_ack_entry(fields)
         except (KeyError, msgspec.DecodeError, msgspec.ValidationError):
             log.warning("registry %s skipped an undecodable ack", self.registry_id)
             return
+        for ack in acks:
+            self._resolve(ack)
+
+    def _resolve(self, ack: Ack) -> None:
         wait = self._waits.get(ack.event_id)
         if wait is None:
             self.late_acks += 1

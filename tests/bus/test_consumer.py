@@ -23,10 +23,10 @@ from bus import (
     HealthCheck,
     Publisher,
     RetryPolicy,
+    decode_ack_entry,
     decode_envelope,
 )
-from bus._constants import ACK_FIELD, EVENT_FIELD, RECORD_FIELD
-from bus._contract import decode_ack
+from bus._constants import EVENT_FIELD, RECORD_FIELD
 
 pytestmark = pytest.mark.anyio
 
@@ -99,8 +99,9 @@ async def publish(
 
 async def acks_of(bus: Bus, registry: str = "reg-c") -> list[Ack]:
     return [
-        decode_ack(fields[ACK_FIELD])
+        ack
         for _, fields in await bus.redis.xrange(bus.keys.acks(registry), "-", "+", count=10_000)
+        for ack in decode_ack_entry(fields)
     ]
 
 

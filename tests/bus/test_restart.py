@@ -9,10 +9,18 @@ from typing import Any
 import anyio
 import pytest
 
-from bus import Ack, AppRegistered, Bus, ConnectionInfo, Publisher, RegistryInfo, encode
+from bus import (
+    Ack,
+    AppRegistered,
+    Bus,
+    ConnectionInfo,
+    Publisher,
+    RegistryInfo,
+    decode_ack_entry,
+    encode,
+)
 from bus import _publisher as publisher_module
 from bus._constants import ACK_FIELD
-from bus._contract import decode_ack
 from plugin_workers import PluginInterface
 from plugin_workers.testing import running_worker
 
@@ -42,7 +50,7 @@ def fast_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def _acks(bus: Bus, registry: str) -> list[tuple[str, Ack]]:
     entries = await bus.redis.xrange(bus.keys.acks(registry), "-", "+", count=1000)
-    return [(entry_id, decode_ack(fields[ACK_FIELD])) for entry_id, fields in entries]
+    return [(entry_id, ack) for entry_id, fields in entries for ack in decode_ack_entry(fields)]
 
 
 async def _acked(bus: Bus, registry: str, event_id: str) -> str:

@@ -29,13 +29,11 @@ from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
-import msgspec
 import pytest
 import sqlalchemy as sa
 from anyio.abc import Process
 
-from bus import Ack, Bus, HistoryEntry
-from bus._constants import ACK_FIELD
+from bus import Ack, Bus, HistoryEntry, decode_ack_entry
 from core import RegistryConfig
 from core._config import load_registry_config
 from plugin_workers.plugins import BUNDLED
@@ -636,7 +634,7 @@ async def topology(redis_bus: Bus, database_url: str, tmp_path: Path) -> AsyncIt
 
 async def registry_acks(bus: Bus, registry: str) -> list[Ack]:
     entries = await bus.redis.xrange(bus.keys.acks(registry), "-", "+", count=100_000)
-    return [msgspec.msgpack.decode(fields[ACK_FIELD], type=Ack) for _, fields in entries]
+    return [ack for _, fields in entries for ack in decode_ack_entry(fields)]
 
 
 async def history(bus: Bus, app: str) -> list[HistoryEntry]:

@@ -19,8 +19,8 @@ from bus import (
     Publisher,
     StatusReport,
     WaitResult,
+    decode_ack_entry,
 )
-from bus._constants import ACK_FIELD
 
 from . import run_cli
 from .conftest import WorkerPool
@@ -51,7 +51,7 @@ async def counts(bus: Bus, kind: str, plugin: str) -> dict[str, int]:
 async def acks_written(bus: Bus, registry: str) -> list[Ack]:
     """Every ack record the workers wrote to ``registry``'s ack stream."""
     entries = await bus.redis.xrange(bus.keys.acks(registry), "-", "+", count=1_000_000)
-    return [msgspec.msgpack.decode(fields[ACK_FIELD], type=Ack) for _, fields in entries]
+    return [ack for _, fields in entries for ack in decode_ack_entry(fields)]
 
 
 async def held_by(bus: Bus, plugin: str, consumer: str, *, timeout: float = 5.0) -> None:

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import msgspec
 
-from bus import Bus, DeadLetter, decode_envelope
-from bus._constants import ACK_FIELD, EVENT_FIELD, RECORD_FIELD
-from bus._contract import decode_ack, decode_dead_letter
+from bus import Bus, DeadLetter, decode_ack_entry, decode_envelope
+from bus._constants import EVENT_FIELD, RECORD_FIELD
+from bus._contract import decode_dead_letter
 
 from .plugins import Count, count_key
 
@@ -54,7 +54,7 @@ async def counts(bus: Bus, kind: Count, plugin: str) -> dict[str, int]:
 async def ack_records(bus: Bus, registry: str) -> Counter[str]:
     """Event id -> how many ack records the workers wrote to ``registry``'s ack stream."""
     entries = await bus.redis.xrange(bus.keys.acks(registry), "-", "+", count=EVERYTHING)
-    return Counter(decode_ack(fields[ACK_FIELD]).event_id for _, fields in entries)
+    return Counter(ack.event_id for _, fields in entries for ack in decode_ack_entry(fields))
 
 
 async def event_ids(bus: Bus, entry_ids: list[str]) -> set[str]:
