@@ -24,6 +24,7 @@ from bus import (
     WaitResult,
     default_registry_id,
     mask_url,
+    payload_type,
 )
 
 from ._config import (
@@ -295,7 +296,7 @@ class AppRegistry:
     def on(self, name: str, listener: Listener) -> None:
         """Call ``listener(payload)`` (sync or async) on this registry's event ``name``:
         app-registered, app-unregistered, connection-created, connection-reused,
-        plugin-loaded, plugin-unloaded, step, warning, error."""
+        plugin-loaded, plugin-unloaded, step-started, step, warning, error."""
         self.listeners.on(name, listener)
 
     def off(self, name: str, listener: Listener) -> None:
@@ -346,6 +347,7 @@ class AppRegistry:
         """Publish one lifecycle event and await its required acks; a required plugin
         with ``on_failure = "abort"`` that failed or timed out raises ``PluginVeto``
         (unless ``veto`` is False: a step that cannot be undone)."""
+        await self.listeners.emit("step-started", {"app": app, "event": payload_type(payload)})
         result = await self.require_publisher().emit(payload, app=app, required=required)
         await self.listeners.emit("step", {"app": app, "event": result.type, "result": result})
         for outcome in (*result.failed, *result.timed_out):

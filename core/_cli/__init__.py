@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from importlib import import_module
 
-from . import _demo, _dlq, _replay, _run, _status, _worker
 from ._args import Parser, UsageError, fail
 
+COMMANDS = ("worker", "status", "demo", "dlq", "run", "replay")
+"""Each is a module ``core._cli._<command>`` with ``add_parser(commands)``."""
 
-def build_parser() -> Parser:
+
+def build_parser(only: str | None = None) -> Parser:
+    """The parser of every command, or of ``only`` one: a worker process then never
+    imports what the other commands need (rich, SQLAlchemy), and stays light."""
     parser = Parser(prog="rapid-objection", description=__doc__)
     commands = parser.add_subparsers(title="commands", required=True, parser_class=Parser)
-    _worker.add_parser(commands)
-    _status.add_parser(commands)
-    _demo.add_parser(commands)
-    _dlq.add_parser(commands)
-    _run.add_parser(commands)
-    _replay.add_parser(commands)
+    for command in COMMANDS if only is None else (only,):
+        import_module(f"{__name__}._{command}").add_parser(commands)
     return parser
 
 
@@ -34,7 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bus import BusError
     from plugin_workers import PluginLoadError
 
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    only = "worker" if arguments[:1] == ["worker"] else None
+    args = build_parser(only).parse_args(arguments)
     try:
         try:
             code: int = args.run(args)

@@ -62,11 +62,11 @@ def sqlite_app(tmp_path: Path, name: str) -> str:
 
 DEMO_PLUGINS = """
 [plugins.audit-log]
-module = "core._demo_plugins:AuditLogPlugin"
+module = "tests.core.demo_plugins:AuditLogPlugin"
 required = true
 
 [plugins.monitoring]
-module = "core._demo_plugins:MonitoringPlugin"
+module = "tests.core.demo_plugins:MonitoringPlugin"
 
 """
 

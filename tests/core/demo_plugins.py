@@ -1,8 +1,8 @@
-"""The two sample plugins of ``rapid-objection demo``: an audit log and a monitor.
+"""Two sample plugins for the CLI tests: an audit log and a monitor.
 
 They are ordinary ``PluginInterface`` subclasses (they could run as worker processes
-with ``rapid-objection worker core._demo_plugins:AuditLogPlugin``); the demo runs them
-inline, as tasks of its own process, on the embedded bus.
+with ``rapid-objection worker tests.core.demo_plugins:AuditLogPlugin``); they run
+inline in the tests of `rapid-objection run`, on the embedded bus.
 """
 
 from __future__ import annotations
