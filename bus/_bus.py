@@ -5,7 +5,6 @@ from __future__ import annotations
 from types import TracebackType
 
 import anyio
-import anyio.lowlevel
 
 from ._constants import DEFAULT_NAMESPACE, EVENT_FIELD
 from ._contract import Envelope, encode
@@ -112,9 +111,10 @@ class _Pipeline:
         else:
             self._sending = True
             try:
-                # Shielded: the events of other callers ride on this round trip.
+                # Shielded: the events of other callers ride on this round trip. No yield
+                # before the first send (that would cost a lone caller latency): callers
+                # that arrive while it is in flight go together in the next one.
                 with anyio.CancelScope(shield=True):
-                    await anyio.lowlevel.checkpoint()  # let concurrent callers queue up
                     while self._queue:
                         await self._send()
             finally:

@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 from anyio.abc import TaskStatus
 
@@ -373,6 +374,10 @@ class Publisher:
             for entry_id, fields in entries:
                 self._ack_position = entry_id
                 self._route(fields)
+            if entries:
+                # The waiters just resolved run (and publish their next events) before
+                # this reader spends a command's worth of CPU on its next blocking read.
+                await anyio.lowlevel.checkpoint()
 
     def _route(self, fields: dict[bytes, bytes]) -> None:
         try:
