@@ -45,6 +45,13 @@ class Claimer:
         self._stop.set()
 
     async def run(self) -> None:
+        try:
+            if await self.consumer.bus.redis.supports_readgroup_claim():
+                # The server could deliver idle entries within XREADGROUP itself; this
+                # version still reclaims with XAUTOCLAIM, which every server has.
+                log.info("server supports XREADGROUP CLAIM; reclaiming with XAUTOCLAIM")
+        except Exception as exc:  # a probe must never stop the worker
+            log.debug("XREADGROUP CLAIM probe failed: %s", exc)
         rounds = 0
         while not self.consumer.stopping:
             with anyio.move_on_after(self.interval * random.uniform(0.8, 1.0)):

@@ -194,7 +194,22 @@ class Redis:
 
     async def server_version(self) -> tuple[int, ...]:
         info = await self._call("info", "server")
-        return tuple(int(part) for part in str(info.get("redis_version", "0")).split("."))
+        version = info.get("redis_version", "0") if isinstance(info, dict) else "0"
+        return tuple(int(part) for part in str(version).split(".") if part.isdigit())
+
+    async def supports_readgroup_claim(self) -> bool:
+        """Whether XREADGROUP takes the CLAIM option (Redis 8.4+): asked of the server's
+        command docs, not assumed from a version (forks and backports differ)."""
+        if self._memory is not None:
+            return False
+        try:
+            # One string: redis-py then looks for no reply parser of its own ("COMMAND").
+            docs = await self._client.execute_command("COMMAND DOCS", "XREADGROUP")
+        except redis_errors.ResponseError:
+            return False  # no COMMAND DOCS (before 7.0): certainly no CLAIM either
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            raise BusUnavailable(self.url, str(exc) or type(exc).__name__) from None
+        return b"claim" in repr(docs).lower().encode()
 
     # -- writes ---------------------------------------------------------------------------
 

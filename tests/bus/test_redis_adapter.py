@@ -202,3 +202,14 @@ class TestBatchRetry:
         await batch.execute()
         assert await bus.redis.xlen("retry-probe") == 2
         await bus.redis.delete("retry-probe")
+
+
+class TestFeatureDetection:
+    async def test_readgroup_claim_is_detected_from_the_server(self, bus: Bus) -> None:
+        """XREADGROUP ... CLAIM is reported where the server documents it (Redis 8.4+), and
+        never on the embedded bus."""
+        supported = await bus.redis.supports_readgroup_claim()
+        if bus.embedded:
+            assert supported is False
+        else:
+            assert supported == (await bus.redis.server_version() >= (8, 4))
