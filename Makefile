@@ -11,13 +11,14 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help .venv demo test lint bench clean
+.PHONY: help .venv demo test lint bench bench-registry clean
 
 help:
 	@echo "make demo    run the demo on the embedded bus (no servers needed)"
 	@echo "make test    lint, type-check and run the whole test suite"
 	@echo "make lint    ruff check + mypy"
 	@echo "make bench   benchmark on a real Redis (figures in docs/benchmarks.md)"
+	@echo "make bench-registry  100 SQLite apps with and without 3 required plugins"
 	@echo "make clean   remove .venv, caches and build output"
 
 # The interpreter is the marker that the venv exists; a half-made .venv
@@ -46,6 +47,9 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+bench-registry: $(STAMP)
+	$(BIN)/python -m bench.registry
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .pytest_cache
