@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 import anyio
 import msgspec
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._bus import Bus
@@ -35,6 +34,7 @@ from ._constants import (
 from ._contract import Ack, DeadLetter, Envelope, Failure, decode_envelope, encode
 from ._errors import BusUnavailable, GroupMissing
 from ._failures import add_failure
+from ._lanes import InlineLanes, Lanes
 from ._redact import mask_url
 from ._retry import Deferred, RetryPolicy
 
@@ -74,69 +74,6 @@ class _Done:
     """Leave the entry pending (a stopping worker hands it to a live consumer)."""
 
 
-class _Lanes:
-    """Per-app queues: one app's events in order, different apps side by side."""
-
-    def __init__(
-        self, group: TaskGroup, run: Callable[[Delivery], Awaitable[None]], concurrency: int
-    ) -> None:
-        self._group = group
-        self._run = run
-        self._limit = anyio.Semaphore(concurrency)
-        self._queues: dict[str, deque[Delivery]] = {}
-        self._idle: anyio.Event | None = None
-
-    def put(self, delivery: Delivery) -> None:
-        app = delivery.envelope.app
-        queue = self._queues.get(app)
-        if queue is not None:
-            queue.append(delivery)
-            return
-        self._queues[app] = queue = deque((delivery,))
-        self._group.start_soon(self._drain, app, queue)
-
-    async def _drain(self, app: str, queue: deque[Delivery]) -> None:
-        while queue:
-            async with self._limit:
-                await self._run(queue[0])
-            queue.popleft()
-        del self._queues[app]
-        if not self._queues and self._idle is not None:
-            self._idle.set()
-
-    async def wait_idle(self) -> None:
-        if self._queues:
-            self._idle = anyio.Event()
-            await self._idle.wait()
-
-
-class _InlineLanes:
-    """Concurrency 1: the reader itself runs what it read, in order, then reads again.
-
-    No task per event and no hand-over: a read batch is handled back to back and its
-    acks leave in one flush, which is what makes a worker's round trip cheap.
-    """
-
-    def __init__(
-        self, run: Callable[[Delivery], Awaitable[None]], flush: Callable[[], Awaitable[None]]
-    ) -> None:
-        self._run = run
-        self._flush = flush
-        self._queue: deque[Delivery] = deque()
-
-    def put(self, delivery: Delivery) -> None:
-        self._queue.append(delivery)
-
-    async def run_pending(self) -> None:
-        """Run everything queued, in order, then send all of their acks in one flush."""
-        while self._queue:
-            await self._run(self._queue.popleft())
-        await self._flush()
-
-    async def wait_idle(self) -> None:
-        await self.run_pending()
-
-
 class Consumer:
     """One consumer of plugin ``plugin``'s group: reads, dispatches, acks."""
 
@@ -172,7 +109,7 @@ class Consumer:
         self.claim_idle = claim_idle
         self._stopping = False
         self._reading: set[str] = set()
-        self._lanes: _Lanes | _InlineLanes | None = None
+        self._lanes: Lanes | InlineLanes | None = None
         self._send: MemoryObjectSendStream[_Done] | None = None
         self.handled = 0
         self.failed = 0
@@ -220,13 +157,13 @@ class Consumer:
         await self.bus.ensure_group(self.plugin)
         send, receive = anyio.create_memory_object_stream[_Done](max_buffer_size=math.inf)
         async with anyio.create_task_group() as group:
-            lanes: _Lanes | _InlineLanes
+            lanes: Lanes | InlineLanes
             if self._concurrency == 1:
                 # The reader runs the hooks and flushes their acks itself, before its
                 # next read: nothing waits on another task in the round trip.
-                lanes = _InlineLanes(self._run_one(send), self._flusher(receive))
+                lanes = InlineLanes(self._run_one(send), self._flusher(receive))
             else:
-                lanes = _Lanes(group, self._run_one(send), self._concurrency)
+                lanes = Lanes(group, self._run_one(send), self._concurrency)
                 group.start_soon(self._flush_loop, receive)
             self._lanes, self._send = lanes, send
             claimer = Claimer(self, idle=self.claim_idle)
@@ -240,7 +177,7 @@ class Consumer:
         receive.close()  # the flush loop closed it already, unless the reader flushed
 
     async def _read_own_pending(
-        self, lanes: _Lanes | _InlineLanes, send: MemoryObjectSendStream[_Done]
+        self, lanes: Lanes | InlineLanes, send: MemoryObjectSendStream[_Done]
     ) -> None:
         """Entries this consumer name read in a previous life and never acked come first."""
         redis, key = self.bus.redis, self.bus.keys.events
@@ -266,11 +203,11 @@ class Consumer:
             for entry_id, fields in entries:
                 self._held += 1
                 self._accept(entry_id, fields, attempts.get(entry_id, 2), lanes, send)
-            if isinstance(lanes, _InlineLanes):
+            if isinstance(lanes, InlineLanes):
                 await lanes.run_pending()
 
     async def _read_loop(
-        self, lanes: _Lanes | _InlineLanes, send: MemoryObjectSendStream[_Done]
+        self, lanes: Lanes | InlineLanes, send: MemoryObjectSendStream[_Done]
     ) -> None:
         redis, key = self.bus.redis, self.bus.keys.events
         delay = 0.05
@@ -301,7 +238,7 @@ class Consumer:
             self._held += len(entries)
             for entry_id, fields in entries:
                 self._accept(entry_id, fields, 1, lanes, send)
-            if isinstance(lanes, _InlineLanes):
+            if isinstance(lanes, InlineLanes):
                 # Also what a claim offered in the meantime.
                 await lanes.run_pending()
 
@@ -310,7 +247,7 @@ class Consumer:
         entry_id: str,
         fields: dict[bytes, bytes],
         attempt: int,
-        lanes: _Lanes | _InlineLanes,
+        lanes: Lanes | InlineLanes,
         send: MemoryObjectSendStream[_Done],
     ) -> None:
         self._reading.add(entry_id)
