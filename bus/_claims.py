@@ -111,12 +111,14 @@ class Claimer:
             log.warning("%d pending entries of %s were trimmed away", len(deleted), consumer.plugin)
         if not entries:
             return 0
+        # Entries of ours already in hand share the id range: count them in too, so no
+        # claimed entry falls off the page (its delivery count decides dead-lettering).
         pending = await bus.redis.xpending(
             bus.keys.events,
             consumer.plugin,
             start=entries[0][0],
             end=entries[-1][0],
-            count=len(entries),
+            count=len(entries) + len(consumer.in_flight_ids()),
             consumer=consumer.consumer,
         )
         consumer.offer(entries, {row.entry_id: row.deliveries for row in pending})

@@ -41,8 +41,8 @@ from ._retry import Deferred, RetryPolicy
 FLUSH_GATHER = 0.001
 """Seconds a flush waits for the other hooks of a read batch that are still running."""
 
-EXPIRY_REFRESH = 60.0
-"""Seconds between two PEXPIREs of one ack stream; its TTL is a day."""
+STOP_FLUSH_PATIENCE = 10.0
+"""Seconds a stopping worker keeps trying to write its last acks while Redis is away."""
 
 RECONNECT_DELAY_CAP = 5.0
 """Seconds; the longest pause between attempts while Redis is away."""
@@ -104,7 +104,7 @@ class Consumer:
         self._held = 0
         self._room_freed = anyio.Event()
         self._read_scope: anyio.CancelScope | None = None
-        self._expiry_set: dict[str, float] = {}
+        self._flush_now: Callable[[], Awaitable[None]] | None = None
         self.retry = retry or RetryPolicy()
         self.claim_idle = claim_idle
         self._stopping = False
@@ -137,6 +137,8 @@ class Consumer:
         """Take over claimed entries (at most ``room()``); ``attempts`` from XPENDING."""
         if self._lanes is None or self._send is None:
             raise RuntimeError("Consumer.offer() called before run()")
+        if self._stopping:
+            return  # claimed just as the reader stopped: left pending, a live peer takes it
         for entry_id, fields in entries:
             if entry_id in self._reading:
                 continue  # already in hand here; its lease lapsed but it is not lost
@@ -161,7 +163,8 @@ class Consumer:
             if self._concurrency == 1:
                 # The reader runs the hooks and flushes their acks itself, before its
                 # next read: nothing waits on another task in the round trip.
-                lanes = InlineLanes(self._run_one(send), self._flusher(receive))
+                self._flush_now = self._flusher(receive)
+                lanes = InlineLanes(self._run_one(send), self._flush_now)
             else:
                 lanes = Lanes(group, self._run_one(send), self._concurrency)
                 group.start_soon(self._flush_loop, receive)
@@ -309,6 +312,8 @@ class Consumer:
                         return
                     self._give_up(send, delivery, first_error, error)
                     return
+                if self._flush_now is not None:
+                    await self._flush_now()  # what finished before must not wait on this
                 await anyio.sleep(delay)
                 delivery = replace(delivery, attempt=delivery.attempt + 1)
 
@@ -414,7 +419,6 @@ class Consumer:
                     add_failure(batch, keys, self._error_failure(envelope, ack))
             if self._wants_record(envelope, ack):
                 acks.setdefault(keys.acks(envelope.registry), []).append(ack)
-        now = time.monotonic()
         for stream, records in acks.items():
             # One entry per registry and flush: an XADD per ack costs ~6x the encoding.
             fields = (
@@ -423,18 +427,24 @@ class Consumer:
                 else {ACKS_FIELD: encode(records)}
             )
             batch.xadd(stream, fields, maxlen=ACK_STREAM_MAXLEN)
-            if now - self._expiry_set.get(stream, -EXPIRY_REFRESH) >= EXPIRY_REFRESH:
-                batch.pexpire(stream, ACK_STREAM_TTL_MS)
-                self._expiry_set[stream] = now
+            # Every time, in the same MULTI: a stream its registry deleted on exit and a
+            # late ack re-created must not be left without a TTL.
+            batch.pexpire(stream, ACK_STREAM_TTL_MS)
         batch.xack(keys.events, self.plugin, [item.entry_id for item in done if not item.keep])
         delay = 0.05
+        given_up_at = None
         while True:
             try:
                 await batch.execute()
                 break
             except BusUnavailable:
                 # Nothing is lost while Redis is away: the entries stay pending until this
-                # batch lands; keep trying with capped backoff.
+                # batch lands; keep trying with capped backoff. A stopping worker gives
+                # up after a while: its entries stay pending and a live peer takes them.
+                if self._stopping:
+                    given_up_at = given_up_at or time.monotonic() + STOP_FLUSH_PATIENCE
+                    if time.monotonic() >= given_up_at:
+                        break
                 delay = await _pause(delay)
         for item in done:
             self._reading.discard(item.entry_id)

@@ -17,6 +17,9 @@ from anyio.abc import TaskGroup
 if TYPE_CHECKING:
     from ._consumer import Delivery
 
+INLINE_FLUSH_AFTER = 0.005
+"""Seconds a finished hook's ack may wait for the rest of its read batch."""
+
 
 class Lanes:
     """Per-app queues: one app's events in order, different apps side by side."""
@@ -72,9 +75,17 @@ class InlineLanes:
         self._queue.append(delivery)
 
     async def run_pending(self) -> None:
-        """Run everything queued, in order, then send all of their acks in one flush."""
+        """Run everything queued, in order; acks go out in one flush at the end, or as
+        soon as the oldest waiting one is ``INLINE_FLUSH_AFTER`` old (slow hooks must
+        not hold back the acks of the ones before them)."""
+        oldest: float | None = None
         while self._queue:
             await self._run(self._queue.popleft())
+            now = anyio.current_time()
+            oldest = now if oldest is None else oldest
+            if self._queue and now - oldest >= INLINE_FLUSH_AFTER:
+                await self._flush()
+                oldest = None
         await self._flush()
 
     async def wait_idle(self) -> None:

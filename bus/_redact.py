@@ -13,8 +13,10 @@ S = TypeVar("S", bound=msgspec.Struct)
 MASK: Final = "***"
 
 # scheme://user:password@host -> the password; the user name stays (it is not a secret).
-# Greedy up to the last "@" before the path, so a password holding "@" is masked whole.
-_URL_PASSWORD: Final = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)[^\s/]+(?=@)")
+# Up to the last "@" of the URL, so a password holding "@" or "/" is masked whole.
+_URL_PASSWORD: Final = re.compile(
+    r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)\S+?(?=@[^@\s]*(?:\s|$))"
+)
 # ?password=... or &client_secret=... inside a URL's query string.
 _QUERY_PARAMETER: Final = re.compile(r"(?P<head>[?&](?P<name>[^=&\s#]+)=)[^&\s#]*")
 # password=hunter2 in a keyword connection string ("host=db user=shop password=...").

@@ -22,6 +22,12 @@ from ._errors import BusUnavailable, BusUrlError, GroupMissing
 from ._redact import mask_url
 
 SCHEMES: Final = ("memory", "redis", "rediss", "unix")
+COMMAND_TIMEOUT: Final = 15.0
+"""Seconds a command may wait for its reply before the server counts as unavailable."""
+
+TRANSIENT_REPLIES: Final = ("READONLY", "OOM", "MISCONF", "LOADING", "TRYAGAIN", "MASTERDOWN")
+"""Server errors that pass (failover, memory, persistence): retried like an outage."""
+
 MAX_CONNECTIONS: Final = 64
 """Connections per client; blocked readers hold one each, the rest serve commands."""
 
@@ -158,7 +164,11 @@ class Redis:
                 max_connections=MAX_CONNECTIONS,
                 timeout=None,
                 protocol=2,
-                socket_timeout=None,
+                # Longer than any BLOCK we send (READ_BLOCK_MS), so a blocking read is
+                # never cut short (redis-py #3138), yet a server that stops answering
+                # without closing the socket cannot hang a command forever.
+                socket_timeout=COMMAND_TIMEOUT,
+                socket_keepalive=True,
                 socket_connect_timeout=5.0,
             )
             client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
@@ -179,6 +189,10 @@ class Redis:
             yield
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
             raise BusUnavailable(self.url, str(exc) or type(exc).__name__) from None
+        except redis_errors.ResponseError as exc:
+            if str(exc).startswith(TRANSIENT_REPLIES):
+                raise BusUnavailable(self.url, str(exc)) from None
+            raise
 
     async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         # The hot path: a plain try/except, not the context manager (3-4 us per command).
@@ -186,6 +200,10 @@ class Redis:
             return await getattr(self._client, name)(*args, **kwargs)
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
             raise BusUnavailable(self.url, str(exc) or type(exc).__name__) from None
+        except redis_errors.ResponseError as exc:
+            if str(exc).startswith(TRANSIENT_REPLIES):
+                raise BusUnavailable(self.url, str(exc)) from None
+            raise
 
     # -- server ---------------------------------------------------------------------------
 
@@ -218,10 +236,8 @@ class Redis:
         pipeline = self._client.pipeline(transaction=False)
         for fields in entries:
             pipeline.xadd(key, dict(fields))
-        try:
+        async with self._errors():
             replies = await pipeline.execute()
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-            raise BusUnavailable(self.url, str(exc) or type(exc).__name__) from None
         self._notify((key,))
         return [_text(entry_id) for entry_id in replies]
 

@@ -34,6 +34,9 @@ from ._view import RegistryView
 
 log = logging.getLogger("rapid_objection.worker")
 
+SHUTDOWN_TIMEOUT = 15.0
+"""Seconds a plugin's shutdown() (and closing its engines) may take when a worker stops."""
+
 HEARTBEAT_INTERVAL = 1.0
 """Seconds between heartbeats; ``status`` calls a worker dead after five missed."""
 
@@ -180,14 +183,18 @@ class Worker:
     async def _leave(self) -> None:
         """Shut the plugin down, drop the heartbeat and, when nothing is pending, the consumer."""
         shutdown = getattr(self.plugin, "shutdown", None)
-        if shutdown is not None:
-            try:
-                result = shutdown()
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                log.exception("plugin %s failed to shut down", self.name)
-        await anyio.to_thread.run_sync(self.engines.dispose)
+        # Bounded: this runs shielded, and a plugin that hangs must not hang the exit.
+        with anyio.move_on_after(SHUTDOWN_TIMEOUT) as scope:
+            if shutdown is not None:
+                try:
+                    result = shutdown()
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    log.exception("plugin %s failed to shut down", self.name)
+            await anyio.to_thread.run_sync(self.engines.dispose, abandon_on_cancel=True)
+        if scope.cancelled_caught:
+            log.warning("plugin %s did not shut down within %gs", self.name, SHUTDOWN_TIMEOUT)
         with anyio.move_on_after(2):
             try:
                 await self.bus.directory.forget_worker(self.name, self.consumer_name)
