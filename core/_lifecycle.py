@@ -72,6 +72,8 @@ class AppRecord:
     health: dict[str, Any] | None = None
     registered_at: float = field(default_factory=time.time)
     operations: list[OperationResult] = field(default_factory=list)
+    released: bool = False
+    """Its connection reference was dropped (unregistration got past connection_shutdown)."""
 
     def status(self) -> dict[str, Any]:
         status = self.manager.status()
@@ -133,7 +135,11 @@ async def register(registry: AppRegistry, name: str, config: AppConfig) -> AppRe
         stage = "auto_operations_started"
         await registry.step(AutoOperationsStarted(connection=info, config=to_dict(config)), name)
         manager = ConnectionManager(
-            name, config, lease.engine, info_source=lambda: engines.info(name)
+            name,
+            config,
+            lease.engine,
+            info_source=lambda: engines.info(name),
+            reused=lease.reused,
         )
         migrations, seeds = _runners(name, manager, config)
         operations: list[OperationResult] = []
@@ -215,7 +221,12 @@ async def unregister(
             steps.append(_clear_models(record))
         if rollback:
             stage = "app_rollback_completed"
-            await registry.step(AppRollbackCompleted(steps=tuple(steps), success=not errors), name)
+            # Never vetoed once something was rolled back: that cannot be undone.
+            await registry.step(
+                AppRollbackCompleted(steps=tuple(steps), success=not errors),
+                name,
+                veto=not steps,
+            )
         if errors and not force:
             await _report_failure(
                 registry, name, "unregister_app", "rollback", RuntimeError("; ".join(errors))
@@ -225,9 +236,10 @@ async def unregister(
             )
         stage = "connection_shutdown"
         closed = await _release(registry, name, registry_shutdown=False)
+        record.released = True
         await registry.require_bus().directory.release_app(name, registry.id)
         stage = "app_unregistered"
-        await registry.step(AppUnregistered(options=options), name)
+        await registry.step(AppUnregistered(options=options), name, veto=False)
     except BaseException as exc:
         with anyio.CancelScope(shield=True):
             await _report_failure(registry, name, "unregister_app", stage, exc)

@@ -163,6 +163,14 @@ class PluginManager:
     async def _load_isolated(self, name: str, config: PluginConfig) -> None:
         limit = 2 * self.settings.load_timeout
         try:
+            await self._load_with_timeout(name, config, limit)
+        finally:
+            if name not in self._plugins:
+                # A plugin that did not load must not be awaited on every hook.
+                self.registry.drop_policy(name)
+
+    async def _load_with_timeout(self, name: str, config: PluginConfig, limit: float) -> None:
+        try:
             with anyio.fail_after(limit):
                 await self.load(name, config)
         except TimeoutError:
@@ -224,9 +232,13 @@ class PluginManager:
             with anyio.fail_after(limit):
                 loaded = await self._start_inline(name, instance, config)
         except TimeoutError:
+            self.registry.drop_policy(name)
             raise PluginFailed(
                 name, f"Timeout ({int(limit * 1000)}ms): load plugin '{name}'", "timeout"
             ) from None
+        except BaseException:
+            self.registry.drop_policy(name)  # not awaited on every hook after all
+            raise
         self._plugins[name] = loaded
         await self.registry.refresh_plugins()
         await self.registry.listeners.emit(

@@ -23,6 +23,7 @@ from bus import (
     Retention,
     WaitResult,
     default_registry_id,
+    is_alive,
     mask_url,
     payload_type,
 )
@@ -68,6 +69,7 @@ class AppRegistry:
         self.initialized = False
         self._apps: dict[str, AppRecord] = {}
         self._registering: set[str] = set()
+        self._unregistering: set[str] = set()
         self._stack: AsyncExitStack | None = None
         self._group: TaskGroup | None = None
         self._monitor: HealthMonitor | None = None
@@ -84,6 +86,13 @@ class AppRegistry:
             self.bus = await stack.enter_async_context(
                 Bus.connect(settings.url, settings.namespace)
             )
+            for other in await self.bus.directory.registries():
+                if other.id == self.id and is_alive(other.seen):
+                    # Two registries under one id would share an ack stream and apps.
+                    raise RegistryError(
+                        f"a live registry with id {self.id!r} is already on {self.bus.url} "
+                        f"(namespace {settings.namespace!r}, pid {other.pid} on {other.host})"
+                    )
             retention = None
             if settings.retention_max_age is not None or settings.retention_max_len is not None:
                 retention = Retention(settings.retention_max_age, settings.retention_max_len)
@@ -129,9 +138,14 @@ class AppRegistry:
                     await self._close_app(name)
                 except Exception as exc:
                     errors.append(f"app {name!r}: {mask_url(str(exc))}")
-            plugins = await self.plugins.shutdown(self.config.plugin_manager.shutdown_timeout)
         if scope.cancelled_caught:
-            errors.append(f"shutdown did not finish within {limit:g}s")
+            errors.append(f"closing the apps did not finish within {limit:g}s")
+        # Whatever the apps' events did, no engine outlives the registry.
+        await anyio.to_thread.run_sync(self.engines.close_all)
+        self._apps.clear()
+        # The plugins get their own budget: workers must stop even after a slow close.
+        with anyio.CancelScope(shield=True):
+            plugins = await self.plugins.shutdown(self.config.plugin_manager.shutdown_timeout)
         stack, self._stack = self._stack, None
         if stack is not None:
             # Not inside a new cancel scope: the task group in the stack was entered
@@ -198,10 +212,19 @@ class AppRegistry:
         """Roll back (seeds, then migrations, then models) and close the connection unless
         other apps still share it; each step published and awaited."""
         record = self._apps.get(name)
-        if record is None:
+        if record is None or name in self._unregistering:
+            # A second unregistration at once would roll back a second batch.
             raise AppNotRegistered(name)
-        with anyio.fail_after(timeout if timeout is not None else float("inf")):
-            result = await unregister(self, name, record, rollback=rollback, force=force)
+        self._unregistering.add(name)
+        try:
+            with anyio.fail_after(timeout if timeout is not None else float("inf")):
+                result = await unregister(self, name, record, rollback=rollback, force=force)
+        finally:
+            self._unregistering.discard(name)
+            if record.released:
+                # Its connection is gone whatever happened after: it is not registered.
+                self._apps.pop(name, None)
+                self.require_publisher().apps.discard(name)
         if result.success or force:
             self._apps.pop(name, None)
             self.require_publisher().apps.discard(name)

@@ -72,7 +72,16 @@ class Supervisor:
             started = anyio.current_time()
             process = await self._spawn(slot)
             self._processes[slot] = process
-            code = await process.wait()
+            if self._stopping:
+                process.terminate()  # stop() came while it was being spawned
+            try:
+                code = await process.wait()
+            finally:
+                if process.returncode is None:
+                    # Cancelled (the registry went away without stop()): no orphan.
+                    with anyio.CancelScope(shield=True):
+                        process.kill()
+                        await process.wait()
             del self._processes[slot]
             if self._stopping:
                 return
@@ -105,8 +114,15 @@ class Supervisor:
         ]
         # The plugin's table (its config may hold secrets) goes by environment, not argv.
         env = {**os.environ, "RAPID_OBJECTION_PLUGIN_TABLE": json.dumps(self.table)}
+        # A session of its own: a Ctrl-C at the registry's terminal is for the registry,
+        # which then stops its workers itself (SIGTERM, drained), not a crash to restart.
         return await anyio.open_process(
-            command, stdin=subprocess.DEVNULL, stdout=None, stderr=None, env=env
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=None,
+            stderr=None,
+            env=env,
+            start_new_session=True,
         )
 
     async def stop(self) -> None:

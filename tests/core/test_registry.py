@@ -20,6 +20,7 @@ from core import (
     ConnectionFailed,
     MigrationFailed,
     PluginVeto,
+    RegistryError,
 )
 from plugin_workers import PluginInterface, current_delivery
 
@@ -356,3 +357,63 @@ def test_every_hook_is_recorded_by_the_test_plugin() -> None:
     from plugin_workers import implemented_hooks
 
     assert set(implemented_hooks(Recorder())) == set(HOOK_METHODS)
+
+
+class TestReviewedEdges:
+    async def test_concurrent_unregistrations_roll_back_one_batch(
+        self, registry: AppRegistry, tmp_path: Path
+    ) -> None:
+        """Two unregister_app calls at once: one rolls back, the other is refused, so a
+        second (older) batch is never undone."""
+        await registry.register_app("shop", sample_config(tmp_path))
+        outcomes: list[str] = []
+
+        async def attempt() -> None:
+            try:
+                result = await registry.unregister_app("shop")
+                outcomes.append("done" if result.success else "failed")
+            except AppNotRegistered:
+                outcomes.append("refused")
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(attempt)
+            group.start_soon(attempt)
+        assert sorted(outcomes) == ["done", "refused"]
+        assert registry.engines.count() == 0
+
+    async def test_a_second_live_registry_with_the_same_id_is_refused(
+        self, registry: AppRegistry
+    ) -> None:
+        """Two registries under one id would share an ack stream: the second one fails."""
+        bus = registry.config.bus
+        twin = AppRegistry({"registry": {"id": registry.id}, "bus": {"url": bus.url}})
+        with pytest.raises(RegistryError) as caught:
+            await twin.initialize()
+        assert registry.id in str(caught.value)
+
+    async def test_the_connection_manager_says_it_reuses_a_shared_connection(
+        self, registry: AppRegistry, tmp_path: Path
+    ) -> None:
+        """An app on another app's shared connection reports reused in its status."""
+        url = f"sqlite:///{tmp_path / 'shared.db'}"
+        await registry.register_app("billing", {"database": {"url": url, "shared": True}})
+        reports = await registry.register_app("reports", {"use_connection": "billing"})
+        assert reports.status()["reused"] is True
+
+    async def test_a_plugin_that_fails_to_load_is_not_awaited(
+        self, registry: AppRegistry, tmp_path: Path
+    ) -> None:
+        """A required plugin whose load failed leaves no policy behind: steps do not wait
+        for it."""
+
+        class Broken(PluginInterface):
+            def __init__(self, config: dict[str, Any] | None = None) -> None:
+                super().__init__("broken", "1.0.0")
+
+            async def validate_configuration(self, config: dict[str, Any]) -> None:
+                raise ValueError("no")
+
+        with pytest.raises(Exception, match="configuration is invalid"):
+            await registry.load_plugin(Broken, required=True)
+        assert "broken" not in registry.require_publisher().policies
+        assert "broken" not in registry.require_publisher().required_for("app_registered")
