@@ -61,6 +61,14 @@ ACK_STREAM_MAXLEN: Final = 100_000
 ACK_STREAM_TTL_MS: Final = 24 * 3600 * 1000
 """An ack stream of a registry that is gone expires a day after its last ack."""
 
+ACK_STREAM_REFRESH: Final = 60.0
+"""Seconds between two PEXPIREs of one ack stream by one worker (not one per flush)."""
+
+ACK_STREAM_GONE_TTL_MS: Final = 3 * 60 * 1000
+"""TTL a registry that leaves for good puts on its ack stream (instead of deleting it):
+longer than ACK_STREAM_REFRESH, so a late ack that outlives it re-creates the stream
+together with a PEXPIRE, never a stream without a TTL."""
+
 FAILURES_MAXLEN: Final = 100_000
 """Approximate cap of the failure record stream; the counters are kept forever."""
 

@@ -23,6 +23,7 @@ from ._bus import Bus
 from ._constants import (
     ACK_FIELD,
     ACK_STREAM_MAXLEN,
+    ACK_STREAM_REFRESH,
     ACK_STREAM_TTL_MS,
     ACKS_FIELD,
     CLAIM_IDLE,
@@ -36,10 +37,14 @@ from ._errors import BusUnavailable, GroupMissing
 from ._failures import add_failure
 from ._lanes import InlineLanes, Lanes
 from ._redact import mask_url
+from ._redis import Batch
 from ._retry import Deferred, RetryPolicy
 
 FLUSH_GATHER = 0.001
 """Seconds a flush waits for the other hooks of a read batch that are still running."""
+
+EXPIRY_MEMORY = 1_000
+"""Ack streams whose last PEXPIRE a worker remembers before it forgets the old ones."""
 
 STOP_FLUSH_PATIENCE = 10.0
 """Seconds a stopping worker keeps trying to write its last acks while Redis is away."""
@@ -105,6 +110,7 @@ class Consumer:
         self._room_freed = anyio.Event()
         self._read_scope: anyio.CancelScope | None = None
         self._flush_now: Callable[[], Awaitable[None]] | None = None
+        self._expiry_set: dict[str, float] = {}
         self.retry = retry or RetryPolicy()
         self.claim_idle = claim_idle
         self._stopping = False
@@ -427,9 +433,7 @@ class Consumer:
                 else {ACKS_FIELD: encode(records)}
             )
             batch.xadd(stream, fields, maxlen=ACK_STREAM_MAXLEN)
-            # Every time, in the same MULTI: a stream its registry deleted on exit and a
-            # late ack re-created must not be left without a TTL.
-            batch.pexpire(stream, ACK_STREAM_TTL_MS)
+            self._refresh_expiry(batch, stream)
         batch.xack(keys.events, self.plugin, [item.entry_id for item in done if not item.keep])
         delay = 0.05
         given_up_at = None
@@ -450,6 +454,18 @@ class Consumer:
             self._reading.discard(item.entry_id)
         self._held -= len(done)
         self._room_freed.set()
+
+    def _refresh_expiry(self, batch: Batch, stream: str) -> None:
+        """PEXPIRE an ack stream at most once a minute per worker (not once per flush)."""
+        now = time.monotonic()
+        if now - self._expiry_set.get(stream, -ACK_STREAM_REFRESH) < ACK_STREAM_REFRESH:
+            return
+        batch.pexpire(stream, ACK_STREAM_TTL_MS)
+        self._expiry_set[stream] = now
+        if len(self._expiry_set) > EXPIRY_MEMORY:
+            self._expiry_set = {
+                key: at for key, at in self._expiry_set.items() if now - at < ACK_STREAM_REFRESH
+            }
 
     def _wants_record(self, envelope: Envelope, ack: Ack) -> bool:
         """An ack record goes to the registry when it awaits this plugin, or when it

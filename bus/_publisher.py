@@ -26,6 +26,7 @@ from anyio.abc import TaskStatus
 
 from ._bus import Bus
 from ._constants import (
+    ACK_STREAM_GONE_TTL_MS,
     DEFAULT_ACK_TIMEOUT,
     DIRECTORY_REFRESH,
     HEARTBEAT_INTERVAL,
@@ -157,8 +158,9 @@ class Publisher:
                 await self.bus.directory.forget_registry(self.registry_id)
                 if self._ephemeral:
                     # A generated id never comes back: its position and acks are litter.
+                    # The stream expires soon rather than now (see ACK_STREAM_GONE_TTL_MS).
                     await self.bus.redis.hdel(self.bus.keys.ack_positions, self.registry_id)
-                    await self.bus.redis.delete(self._ack_key)
+                    await self.bus.redis.pexpire(self._ack_key, ACK_STREAM_GONE_TTL_MS)
                 elif self._ack_position != self._saved_position:
                     # A stable id comes back: it continues after the last ack it read.
                     await self.bus.redis.hset(

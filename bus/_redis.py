@@ -259,6 +259,9 @@ class Redis:
         if self._memory is not None:
             self._memory.notifier.notify(keys)
 
+    async def pexpire(self, key: str, millis: int) -> bool:
+        return bool(await self._call("pexpire", key, millis))
+
     async def delete(self, *keys: str) -> int:
         return int(await self._call("delete", *keys)) if keys else 0
 

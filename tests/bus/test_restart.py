@@ -155,3 +155,16 @@ class TestGoneRegistries:
             assert (await bus.redis.xlen(bus.keys.acks("reg-old")) == 0) is removed
             assert (await _saved_position(bus, "reg-old") is None) is removed
             assert "reg-next" in registries
+
+
+class TestLeavingForGood:
+    async def test_a_generated_registry_leaves_its_ack_stream_expiring(self, bus: Bus) -> None:
+        """A registry with a generated id lets its ack stream expire soon after it leaves
+        (never a stream without a TTL that a late ack re-creates)."""
+        from bus._constants import ACK_STREAM_GONE_TTL_MS
+
+        async with Publisher(bus) as publisher:
+            key = bus.keys.acks(publisher.registry_id)
+            await bus.redis.xadd(key, {b"a": b"late"})
+        ttl = await bus.redis._client.pttl(key)
+        assert 0 < ttl <= ACK_STREAM_GONE_TTL_MS
