@@ -13,11 +13,12 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import anyio
 import msgspec
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._bus import Bus
 from ._constants import (
@@ -79,6 +80,22 @@ class _Done:
     """Leave the entry pending (a stopping worker hands it to a live consumer)."""
 
 
+class _Sink(Protocol):
+    """Where finished entries go: the flush task's stream, or the inline reader's list."""
+
+    def send_nowait(self, item: _Done) -> None: ...
+
+
+class _ListSink:
+    __slots__ = ("items",)
+
+    def __init__(self) -> None:
+        self.items: list[_Done] = []
+
+    def send_nowait(self, item: _Done) -> None:
+        self.items.append(item)
+
+
 class Consumer:
     """One consumer of plugin ``plugin``'s group: reads, dispatches, acks."""
 
@@ -116,7 +133,7 @@ class Consumer:
         self._stopping = False
         self._reading: set[str] = set()
         self._lanes: Lanes | InlineLanes | None = None
-        self._send: MemoryObjectSendStream[_Done] | None = None
+        self._send: _Sink | None = None
         self.handled = 0
         self.failed = 0
         self.dead_lettered = 0
@@ -163,31 +180,34 @@ class Consumer:
         from ._claims import Claimer
 
         await self.bus.ensure_group(self.plugin)
-        send, receive = anyio.create_memory_object_stream[_Done](max_buffer_size=math.inf)
+        stream, receive = anyio.create_memory_object_stream[_Done](max_buffer_size=math.inf)
         async with anyio.create_task_group() as group:
             lanes: Lanes | InlineLanes
+            send: _Sink
             if self._concurrency == 1:
                 # The reader runs the hooks and flushes their acks itself, before its
-                # next read: nothing waits on another task in the round trip.
-                self._flush_now = self._flusher(receive)
+                # next read: nothing waits on another task in the round trip, and the
+                # finished entries go to a plain list.
+                finished = _ListSink()
+                send = finished
+                self._flush_now = self._flusher(finished)
                 lanes = InlineLanes(self._run_one(send), self._flush_now)
             else:
+                send = stream
                 lanes = Lanes(group, self._run_one(send), self._concurrency)
                 group.start_soon(self._flush_loop, receive)
             self._lanes, self._send = lanes, send
             claimer = Claimer(self, idle=self.claim_idle)
             group.start_soon(claimer.run)
             task_status.started()
-            async with send:
+            async with stream:
                 await self._read_own_pending(lanes, send)
                 await self._read_loop(lanes, send)
                 await lanes.wait_idle()
                 claimer.stop()
-        receive.close()  # the flush loop closed it already, unless the reader flushed
+        receive.close()  # the flush loop closed it already, unless the reader flushed itself
 
-    async def _read_own_pending(
-        self, lanes: Lanes | InlineLanes, send: MemoryObjectSendStream[_Done]
-    ) -> None:
+    async def _read_own_pending(self, lanes: Lanes | InlineLanes, send: _Sink) -> None:
         """Entries this consumer name read in a previous life and never acked come first."""
         redis, key = self.bus.redis, self.bus.keys.events
         after = "0"
@@ -215,9 +235,7 @@ class Consumer:
             if isinstance(lanes, InlineLanes):
                 await lanes.run_pending()
 
-    async def _read_loop(
-        self, lanes: Lanes | InlineLanes, send: MemoryObjectSendStream[_Done]
-    ) -> None:
+    async def _read_loop(self, lanes: Lanes | InlineLanes, send: _Sink) -> None:
         redis, key = self.bus.redis, self.bus.keys.events
         delay = 0.05
         while not self._stopping:
@@ -257,7 +275,7 @@ class Consumer:
         fields: dict[bytes, bytes],
         attempt: int,
         lanes: Lanes | InlineLanes,
-        send: MemoryObjectSendStream[_Done],
+        send: _Sink,
     ) -> None:
         self._reading.add(entry_id)
         data = fields.get(EVENT_FIELD, b"")
@@ -294,9 +312,7 @@ class Consumer:
             data=data,
         )
 
-    def _run_one(
-        self, send: MemoryObjectSendStream[_Done]
-    ) -> Callable[[Delivery], Awaitable[None]]:
+    def _run_one(self, send: _Sink) -> Callable[[Delivery], Awaitable[None]]:
         async def run(delivery: Delivery) -> None:
             first_error: str | None = None
             while True:
@@ -339,9 +355,7 @@ class Consumer:
                 attempt=delivery.attempt,
             )
 
-    def _give_up(
-        self, send: MemoryObjectSendStream[_Done], delivery: Delivery, first: str, last: str
-    ) -> None:
+    def _give_up(self, send: _Sink, delivery: Delivery, first: str, last: str) -> None:
         """Dead-letter ``delivery`` and answer its registry with an error ack."""
         envelope, now = delivery.envelope, time.time()
         letter = DeadLetter(
@@ -371,11 +385,10 @@ class Consumer:
         )
         send.send_nowait(_Done(delivery.entry_id, envelope, ack, letter))
 
-    def _flusher(self, receive: MemoryObjectReceiveStream[_Done]) -> Callable[[], Awaitable[None]]:
+    def _flusher(self, finished: _ListSink) -> Callable[[], Awaitable[None]]:
         async def flush() -> None:
-            done: list[_Done] = []
-            self._drain_ready(receive, done)
-            if done:
+            if finished.items:
+                done, finished.items = finished.items, []
                 await self._flush(done)
 
         return flush

@@ -102,6 +102,8 @@ def hook_arguments(  # noqa: PLR0911 - one return per event type reads best
 
 def wire_safe(value: Any) -> Any:
     """A hook's return value as something MessagePack can carry, secrets masked."""
+    if value is None or isinstance(value, bool | int | float):
+        return value  # most hooks return nothing: no walk on the hot path
     # Only an unencodable leaf becomes its repr, so redaction by key still applies.
     return redact(msgspec.to_builtins(value, str_keys=True, enc_hook=repr))
 
