@@ -121,6 +121,49 @@ async def _call(function: Callable[..., Any], arguments: tuple[Any, ...]) -> Any
     return result
 
 
+class _Watchdog:
+    """Hook deadlines with one timer for all of a worker's hooks, re-armed lazily.
+
+    ``begin`` costs a dict write, not a timer: the timer fires at the earliest deadline
+    and, for hooks that are still within theirs, is set again for the next one. An
+    overrun hook's task is cancelled; ``end`` tells whether that happened.
+    """
+
+    def __init__(self) -> None:
+        self._deadlines: dict[asyncio.Task[Any], float] = {}
+        self._overran: set[asyncio.Task[Any]] = set()
+        self._handle: asyncio.TimerHandle | None = None
+
+    def begin(self, task: asyncio.Task[Any], timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._deadlines[task] = deadline
+        if self._handle is None or self._handle.when() > deadline:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._handle = loop.call_at(deadline, self._check)
+
+    def end(self, task: asyncio.Task[Any]) -> bool:
+        """Forget ``task``'s hook; True when the watchdog cancelled it for overrunning."""
+        self._deadlines.pop(task, None)
+        if task in self._overran:
+            self._overran.discard(task)
+            return True
+        return False
+
+    def _check(self) -> None:
+        self._handle = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for task, deadline in list(self._deadlines.items()):
+            if deadline <= now:
+                del self._deadlines[task]
+                self._overran.add(task)
+                task.cancel()
+        if self._deadlines:
+            self._handle = loop.call_at(min(self._deadlines.values()), self._check)
+
+
 class Dispatcher:
     """Calls one plugin's hooks under its hook timeout; never raises."""
 
@@ -140,6 +183,7 @@ class Dispatcher:
         self.consumer = consumer
         self.timeout = timeout
         self.hooks = frozenset(implemented_hooks(plugin))
+        self._watchdog = _Watchdog()
         self._custom_handlers = custom_handlers or (lambda name: [])
 
     def _targets(self, envelope: Envelope) -> list[Callable[..., Any]]:
@@ -165,18 +209,25 @@ class Dispatcher:
         arguments = hook_arguments(envelope, self.engines)
         started = time.perf_counter()
         token = _current.set(delivery)
+        task = asyncio.current_task()
+        assert task is not None, "a hook runs in a task"
         try:
-            # asyncio.timeout, not an anyio scope: this is the hot path of every event
-            # (4 us against 11), and a worker runs on asyncio anyway (redis-py needs it).
+            # The watchdog, not a timer per hook: this is the hot path of every event.
             # A TimeoutError the hook raises itself (a socket, a lock) is the hook's
-            # error, not an overrun: only an expired deadline is a HookTimeout.
-            deadline = asyncio.timeout(self.timeout)
+            # error, not an overrun: only the watchdog's cancellation is a HookTimeout.
+            self._watchdog.begin(task, self.timeout)
             try:
-                async with deadline:
-                    results = [await _call(target, arguments) for target in targets]
-            except TimeoutError:
-                if not deadline.expired():
-                    raise
+                results = [await _call(target, arguments) for target in targets]
+            except asyncio.CancelledError:
+                if not self._watchdog.end(task):
+                    raise  # cancelled from outside: the worker is stopping
+                task.uncancel()
+                overran = True
+            else:
+                overran = self._watchdog.end(task)
+                if overran:
+                    task.uncancel()  # the hook swallowed the cancellation and went on
+            if overran:
                 return replace(
                     skipped,
                     status="error",
