@@ -186,6 +186,14 @@ def _resolve_dirs(app: AppConfig, base: Path) -> AppConfig:
     return msgspec.structs.replace(app, migrations=migrations, seeds=seeds)
 
 
+def _read_source(source: Mapping[str, Any] | str | Path) -> tuple[dict[str, Any], str | None, Path]:
+    """(data, file name or None, the directory relative paths start from)."""
+    if isinstance(source, str | Path):
+        path = Path(source)
+        return _read_toml(path), str(path), path.resolve().parent
+    return dict(source), None, Path.cwd()
+
+
 def load_registry_config(
     source: RegistryConfig | Mapping[str, Any] | str | Path | None,
 ) -> RegistryConfig:
@@ -194,14 +202,7 @@ def load_registry_config(
         return RegistryConfig()
     if isinstance(source, RegistryConfig):
         return source
-    file: str | None = None
-    base = Path.cwd()
-    if isinstance(source, str | Path):
-        path = Path(source)
-        data: Any = _read_toml(path)
-        file, base = str(path), path.resolve().parent
-    else:
-        data = dict(source)
+    data, file, base = _read_source(source)
     # Apps and plugins are decoded one by one, so that an error names the app or the
     # plugin (msgspec would say ``apps[...]``).
     tables: dict[str, dict[str, Any]] = {}
@@ -232,14 +233,7 @@ def load_app_config(
         return AppConfig()
     if isinstance(source, AppConfig):
         return source
-    file: str | None = None
-    base = Path.cwd()
-    if isinstance(source, str | Path):
-        path = Path(source)
-        data: Any = _read_toml(path)
-        file, base = str(path), path.resolve().parent
-    else:
-        data = dict(source)
+    data, file, base = _read_source(source)
     return _resolve_dirs(convert(data, AppConfig, prefix=f"apps.{app}", file=file), base)
 
 

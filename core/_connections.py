@@ -349,22 +349,7 @@ class Engines:
         sa.event.listen(entry.engine, "do_connect", _refuse(app))
 
     def _info(self, entry: _Entry) -> ConnectionInfo:
-        url = entry.engine.url
-        figures = _pool_figures(entry.engine.pool)
-        return ConnectionInfo(
-            dialect=url.get_backend_name(),
-            driver=entry.engine.dialect.driver,
-            host=url.host,
-            port=url.port,
-            database=url.database,
-            user=url.username,
-            url=masked(url),
-            pool_size=figures.get("size"),
-            pool_checked_out=figures.get("checked_out"),
-            shared=entry.shared,
-            reference_count=len(entry.apps),
-            apps=tuple(sorted(entry.apps)),
-        )
+        return connection_info(entry.engine, shared=entry.shared, apps=tuple(sorted(entry.apps)))
 
     # --- outside the lock ---------------------------------------------------------------
 
@@ -422,20 +407,7 @@ class ConnectionManager:
     def info(self) -> ConnectionInfo:
         """The app's connection now; ``KeyError`` once it is released."""
         if self._info_source is None:
-            url = self.engine.url
-            figures = _pool_figures(self.engine.pool)
-            return ConnectionInfo(
-                dialect=url.get_backend_name(),
-                driver=self.engine.dialect.driver,
-                host=url.host,
-                port=url.port,
-                database=url.database,
-                user=url.username,
-                url=masked(url),
-                pool_size=figures.get("size"),
-                pool_checked_out=figures.get("checked_out"),
-                apps=(self.name,),
-            )
+            return connection_info(self.engine, shared=False, apps=(self.name,))
         return self._info_source()
 
     def status(self) -> dict[str, Any]:
@@ -457,6 +429,26 @@ class ConnectionManager:
             "models": len(self.models),
             "registered_at": self.registered_at,
         }
+
+
+def connection_info(engine: sa.Engine, *, shared: bool, apps: tuple[str, ...]) -> ConnectionInfo:
+    """What the bus may carry of an engine: its URL's parts (password masked), its pool."""
+    url = engine.url
+    figures = _pool_figures(engine.pool)
+    return ConnectionInfo(
+        dialect=url.get_backend_name(),
+        driver=engine.dialect.driver,
+        host=url.host,
+        port=url.port,
+        database=url.database,
+        user=url.username,
+        url=masked(url),
+        pool_size=figures.get("size"),
+        pool_checked_out=figures.get("checked_out"),
+        shared=shared,
+        reference_count=len(apps),
+        apps=apps,
+    )
 
 
 def pool_figures(engine: sa.Engine) -> dict[str, int]:
