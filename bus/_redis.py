@@ -195,27 +195,34 @@ class Redis:
     async def close(self) -> None:
         await self._client.aclose()
 
+    def _translated(self, exc: BaseException) -> BaseException:
+        """The one mapping of redis-py failures: an outage or a passing server condition
+        becomes BusUnavailable (URL masked); anything else is left as it is."""
+        if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError):
+            return BusUnavailable(self.url, str(exc) or type(exc).__name__)
+        if isinstance(exc, redis_errors.ResponseError) and str(exc).startswith(TRANSIENT_REPLIES):
+            return BusUnavailable(self.url, str(exc))
+        return exc
+
     @asynccontextmanager
     async def _errors(self) -> AsyncIterator[None]:
         try:
             yield
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-            raise BusUnavailable(self.url, str(exc) or type(exc).__name__) from None
-        except redis_errors.ResponseError as exc:
-            if str(exc).startswith(TRANSIENT_REPLIES):
-                raise BusUnavailable(self.url, str(exc)) from None
-            raise
+        except (redis_errors.RedisError, OSError) as exc:
+            translated = self._translated(exc)
+            if translated is exc:
+                raise
+            raise translated from None
 
     async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         # The hot path: a plain try/except, not the context manager (3-4 us per command).
         try:
             return await getattr(self._client, name)(*args, **kwargs)
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-            raise BusUnavailable(self.url, str(exc) or type(exc).__name__) from None
-        except redis_errors.ResponseError as exc:
-            if str(exc).startswith(TRANSIENT_REPLIES):
-                raise BusUnavailable(self.url, str(exc)) from None
-            raise
+        except (redis_errors.RedisError, OSError) as exc:
+            translated = self._translated(exc)
+            if translated is exc:
+                raise
+            raise translated from None
 
     # -- server ---------------------------------------------------------------------------
 
@@ -237,8 +244,8 @@ class Redis:
             docs = await self._client.execute_command("COMMAND DOCS", "XREADGROUP")
         except redis_errors.ResponseError:
             return False  # no COMMAND DOCS (before 7.0): certainly no CLAIM either
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-            raise BusUnavailable(self.url, str(exc) or type(exc).__name__) from None
+        except (redis_errors.RedisError, OSError) as exc:
+            raise self._translated(exc) from None
         return b"claim" in repr(docs).lower().encode()
 
     # -- writes ---------------------------------------------------------------------------
