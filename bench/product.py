@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import IO, TYPE_CHECKING, Final
 
-from plugin_workers import PluginInterface
+from rapid_objection.plugin_workers import PluginInterface
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -25,7 +25,13 @@ if TYPE_CHECKING:
 
     import redis
 
-    from bus import AutoOperationsCompleted, Bus, PluginPolicy, Publisher, WaitResult
+    from rapid_objection.bus import (
+        AutoOperationsCompleted,
+        Bus,
+        PluginPolicy,
+        Publisher,
+        WaitResult,
+    )
 
     from .baselines import CpuUse
 
@@ -73,7 +79,7 @@ def make_payload(seq: int) -> AutoOperationsCompleted:
     encoded envelope is comparable in size (about 410 bytes against about 310: the
     envelope adds its schema version, sequence, deadline, required plugins and tags).
     """
-    from bus import AutoOperationsCompleted, OperationResult
+    from rapid_objection.bus import AutoOperationsCompleted, OperationResult
 
     return AutoOperationsCompleted(
         operations=(
@@ -96,18 +102,19 @@ def make_payload(seq: int) -> AutoOperationsCompleted:
 
 # -- worker processes ---------------------------------------------------------
 
-# How the worker is started: `python -m core._cli` needs `core/_cli/__main__.py`; in a
+# How the worker is started: `python -m rapid_objection.core._cli` needs
+# `core/_cli/__main__.py`; in a
 # tree without it, this is exactly what the `rapid-objection` console script runs.
-_CLI_SHIM: Final = "import sys\nfrom core._cli import main\nsys.exit(main())"
+_CLI_SHIM: Final = "import sys\nfrom rapid_objection.core._cli import main\nsys.exit(main())"
 
 
 def cli_command() -> list[str]:
-    """``python -m core._cli`` when that works, else the console script's two lines."""
+    """``python -m rapid_objection.core._cli`` if that works, else the console script's lines."""
     import importlib.util
     import sys
 
-    if importlib.util.find_spec("core._cli.__main__") is not None:
-        return [sys.executable, "-m", "core._cli"]
+    if importlib.util.find_spec("rapid_objection.core._cli.__main__") is not None:
+        return [sys.executable, "-m", "rapid_objection.core._cli"]
     return [sys.executable, "-c", _CLI_SHIM]
 
 
@@ -263,7 +270,7 @@ def _announced(
     client: redis.Redis, namespace: str, specs: Sequence[tuple[type[NoopPlugin], str]]
 ) -> bool:
     """Whether every worker's manifest and heartbeat are in the directory."""
-    from bus import Keys
+    from rapid_objection.bus import Keys
 
     keys = Keys(namespace)
     plugins = {_text(name) for name in client.hkeys(keys.plugins)}
@@ -279,10 +286,10 @@ def _text(value: bytes | str) -> str:
 
 
 def purge_namespace(url: str, namespace: str) -> int:
-    """Delete every key of ``namespace`` (the same as ``bus.testing.purge``, synchronously)."""
+    """Delete every key of ``namespace`` (``rapid_objection.bus.testing.purge``, synchronously)."""
     import redis
 
-    from bus import Keys
+    from rapid_objection.bus import Keys
 
     pattern = Keys(namespace).prefix.replace("{", "\\{").replace("}", "\\}") + "*"
     client = redis.Redis.from_url(url)
@@ -297,7 +304,7 @@ def purge_namespace(url: str, namespace: str) -> int:
 
 
 def _policies(plugins: Sequence[type[NoopPlugin]]) -> dict[str, PluginPolicy]:
-    from bus import PluginPolicy
+    from rapid_objection.bus import PluginPolicy
 
     return {plugin.plugin_name: PluginPolicy(required=True) for plugin in plugins}
 
@@ -339,7 +346,7 @@ async def _measure_round_trips(
 ) -> list[float]:
     import time
 
-    from bus import Bus, Publisher
+    from rapid_objection.bus import Bus, Publisher
 
     payloads = [make_payload(seq) for seq in range(total)]
     samples: list[float] = []
@@ -389,7 +396,7 @@ async def _measure_emit(
 
     import anyio
 
-    from bus import Bus, Publisher
+    from rapid_objection.bus import Bus, Publisher
 
     from .baselines import CpuMeter
 
@@ -451,8 +458,10 @@ async def _measure_pipelined(
 
     import anyio
 
-    from bus import Bus, Publisher, encode
-    from bus._constants import EVENT_FIELD  # the envelope's stream field, as Bus.publish writes
+    from rapid_objection.bus import Bus, Publisher, encode
+    from rapid_objection.bus._constants import (
+        EVENT_FIELD,  # the envelope's stream field, as Bus.publish writes
+    )
 
     from .baselines import CpuMeter
 
@@ -511,7 +520,7 @@ async def _until_acked(publisher: Publisher, n_events: int, workers: Workers) ->
 
 async def _check_ack_records(bus: Bus, publisher: Publisher, event_ids: set[str]) -> None:
     """Every published event has exactly one ``ok`` ack record in the registry's stream."""
-    from bus import decode_ack_entry
+    from rapid_objection.bus import decode_ack_entry
 
     key = bus.keys.acks(publisher.registry_id)
     seen: dict[str, int] = {}

@@ -21,8 +21,8 @@ from typing import Any
 import anyio
 import msgspec
 
-from core import AppRegistry
-from plugin_workers import PluginInterface
+from rapid_objection.core import AppRegistry
+from rapid_objection.plugin_workers import PluginInterface
 
 SAMPLE = Path(__file__).resolve().parent.parent / "tests" / "core" / "sample_app"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import typing as _typing
 from importlib import import_module as _import_module
 
-from plugin_workers import PluginInterface
+from rapid_objection.plugin_workers import PluginInterface
 
 if _typing.TYPE_CHECKING:
     from ._config import AppConfig, PluginConfig, RegistryConfig

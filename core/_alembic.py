@@ -54,7 +54,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from bus import OperationResult
+from rapid_objection.bus import OperationResult
 
 from ._config import MigrationsConfig
 from ._errors import ConfigError, MigrationFailed, RegistryError

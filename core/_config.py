@@ -17,7 +17,12 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from bus import CLAIM_IDLE, DEFAULT_ACK_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_DELIVERIES
+from rapid_objection.bus import (
+    CLAIM_IDLE,
+    DEFAULT_ACK_TIMEOUT,
+    DEFAULT_HOOK_TIMEOUT,
+    DEFAULT_MAX_DELIVERIES,
+)
 
 from ._errors import ConfigError
 

@@ -31,7 +31,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from bus import ConnectionInfo, mask_url
+from rapid_objection.bus import ConnectionInfo, mask_url
 
 from ._config import AppConfig, DatabaseConfig
 from ._errors import AppAlreadyRegistered, ConfigError, ConnectionFailed

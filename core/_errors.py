@@ -16,7 +16,7 @@ carries a password (URLs are masked).
 
 from __future__ import annotations
 
-from bus import mask_url
+from rapid_objection.bus import mask_url
 
 
 class RegistryError(Exception):

@@ -7,7 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bus import mask_url
+from rapid_objection.bus import mask_url
 
 from ._connections import pool_figures
 

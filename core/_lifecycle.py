@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
-from bus import (
+from rapid_objection.bus import (
     AppRegistered,
     AppRegistrationStarted,
     AppRollbackCompleted,

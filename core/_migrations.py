@@ -3,7 +3,7 @@
 ``op`` is Alembic's ``Operations`` over the batch's connection, so ``op.create_table``,
 ``op.add_column`` and ``op.batch_alter_table`` work on every dialect (SQLite included).
 Progress is tracked per app in one table (``ro_migrations``) shared by the apps of a
-database; a batch runs under a database lock (both in ``core._tracking``).
+database; a batch runs under a database lock (both in ``rapid_objection.core._tracking``).
 
 * ``latest()`` applies the pending files, in order, as one new batch. Each file and its
   tracking row form one step: a transaction on PostgreSQL, a SAVEPOINT of the batch's
@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 
-from bus import OperationResult
+from rapid_objection.bus import OperationResult
 
 from ._config import MigrationsConfig
 from ._errors import MigrationFailed, RegistryError

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskStatus
 
-from bus import BusError, HealthCheck
+from rapid_objection.bus import BusError, HealthCheck
 
 from ._health import check
 

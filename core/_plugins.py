@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from bus import PluginPolicy, collect_status
-from plugin_workers import PluginLoadError, Worker, build_plugin, load_plugin_class
+from rapid_objection.bus import PluginPolicy, collect_status
+from rapid_objection.plugin_workers import PluginLoadError, Worker, build_plugin, load_plugin_class
 
 from ._config import PluginConfig
 from ._supervisor import Supervisor

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from bus import (
+from rapid_objection.bus import (
     Bus,
     BusError,
     Payload,
@@ -292,7 +292,7 @@ class AppRegistry:
         ``policy`` takes the keys of a ``[plugins.x]`` table (required, on_failure,
         timeout, max_deliveries).
         """
-        from plugin_workers import build_plugin
+        from rapid_objection.plugin_workers import build_plugin
 
         from ._config import convert
 

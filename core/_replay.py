@@ -27,7 +27,7 @@ from datetime import datetime
 
 from msgspec.structs import replace
 
-from bus import (
+from rapid_objection.bus import (
     AutoOperationsCompleted,
     Bus,
     ConnectionCreated,

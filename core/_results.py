@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from bus import OperationResult
+from rapid_objection.bus import OperationResult
 
 
 @dataclass(frozen=True, slots=True)

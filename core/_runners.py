@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from bus import OperationResult
+from rapid_objection.bus import OperationResult
 
 from ._errors import RegistryError
 

@@ -1,7 +1,7 @@
 """An app's seeds: ``NNN_name.py`` files with ``seed(connection)`` and optional ``unseed``.
 
 Tracked per app like migrations (``ro_seeds``: app, name, batch, seeded_at) and run
-under the same kind of database lock (see ``core._tracking``), a lock of their own.
+under the same kind of database lock (see ``rapid_objection.core._tracking``), a lock of their own.
 
 * ``run()`` seeds the pending files, in order, as one new batch; each ``seed`` and its
   tracking row form one step (a transaction, or a SAVEPOINT on SQLite), so that a failed
@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
-from bus import OperationResult
+from rapid_objection.bus import OperationResult
 
 from ._config import MigrationsConfig, SeedsConfig
 from ._errors import RegistryError, SeedFailed

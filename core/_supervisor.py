@@ -102,7 +102,7 @@ class Supervisor:
         command = [
             sys.executable,
             "-m",
-            "core._cli",
+            "rapid_objection.core._cli",
             "worker",
             self.module,
             "--bus-url",

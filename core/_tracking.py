@@ -55,7 +55,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.schema import CreateTable
 
-from bus import OperationResult
+from rapid_objection.bus import OperationResult
 
 from ._errors import ConfigError
 

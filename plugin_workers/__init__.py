@@ -3,7 +3,7 @@
 Importing it never imports ``core`` or SQLAlchemy, so that a worker process stays light.
 """
 
-from bus import PermanentError, RetryLater
+from rapid_objection.bus import PermanentError, RetryLater
 
 from ._connection import Connection, credentials_variable
 from ._dispatch import Dispatcher, current_delivery, hook_arguments

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from bus import ConnectionInfo
+from rapid_objection.bus import ConnectionInfo
 
 LiveEngines = Callable[[str], Any]
 """app -> the registry's live engine (inline mode); raises KeyError when it has none."""

@@ -14,7 +14,7 @@ import anyio
 import msgspec
 from msgspec.structs import replace
 
-from bus import (
+from rapid_objection.bus import (
     HOOK_METHODS,
     Ack,
     AppRegistered,

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from bus import HOOK_METHODS, HOOK_TYPES, AppRollbackCompleted, AutoOperationsCompleted
+from rapid_objection.bus import (
+    HOOK_METHODS,
+    HOOK_TYPES,
+    AppRollbackCompleted,
+    AutoOperationsCompleted,
+)
 
 if TYPE_CHECKING:
-    from bus import ConnectionInfo
+    from rapid_objection.bus import ConnectionInfo
 
     from ._view import RegistryView
 

@@ -8,7 +8,7 @@ from typing import Any, Final, TypeVar
 
 import anyio
 
-from bus import ONCE_TTL_MS, RetryLater
+from rapid_objection.bus import ONCE_TTL_MS, RetryLater
 
 from ._dispatch import current_delivery
 from ._view import RegistryView

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bus import Bus, Custom, Publisher
+from rapid_objection.bus import Bus, Custom, Publisher
 
 
 class RegistryView:

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from bus import (
+from rapid_objection.bus import (
     CLAIM_IDLE,
     DEFAULT_HOOK_TIMEOUT,
     DEFAULT_MAX_DELIVERIES,

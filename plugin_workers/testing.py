@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio
 
-from bus import (
+from rapid_objection.bus import (
     SCHEMA_VERSIONS,
     Ack,
     Bus,

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis
 
-from bus import Bus
-from bus._redis import forget_memory_server
-from bus.testing import purge
+from rapid_objection.bus import Bus
+from rapid_objection.bus._redis import forget_memory_server
+from rapid_objection.bus.testing import purge
 
 REDIS_URL = os.environ.get("RAPID_OBJECTION_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI") == "true"

@@ -37,10 +37,10 @@ import anyio
 import msgspec
 import pytest
 
-from bus import Bus
-from bus.testing import purge
-from core._cli import build_parser
-from core._config import RegistryConfig, load_registry_config
+from rapid_objection.bus import Bus
+from rapid_objection.bus.testing import purge
+from rapid_objection.core._cli import build_parser
+from rapid_objection.core._config import RegistryConfig, load_registry_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCS = REPO_ROOT / "docs"

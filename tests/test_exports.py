@@ -11,7 +11,13 @@ import types
 
 import pytest
 
-PACKAGES = ["bus", "plugin_workers", "core"]
+PACKAGES = [
+    "rapid_objection",
+    "rapid_objection.bus",
+    "rapid_objection.plugin_workers",
+    "rapid_objection.core",
+]
+CORE, BUS, WORKERS = "rapid_objection.core", "rapid_objection.bus", "rapid_objection.plugin_workers"
 
 
 def isort_key(name: str) -> tuple[int, list[int | str]]:
@@ -88,11 +94,12 @@ class TestAll:
 
 
 def loaded_after(statement: str, watched: list[str]) -> list[str]:
-    """The watched top-level packages in ``sys.modules`` after ``statement``, in a fresh process."""
+    """The watched packages found in ``sys.modules`` after ``statement``, in a fresh process."""
     probe = (
         f"import json, sys\n{statement}\n"
-        f"print(json.dumps(sorted({{name.partition('.')[0] for name in sys.modules}}"
-        f" & set({watched!r}))))"
+        f"watched = {watched!r}\n"
+        "print(json.dumps(sorted({w for w in watched for name in sys.modules"
+        " if name == w or name.startswith(w + '.')})))"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=False
@@ -106,15 +113,18 @@ class TestImportWeight:
     @pytest.mark.parametrize(
         ("statement", "watched"),
         [
-            pytest.param("import plugin_workers", ["core", "sqlalchemy"], id="plugin_workers"),
-            pytest.param("import bus", ["plugin_workers", "core", "fakeredis"], id="bus"),
+            pytest.param(f"import {WORKERS}", [CORE, "sqlalchemy"], id="plugin_workers"),
             pytest.param(
-                "import bus.testing, plugin_workers.testing",
-                ["core", "sqlalchemy", "fakeredis"],
+                "from rapid_objection import PluginInterface", [CORE, "sqlalchemy"], id="sdk"
+            ),
+            pytest.param(f"import {BUS}", [WORKERS, CORE, "fakeredis"], id="bus"),
+            pytest.param(
+                f"import {BUS}.testing, {WORKERS}.testing",
+                [CORE, "sqlalchemy", "fakeredis"],
                 id="testing-helpers",
             ),
             pytest.param(
-                "import bus; bus.Bus.connect('redis://127.0.0.1:6379/0')",
+                f"import {BUS} as bus; bus.Bus.connect('redis://127.0.0.1:6379/0')",
                 ["fakeredis"],
                 id="bus-on-real-redis",
             ),
@@ -126,5 +136,5 @@ class TestImportWeight:
 
     def test_embedded_bus_loads_fakeredis(self) -> None:
         """fakeredis is loaded by a ``memory://`` bus, so the check above can see it."""
-        statement = "import bus; bus.Bus.connect('memory://probe')"
+        statement = f"import {BUS} as bus; bus.Bus.connect('memory://probe')"
         assert loaded_after(statement, ["fakeredis"]) == ["fakeredis"]

@@ -9,7 +9,7 @@ from importlib import import_module
 from ._args import Parser, UsageError, fail
 
 COMMANDS = ("worker", "status", "demo", "dlq", "run", "replay")
-"""Each is a module ``core._cli._<command>`` with ``add_parser(commands)``."""
+"""Each is a module ``rapid_objection.core._cli._<command>`` with ``add_parser(commands)``."""
 
 
 def build_parser(only: str | None = None) -> Parser:
@@ -32,8 +32,8 @@ def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; every expected failure is one line on stderr and a non-zero exit."""
-    from bus import BusError
-    from plugin_workers import PluginLoadError
+    from rapid_objection.bus import BusError
+    from rapid_objection.plugin_workers import PluginLoadError
 
     arguments = list(sys.argv[1:] if argv is None else argv)
     only = "worker" if arguments[:1] == ["worker"] else None

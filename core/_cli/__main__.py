@@ -1,4 +1,4 @@
-"""``python -m core._cli``: the same entry point as the ``rapid-objection`` script."""
+"""``python -m rapid_objection.core._cli``: the entry point of the ``rapid-objection`` script."""
 
 import sys
 

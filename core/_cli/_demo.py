@@ -2,7 +2,7 @@
 
 Runs on the embedded bus (``memory://``), so it needs no server: an ``AppRegistry``
 with the three bundled plugins inline (audit, metrics, backup; audit and backup
-required), two SQLite apps with migrations, seeds and models (``core.demo_apps``).
+required), two SQLite apps with migrations, seeds and models (``rapid_objection.core.demo_apps``).
 Every step is printed as the plugins acknowledge it; then a status table, and the
 shop's audit trail read back from the audit plugin's table.
 """
@@ -51,14 +51,14 @@ def run(args: argparse.Namespace) -> int:
 
 def demo_config(bus_url: str, namespace: str, directory: Path) -> dict[str, Any]:
     """The registry of the demo: the bundled plugins inline, two apps."""
-    from core.demo_apps import ROOT
+    from rapid_objection.core.demo_apps import ROOT
 
     def app(name: str) -> dict[str, Any]:
         return {
             "database": {"url": f"sqlite:///{directory / (name + '.db')}"},
             "migrations": {"directory": str(ROOT / name / "migrations")},
             "seeds": {"directory": str(ROOT / name / "seeds")},
-            "models": {"module": f"core.demo_apps.{name}.models"},
+            "models": {"module": f"rapid_objection.core.demo_apps.{name}.models"},
         }
 
     return {
@@ -66,17 +66,17 @@ def demo_config(bus_url: str, namespace: str, directory: Path) -> dict[str, Any]
         "bus": {"url": bus_url, "namespace": namespace, "ack_timeout": 10},
         "plugins": {
             "audit": {
-                "module": "plugin_workers.plugins.audit:AuditPlugin",
+                "module": "rapid_objection.plugin_workers.plugins.audit:AuditPlugin",
                 "required": True,
                 "config": {"url": f"sqlite:///{directory / 'audit.db'}"},
             },
             "backup": {
-                "module": "plugin_workers.plugins.backup:BackupPlugin",
+                "module": "rapid_objection.plugin_workers.plugins.backup:BackupPlugin",
                 "required": True,
                 "config": {"directory": str(directory / "backups"), "keep": 3},
             },
             "metrics": {
-                "module": "plugin_workers.plugins.metrics:MetricsPlugin",
+                "module": "rapid_objection.plugin_workers.plugins.metrics:MetricsPlugin",
                 "config": {"port": 0, "refresh_interval": 60},
             },
         },
@@ -125,8 +125,8 @@ class StepPrinter:
 
 async def run_demo(console: Console, bus_url: str, namespace: str, directory: Path) -> int:
     """The demo itself; returns the exit status."""
-    from core import AppRegistry
-    from plugin_workers.plugins.audit import AuditStore
+    from rapid_objection.core import AppRegistry
+    from rapid_objection.plugin_workers.plugins.audit import AuditStore
 
     started = time.monotonic()
     printer = StepPrinter(console)

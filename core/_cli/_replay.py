@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bus import EVENT_TYPES, Bus, Envelope, HistoryEntry
+from rapid_objection.bus import EVENT_TYPES, Bus, Envelope, HistoryEntry
 
 from .._replay import ReplayError, Selection, parse_time, provenance, redeliver, select, summary
 from ._args import DEFAULT_SERVER_URL, Parser, UsageError, add_bus_options

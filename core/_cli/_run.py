@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from msgspec.structs import replace
 
-from bus import Outcome, WaitResult, mask_url
+from rapid_objection.bus import Outcome, WaitResult, mask_url
 
 from ._args import Parser, UsageError, add_bus_options
 

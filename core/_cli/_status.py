@@ -12,7 +12,7 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from bus import Bus, StatusReport, collect_status
+from rapid_objection.bus import Bus, StatusReport, collect_status
 
 from ._args import DEFAULT_SERVER_URL, Parser, add_bus_options
 

@@ -85,8 +85,13 @@ def _number(given: float | None, table: dict[str, Any], key: str, default: float
 
 
 def run(args: argparse.Namespace) -> int:
-    from bus import CLAIM_IDLE, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_DELIVERIES, Bus
-    from plugin_workers import PluginLoadError, Worker, build_plugin, load_plugin_class
+    from rapid_objection.bus import CLAIM_IDLE, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_DELIVERIES, Bus
+    from rapid_objection.plugin_workers import (
+        PluginLoadError,
+        Worker,
+        build_plugin,
+        load_plugin_class,
+    )
 
     table, bus_table = read_config(args.config, args.plugin) if args.config else ({}, {})
     if args.config_json:
@@ -156,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _report(url: str, namespace: str, plugin: str, consumer: str, exc: Any) -> None:
     """Best effort: a bus that does not answer only loses the explanation."""
-    from bus import Bus, BusError, LoadError
+    from rapid_objection.bus import Bus, BusError, LoadError
 
     try:
         async with Bus.connect(url, namespace) as bus:

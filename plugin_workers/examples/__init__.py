@@ -2,11 +2,12 @@
 
 Each runs inline or as a worker process::
 
-    rapid-objection worker plugin_workers.examples.backup:BackupPlugin --config backup.toml
-    rapid-objection worker plugin_workers.examples.monitoring:MonitoringPlugin
-    rapid-objection worker plugin_workers.examples.communication:PluginB
+    rapid-objection worker rapid_objection.plugin_workers.examples.backup:BackupPlugin \
+        --config backup.toml
+    rapid-objection worker rapid_objection.plugin_workers.examples.monitoring:MonitoringPlugin
+    rapid-objection worker rapid_objection.plugin_workers.examples.communication:PluginB
 
-Nothing is imported until a name is asked for (``from plugin_workers.examples import
+Nothing is imported until a name is asked for (``from rapid_objection.plugin_workers.examples import
 BackupPlugin``), so that a worker of one example never loads the others.
 """
 

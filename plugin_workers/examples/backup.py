@@ -23,7 +23,12 @@ from typing import Any
 
 import anyio
 
-from plugin_workers import PluginInterface, RegistryView, RemoteError, current_delivery
+from rapid_objection.plugin_workers import (
+    PluginInterface,
+    RegistryView,
+    RemoteError,
+    current_delivery,
+)
 
 log = logging.getLogger("rapid_objection.examples.backup")
 

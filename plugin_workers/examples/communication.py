@@ -22,8 +22,8 @@ from typing import Any
 
 import anyio
 
-from bus import Custom
-from plugin_workers import PluginInterface, RegistryView, current_delivery
+from rapid_objection.bus import Custom
+from rapid_objection.plugin_workers import PluginInterface, RegistryView, current_delivery
 
 log = logging.getLogger("rapid_objection.examples.communication")
 

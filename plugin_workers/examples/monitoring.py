@@ -26,7 +26,7 @@ import time
 from collections import defaultdict, deque
 from typing import Any
 
-from plugin_workers import PluginInterface, RegistryView, RemoteError
+from rapid_objection.plugin_workers import PluginInterface, RegistryView, RemoteError
 
 log = logging.getLogger("rapid_objection.examples.monitoring")
 

@@ -12,9 +12,9 @@ SQLAlchemy and prometheus_client stay out of every other process.
 from typing import Final
 
 BUNDLED: Final[dict[str, str]] = {
-    "audit": "plugin_workers.plugins.audit:AuditPlugin",
-    "metrics": "plugin_workers.plugins.metrics:MetricsPlugin",
-    "backup": "plugin_workers.plugins.backup:BackupPlugin",
+    "audit": "rapid_objection.plugin_workers.plugins.audit:AuditPlugin",
+    "metrics": "rapid_objection.plugin_workers.plugins.metrics:MetricsPlugin",
+    "backup": "rapid_objection.plugin_workers.plugins.backup:BackupPlugin",
 }
 """Entry-point name -> ``module:Class`` of each bundled plugin (as in pyproject.toml)."""
 

@@ -25,12 +25,12 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects.mysql import MEDIUMTEXT
 
-from bus import Envelope, mask_url
-from plugin_workers import PluginInterface, RegistryView, current_delivery
+from rapid_objection.bus import Envelope, mask_url
+from rapid_objection.plugin_workers import PluginInterface, RegistryView, current_delivery
 
 if TYPE_CHECKING:
-    from bus import AppRollbackCompleted, AutoOperationsCompleted, ConnectionInfo
-    from plugin_workers import RemoteError
+    from rapid_objection.bus import AppRollbackCompleted, AutoOperationsCompleted, ConnectionInfo
+    from rapid_objection.plugin_workers import RemoteError
 
 VERSION: Final = "1.0.0"
 DEFAULT_URL: Final = "sqlite:///rapid_objection_audit.db"

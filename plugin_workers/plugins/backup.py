@@ -43,12 +43,12 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import anyio
 import msgspec
 
-from plugin_workers import Connection, PluginInterface, RegistryView, run_once
+from rapid_objection.plugin_workers import Connection, PluginInterface, RegistryView, run_once
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
-    from bus import ConnectionInfo
+    from rapid_objection.bus import ConnectionInfo
 
 log = logging.getLogger("rapid_objection.plugins.backup")
 

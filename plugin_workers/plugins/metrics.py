@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
-from bus import (
+from rapid_objection.bus import (
     AppRollbackCompleted,
     AutoOperationsCompleted,
     BusError,
@@ -36,13 +36,13 @@ from bus import (
     StatusReport,
     collect_status,
 )
-from plugin_workers import PluginInterface, RegistryView, current_delivery
+from rapid_objection.plugin_workers import PluginInterface, RegistryView, current_delivery
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from bus import ConnectionInfo
-    from plugin_workers import RemoteError
+    from rapid_objection.bus import ConnectionInfo
+    from rapid_objection.plugin_workers import RemoteError
 
 log = logging.getLogger("rapid_objection.plugins.metrics")
 

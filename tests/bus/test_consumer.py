@@ -12,7 +12,7 @@ import anyio
 import msgspec
 import pytest
 
-from bus import (
+from rapid_objection.bus import (
     Ack,
     AckStatus,
     Bus,
@@ -26,7 +26,7 @@ from bus import (
     decode_ack_entry,
     decode_envelope,
 )
-from bus._constants import EVENT_FIELD, RECORD_FIELD
+from rapid_objection.bus._constants import EVENT_FIELD, RECORD_FIELD
 
 pytestmark = pytest.mark.anyio
 

@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from bus import (
+from rapid_objection.bus import (
     EVENT_TYPES,
     SCHEMA_VERSIONS,
     Ack,
@@ -40,7 +40,7 @@ from bus import (
     new_event_id,
     payload_type,
 )
-from bus import _contract as contract
+from rapid_objection.bus import _contract as contract
 
 CROCKFORD = set("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
 NOW = 1_700_000_000.25

@@ -7,7 +7,7 @@ from typing import Any
 import anyio
 import pytest
 
-from bus import (
+from rapid_objection.bus import (
     AppRegistered,
     Bus,
     ConnectionInfo,
@@ -17,10 +17,10 @@ from bus import (
     RetryLater,
     decode_envelope,
 )
-from bus._constants import EVENT_FIELD, RECORD_FIELD
-from bus._contract import decode_dead_letter
-from plugin_workers import PluginInterface, current_delivery
-from plugin_workers.testing import running_worker
+from rapid_objection.bus._constants import EVENT_FIELD, RECORD_FIELD
+from rapid_objection.bus._contract import decode_dead_letter
+from rapid_objection.plugin_workers import PluginInterface, current_delivery
+from rapid_objection.plugin_workers.testing import running_worker
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bus import (
+from rapid_objection.bus import (
     HOOK_METHODS,
     Bus,
     ConnectionInfo,
@@ -19,9 +19,9 @@ from bus import (
     WorkerInfo,
     is_alive,
 )
-from bus._constants import ALIVE_AFTER_HEARTBEATS, HEARTBEAT_INTERVAL
-from plugin_workers import PluginInterface, implemented_hooks
-from plugin_workers.testing import running_worker
+from rapid_objection.bus._constants import ALIVE_AFTER_HEARTBEATS, HEARTBEAT_INTERVAL
+from rapid_objection.plugin_workers import PluginInterface, implemented_hooks
+from rapid_objection.plugin_workers.testing import running_worker
 
 pytestmark = pytest.mark.anyio
 

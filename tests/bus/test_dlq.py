@@ -7,7 +7,7 @@ from typing import Any
 import anyio
 import pytest
 
-from bus import (
+from rapid_objection.bus import (
     AppRegistered,
     Bus,
     ConnectionInfo,
@@ -18,10 +18,10 @@ from bus import (
     RedriveError,
     decode_envelope,
 )
-from bus._constants import EVENT_FIELD
-from bus.testing import drained
-from plugin_workers import PluginInterface
-from plugin_workers.testing import running_worker
+from rapid_objection.bus._constants import EVENT_FIELD
+from rapid_objection.bus.testing import drained
+from rapid_objection.plugin_workers import PluginInterface
+from rapid_objection.plugin_workers.testing import running_worker
 
 pytestmark = pytest.mark.anyio
 

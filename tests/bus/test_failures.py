@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bus import Bus, Failure, FailureCount, FailureKind
+from rapid_objection.bus import Bus, Failure, FailureCount, FailureKind
 
 pytestmark = pytest.mark.anyio
 

@@ -10,7 +10,7 @@ import anyio
 import msgspec
 import pytest
 
-from bus import (
+from rapid_objection.bus import (
     SCHEMA_VERSIONS,
     AppRegistered,
     AppUnregistered,
@@ -23,7 +23,7 @@ from bus import (
     encode,
     new_event_id,
 )
-from bus._constants import EVENT_FIELD
+from rapid_objection.bus._constants import EVENT_FIELD
 
 pytestmark = pytest.mark.anyio
 

@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
-from bus import (
+from rapid_objection.bus import (
     HOOK_TYPES,
     AppRegistered,
     AppUnregistered,
@@ -26,9 +26,9 @@ from bus import (
     WorkerInfo,
     decode_ack_entry,
 )
-from bus._redis import forget_memory_server
-from plugin_workers import PluginInterface, Worker
-from plugin_workers.testing import running_worker
+from rapid_objection.bus._redis import forget_memory_server
+from rapid_objection.plugin_workers import PluginInterface, Worker
+from rapid_objection.plugin_workers.testing import running_worker
 
 pytestmark = pytest.mark.anyio
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bus import (
+from rapid_objection.bus import (
     EVENT_TYPES,
     HOOK_METHODS,
     HOOK_TYPES,
@@ -36,10 +36,10 @@ from bus import (
     mask_url,
     redact,
 )
-from bus._redis import forget_memory_server
-from bus.testing import drained
-from plugin_workers import PluginInterface, RegistryView
-from plugin_workers.testing import call_hook, running_worker
+from rapid_objection.bus._redis import forget_memory_server
+from rapid_objection.bus.testing import drained
+from rapid_objection.plugin_workers import PluginInterface, RegistryView
+from rapid_objection.plugin_workers.testing import call_hook, running_worker
 
 pytestmark = pytest.mark.anyio
 

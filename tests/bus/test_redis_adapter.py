@@ -7,9 +7,9 @@ import time
 import anyio
 import pytest
 
-from bus import Bus, BusUnavailable, BusUrlError, GroupMissing
-from bus._redis import check_url
-from bus.testing import embedded_bus
+from rapid_objection.bus import Bus, BusUnavailable, BusUrlError, GroupMissing
+from rapid_objection.bus._redis import check_url
+from rapid_objection.bus.testing import embedded_bus
 
 pytestmark = pytest.mark.anyio
 

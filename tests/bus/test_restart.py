@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
-from bus import (
+from rapid_objection.bus import (
     Ack,
     AppRegistered,
     Bus,
@@ -19,10 +19,10 @@ from bus import (
     decode_ack_entry,
     encode,
 )
-from bus import _publisher as publisher_module
-from bus._constants import ACK_FIELD
-from plugin_workers import PluginInterface
-from plugin_workers.testing import running_worker
+from rapid_objection.bus import _publisher as publisher_module
+from rapid_objection.bus._constants import ACK_FIELD
+from rapid_objection.plugin_workers import PluginInterface
+from rapid_objection.plugin_workers.testing import running_worker
 
 pytestmark = pytest.mark.anyio
 
@@ -161,7 +161,7 @@ class TestLeavingForGood:
     async def test_a_generated_registry_leaves_its_ack_stream_expiring(self, bus: Bus) -> None:
         """A registry with a generated id lets its ack stream expire soon after it leaves
         (never a stream without a TTL that a late ack re-creates)."""
-        from bus._constants import ACK_STREAM_GONE_TTL_MS
+        from rapid_objection.bus._constants import ACK_STREAM_GONE_TTL_MS
 
         async with Publisher(bus) as publisher:
             key = bus.keys.acks(publisher.registry_id)

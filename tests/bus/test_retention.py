@@ -8,8 +8,16 @@ import time
 import anyio
 import pytest
 
-from bus import AppRegistered, Bus, ConnectionInfo, Publisher, Retention, oldest_needed, trim_events
-from bus import _publisher as publisher_module
+from rapid_objection.bus import (
+    AppRegistered,
+    Bus,
+    ConnectionInfo,
+    Publisher,
+    Retention,
+    oldest_needed,
+    trim_events,
+)
+from rapid_objection.bus import _publisher as publisher_module
 
 pytestmark = pytest.mark.anyio
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from bus import AppRegistered, Bus, ConnectionInfo, Publisher
-from plugin_workers import PluginInterface
-from plugin_workers.testing import running_worker
+from rapid_objection.bus import AppRegistered, Bus, ConnectionInfo, Publisher
+from rapid_objection.plugin_workers import PluginInterface
+from rapid_objection.plugin_workers.testing import running_worker
 
 pytestmark = pytest.mark.anyio
 

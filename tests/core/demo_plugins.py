@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bus import AppRollbackCompleted, AutoOperationsCompleted, ConnectionInfo
-from plugin_workers import PluginInterface, RegistryView, RemoteError
+from rapid_objection.bus import AppRollbackCompleted, AutoOperationsCompleted, ConnectionInfo
+from rapid_objection.plugin_workers import PluginInterface, RegistryView, RemoteError
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from core._alembic import AlembicMigrations, version_table
-from core._config import MigrationsConfig
-from core._errors import ConfigError, MigrationFailed
+from rapid_objection.core._alembic import AlembicMigrations, version_table
+from rapid_objection.core._config import MigrationsConfig
+from rapid_objection.core._errors import ConfigError, MigrationFailed
 from tests.core.fixtures_migrations import (
     ENV_PY_WITHOUT_VERSION_TABLE,
     FAIL,

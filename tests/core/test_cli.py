@@ -13,10 +13,10 @@ from typing import Any
 import anyio
 import pytest
 
-from bus import AppRegistered, Bus, ConnectionInfo, PluginPolicy, Publisher
-from bus.testing import purge
-from plugin_workers import PluginInterface
-from plugin_workers.testing import running_worker
+from rapid_objection.bus import AppRegistered, Bus, ConnectionInfo, PluginPolicy, Publisher
+from rapid_objection.bus.testing import purge
+from rapid_objection.plugin_workers import PluginInterface
+from rapid_objection.plugin_workers.testing import running_worker
 from tests.e2e import REPO_ROOT, run_cli, subprocess_env
 
 pytestmark = pytest.mark.anyio
@@ -236,10 +236,10 @@ class TestUsage:
         assert line.startswith("rapid-objection")
 
     async def test_the_cli_package_runs_with_python_dash_m(self) -> None:
-        """``python -m core._cli`` runs the same command line as the console script."""
+        """``python -m rapid_objection.core._cli`` runs the console script's command line."""
         with anyio.fail_after(30):
             done = await anyio.run_process(
-                [sys.executable, "-m", "core._cli", "--help"],
+                [sys.executable, "-m", "rapid_objection.core._cli", "--help"],
                 check=False,
                 cwd=REPO_ROOT,
                 env=subprocess_env(),

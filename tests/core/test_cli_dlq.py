@@ -1,4 +1,4 @@
-"""``dlq list`` and ``dlq redrive`` run as ``python -m core._cli`` against the real Redis."""
+"""``dlq list`` and ``dlq redrive`` as ``python -m rapid_objection.core._cli`` on a real Redis."""
 
 from __future__ import annotations
 
@@ -11,12 +11,19 @@ from typing import Any
 import anyio
 import pytest
 
-from bus import AppRegistered, Bus, ConnectionInfo, DeadLetterEntry, DeadLetters, Publisher
-from bus._constants import EVENT_FIELD
-from bus._contract import decode_envelope
-from bus.testing import purge
-from plugin_workers import PluginInterface
-from plugin_workers.testing import running_worker
+from rapid_objection.bus import (
+    AppRegistered,
+    Bus,
+    ConnectionInfo,
+    DeadLetterEntry,
+    DeadLetters,
+    Publisher,
+)
+from rapid_objection.bus._constants import EVENT_FIELD
+from rapid_objection.bus._contract import decode_envelope
+from rapid_objection.bus.testing import purge
+from rapid_objection.plugin_workers import PluginInterface
+from rapid_objection.plugin_workers.testing import running_worker
 from tests.e2e import REPO_ROOT, subprocess_env
 
 pytestmark = pytest.mark.anyio
@@ -61,8 +68,8 @@ async def letter(redis_bus: Bus) -> DeadLetterEntry:
 
 
 async def dlq(bus: Bus, url: str, *args: str) -> tuple[int, str, str]:
-    """Run ``python -m core._cli dlq *args`` on ``bus``: (exit code, stdout, stderr)."""
-    argv = [sys.executable, "-m", "core._cli", "dlq", args[0], "--bus-url", url]
+    """Run ``python -m rapid_objection.core._cli dlq *args`` on ``bus``: (exit, stdout, stderr)."""
+    argv = [sys.executable, "-m", "rapid_objection.core._cli", "dlq", args[0], "--bus-url", url]
     argv += ["--namespace", bus.namespace, *args[1:]]
     with anyio.fail_after(15):
         done = await anyio.run_process(argv, check=False, cwd=REPO_ROOT, env=subprocess_env())

@@ -16,9 +16,9 @@ import anyio
 import pytest
 from anyio.abc import Process
 
-from bus import Bus, ConnectionInfo, Envelope, HealthCheck
-from bus.testing import purge
-from plugin_workers import PluginInterface
+from rapid_objection.bus import Bus, ConnectionInfo, Envelope, HealthCheck
+from rapid_objection.bus.testing import purge
+from rapid_objection.plugin_workers import PluginInterface
 from tests.e2e import CLI, REPO_ROOT, run_cli, subprocess_env
 
 pytestmark = pytest.mark.anyio

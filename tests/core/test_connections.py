@@ -12,9 +12,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from core._config import AppConfig, DatabaseConfig
-from core._connections import ConnectionManager, Engines, build_url
-from core._errors import AppAlreadyRegistered, ConfigError, ConnectionFailed
+from rapid_objection.core._config import AppConfig, DatabaseConfig
+from rapid_objection.core._connections import ConnectionManager, Engines, build_url
+from rapid_objection.core._errors import AppAlreadyRegistered, ConfigError, ConnectionFailed
 
 SECRET = "hunter2"  # noqa: S105 - a planted password that must never show
 

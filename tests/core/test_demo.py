@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from core._cli._demo import run_demo
+from rapid_objection.core._cli._demo import run_demo
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,7 +44,7 @@ def test_demo_command_runs_both_lifecycles_with_the_bundled_plugins(tmp_path: Pa
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "core._cli", "demo", "--directory", str(tmp_path)],
+        [sys.executable, "-m", "rapid_objection.core._cli", "demo", "--directory", str(tmp_path)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -74,7 +74,7 @@ def test_demo_command_runs_both_lifecycles_with_the_bundled_plugins(tmp_path: Pa
 async def test_the_audit_trail_holds_the_shops_events_in_order(tmp_path: Path) -> None:
     """In-process, on an embedded bus of its own, the audit table ends up with the
     shop's steps in publish order."""
-    from plugin_workers.plugins.audit import AuditStore
+    from rapid_objection.plugin_workers.plugins.audit import AuditStore
 
     buffer = io.StringIO()
     console = Console(file=buffer, width=200, color_system=None)

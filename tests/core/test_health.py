@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from core._config import DatabaseConfig
-from core._connections import Engines
-from core._health import check
+from rapid_objection.core._config import DatabaseConfig
+from rapid_objection.core._connections import Engines
+from rapid_objection.core._health import check
 
 SECRET = "hunter2"  # noqa: S105 - a planted password that must never show
 

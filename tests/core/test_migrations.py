@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from bus import OperationResult
-from core._config import MigrationsConfig
-from core._errors import ConfigError, MigrationFailed
-from core._migrations import Migrations
+from rapid_objection.bus import OperationResult
+from rapid_objection.core._config import MigrationsConfig
+from rapid_objection.core._errors import ConfigError, MigrationFailed
+from rapid_objection.core._migrations import Migrations
 from tests.core.fixtures_migrations import (
     FAIL,
     Scripts,

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from core._config import AppConfig, DatabaseConfig, ModelsConfig
-from core._connections import ConnectionManager, Engines
-from core._errors import ModelLoadError
-from core._models import ROOT, ModelSet, load_models
+from rapid_objection.core._config import AppConfig, DatabaseConfig, ModelsConfig
+from rapid_objection.core._connections import ConnectionManager, Engines
+from rapid_objection.core._errors import ModelLoadError
+from rapid_objection.core._models import ROOT, ModelSet, load_models
 from tests.core.models_fixture import listed
 from tests.core.models_fixture import shop as shop_module
 

@@ -22,20 +22,25 @@ from typing import Any
 import anyio
 import pytest
 
-from bus import Bus
-from bus._redis import forget_memory_server
-from bus.testing import purge
-from core import AppRegistry
-from core._plugins import PluginFailed
-from plugin_workers import ENTRY_POINT_GROUP, PluginInterface, PluginLoadError, RegistryView
-from plugin_workers.examples.backup import BackupPlugin
-from plugin_workers.testing import running_worker
+from rapid_objection.bus import Bus
+from rapid_objection.bus._redis import forget_memory_server
+from rapid_objection.bus.testing import purge
+from rapid_objection.core import AppRegistry
+from rapid_objection.core._plugins import PluginFailed
+from rapid_objection.plugin_workers import (
+    ENTRY_POINT_GROUP,
+    PluginInterface,
+    PluginLoadError,
+    RegistryView,
+)
+from rapid_objection.plugin_workers.examples.backup import BackupPlugin
+from rapid_objection.plugin_workers.testing import running_worker
 
 pytestmark = pytest.mark.anyio
 
 HERE = "tests.core.test_plugin_manager"
-BACKUP = "plugin_workers.examples.backup:BackupPlugin"
-MONITORING = "plugin_workers.examples.monitoring:MonitoringPlugin"
+BACKUP = "rapid_objection.plugin_workers.examples.backup:BackupPlugin"
+MONITORING = "rapid_objection.plugin_workers.examples.monitoring:MonitoringPlugin"
 
 BUILT: dict[str, Sleeper] = {}
 """Every Sleeper built during the current test, by name (also those that never loaded)."""
@@ -536,7 +541,7 @@ class TestEntryPoints:
         def entry_points(*, group: str) -> list[EntryPoint]:
             return found if group == ENTRY_POINT_GROUP else []
 
-        monkeypatch.setattr("plugin_workers._loader.entry_points", entry_points)
+        monkeypatch.setattr("rapid_objection.plugin_workers._loader.entry_points", entry_points)
         registry = await make_registry(
             {"backup-plugin": plugin_table("example-backup", config={"directory": str(tmp_path)})}
         )

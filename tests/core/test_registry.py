@@ -10,9 +10,9 @@ import anyio
 import pytest
 import sqlalchemy as sa
 
-from bus import HOOK_METHODS, ConnectionInfo
-from bus._redis import forget_memory_server
-from core import (
+from rapid_objection.bus import HOOK_METHODS, ConnectionInfo
+from rapid_objection.bus._redis import forget_memory_server
+from rapid_objection.core import (
     AppAlreadyRegistered,
     AppNotRegistered,
     AppRegistry,
@@ -22,7 +22,7 @@ from core import (
     PluginVeto,
     RegistryError,
 )
-from plugin_workers import PluginInterface, current_delivery
+from rapid_objection.plugin_workers import PluginInterface, current_delivery
 
 pytestmark = pytest.mark.anyio
 
@@ -354,7 +354,7 @@ class TestListeners:
 
 def test_every_hook_is_recorded_by_the_test_plugin() -> None:
     """The recorder implements every hook, so the order test sees all of them."""
-    from plugin_workers import implemented_hooks
+    from rapid_objection.plugin_workers import implemented_hooks
 
     assert set(implemented_hooks(Recorder())) == set(HOOK_METHODS)
 

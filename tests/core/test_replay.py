@@ -16,7 +16,7 @@ import anyio
 import msgspec
 import pytest
 
-from bus import (
+from rapid_objection.bus import (
     AppRegistered,
     Bus,
     ConnectionInfo,
@@ -27,8 +27,8 @@ from bus import (
     Payload,
     Publisher,
 )
-from bus.testing import drained, purge
-from core._replay import (
+from rapid_objection.bus.testing import drained, purge
+from rapid_objection.core._replay import (
     ReplayError,
     Selection,
     copy_for,
@@ -38,8 +38,8 @@ from core._replay import (
     select,
     summary,
 )
-from plugin_workers import PluginInterface, current_delivery
-from plugin_workers.testing import running_worker
+from rapid_objection.plugin_workers import PluginInterface, current_delivery
+from rapid_objection.plugin_workers.testing import running_worker
 from tests.e2e import run_cli
 
 pytestmark = pytest.mark.anyio
@@ -167,7 +167,7 @@ class TestSelect:
 
     async def test_limit_across_pages(self, bus: Bus, monkeypatch: pytest.MonkeyPatch) -> None:
         """A limit larger than a page still stops at exactly that many events."""
-        monkeypatch.setattr("core._replay.PAGE_SIZE", 2)
+        monkeypatch.setattr("rapid_objection.core._replay.PAGE_SIZE", 2)
         published = await publish(bus, [registered(f"app-{n}") for n in range(7)])
         assert await selected(bus, Selection(limit=5)) == [e.entry_id for e in published[:5]]
         assert len(await selected(bus, Selection())) == 7

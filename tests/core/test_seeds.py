@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from core._config import SeedsConfig
-from core._errors import ConfigError, SeedFailed
-from core._seeds import Seeds
+from rapid_objection.core._config import SeedsConfig
+from rapid_objection.core._errors import ConfigError, SeedFailed
+from rapid_objection.core._seeds import Seeds
 from tests.core.fixtures_migrations import FAIL, Scripts, delete, insert, until, wait_for
 
 

@@ -13,8 +13,8 @@ import anyio
 import pytest
 from anyio.abc import Process
 
-from bus import Bus, GroupMissing
-from bus.testing import purge
+from rapid_objection.bus import Bus, GroupMissing
+from rapid_objection.bus.testing import purge
 
 from . import CLI, REPO_ROOT, subprocess_env
 from .plugins import Recorder

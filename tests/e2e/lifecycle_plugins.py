@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from plugin_workers import PluginInterface, RegistryView, current_delivery
+from rapid_objection.plugin_workers import PluginInterface, RegistryView, current_delivery
 
 
 def order_key(view: RegistryView) -> str:

@@ -11,8 +11,8 @@ from typing import Any, ClassVar
 
 import anyio
 
-from bus import ConnectionInfo, Keys
-from plugin_workers import PluginInterface, RegistryView, current_delivery
+from rapid_objection.bus import ConnectionInfo, Keys
+from rapid_objection.plugin_workers import PluginInterface, RegistryView, current_delivery
 
 
 def record_key(keys: Keys, kind: str, plugin: str) -> str:

@@ -33,10 +33,10 @@ import pytest
 import sqlalchemy as sa
 from anyio.abc import Process
 
-from bus import Ack, Bus, HistoryEntry, decode_ack_entry
-from core import RegistryConfig
-from core._config import load_registry_config
-from plugin_workers.plugins import BUNDLED
+from rapid_objection.bus import Ack, Bus, HistoryEntry, decode_ack_entry
+from rapid_objection.core import RegistryConfig
+from rapid_objection.core._config import load_registry_config
+from rapid_objection.plugin_workers.plugins import BUNDLED
 from tests.core.conftest import postgres_admin_url
 
 from . import CLI, REPO_ROOT, subprocess_env

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from bus import Bus
-from bus.testing import purge
-from core import AppRegistry
+from rapid_objection.bus import Bus
+from rapid_objection.bus.testing import purge
+from rapid_objection.core import AppRegistry
 from tests.core.test_registry import REGISTER_ORDER, UNREGISTER_ORDER, sample_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]

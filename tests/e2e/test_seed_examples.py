@@ -18,18 +18,18 @@ import anyio
 import pytest
 from anyio.abc import Process
 
-from bus import Bus, Custom
-from core import AppRegistry, MigrationFailed
-from plugin_workers.examples.communication import READY, SAW_APP
+from rapid_objection.bus import Bus, Custom
+from rapid_objection.core import AppRegistry, MigrationFailed
+from rapid_objection.plugin_workers.examples.communication import READY, SAW_APP
 
 from . import CLI, REPO_ROOT, subprocess_env
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.redis_server]
 
-BACKUP = "plugin_workers.examples.backup:BackupPlugin"
-MONITORING = "plugin_workers.examples.monitoring:MonitoringPlugin"
-PLUGIN_A = "plugin_workers.examples.communication:PluginA"
-PLUGIN_B = "plugin_workers.examples.communication:PluginB"
+BACKUP = "rapid_objection.plugin_workers.examples.backup:BackupPlugin"
+MONITORING = "rapid_objection.plugin_workers.examples.monitoring:MonitoringPlugin"
+PLUGIN_A = "rapid_objection.plugin_workers.examples.communication:PluginA"
+PLUGIN_B = "rapid_objection.plugin_workers.examples.communication:PluginB"
 
 FAILING_UPGRADE = (
     "def upgrade(op):\n    raise RuntimeError('no way')\n\n\ndef downgrade(op):\n    pass\n"

@@ -10,7 +10,7 @@ import anyio
 import msgspec
 import pytest
 
-from bus import (
+from rapid_objection.bus import (
     Ack,
     AppRegistered,
     Bus,

@@ -16,8 +16,8 @@ from typing import Any, ClassVar, Literal
 
 import anyio
 
-from bus import BusUnavailable, ConnectionInfo, Keys
-from plugin_workers import PluginInterface, RegistryView, current_delivery
+from rapid_objection.bus import BusUnavailable, ConnectionInfo, Keys
+from rapid_objection.plugin_workers import PluginInterface, RegistryView, current_delivery
 
 Count = Literal["calls", "handled"]
 

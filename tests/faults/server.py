@@ -14,7 +14,7 @@ import anyio
 import redis.asyncio as aioredis
 from anyio.abc import Process
 
-from bus import Bus, BusUnavailable
+from rapid_objection.bus import Bus, BusUnavailable
 
 FIRST_PORT = 16_400
 PORTS_TRIED = 200

@@ -16,7 +16,7 @@ import msgspec
 import pytest
 from msgspec.structs import replace
 
-from bus import (
+from rapid_objection.bus import (
     SCHEMA_VERSIONS,
     AppRegistered,
     Bus,
@@ -28,8 +28,8 @@ from bus import (
     encode,
     is_alive,
 )
-from bus._constants import EVENT_FIELD
-from bus.testing import drained
+from rapid_objection.bus._constants import EVENT_FIELD
+from rapid_objection.bus.testing import drained
 
 from .conftest import Lane, Report
 from .plugins import Raiser, Recorder

@@ -1,6 +1,6 @@
 """Starting a plugin's workers, as processes or in-process, behind one small interface.
 
-Process workers run ``python -m core._cli worker`` (the ``rapid-objection worker``
+Process workers run ``python -m rapid_objection.core._cli worker`` (the ``rapid-objection worker``
 command) with the test's options; every worker is stopped when its ``async with``
 block ends.
 """
@@ -19,8 +19,8 @@ import anyio
 import pytest
 from anyio.abc import Process
 
-from bus import Bus, GroupMissing
-from plugin_workers.testing import running_worker
+from rapid_objection.bus import Bus, GroupMissing
+from rapid_objection.plugin_workers.testing import running_worker
 
 from . import PYTHON, REPO_ROOT, subprocess_env
 from .plugins import Recorder
@@ -120,8 +120,9 @@ class ProcessWorkers:
         return [worker.consumer for worker in started]
 
     def _command(self, target: str, consumer: str, options: Options) -> list[str]:
-        """``python -m core._cli worker`` with the options that were asked for."""
-        command = [PYTHON, "-m", "core._cli", "worker", target, "--bus-url", self.url]
+        """``python -m rapid_objection.core._cli worker`` with the options that were asked for."""
+        command = [PYTHON, "-m", "rapid_objection.core._cli", "worker", target]
+        command += ["--bus-url", self.url]
         command += ["--namespace", self.bus.namespace, "--consumer", consumer]
         command += ["--concurrency", str(options.concurrency)]
         for flag, value in (
@@ -193,7 +194,7 @@ async def process_workers(bus: Bus, url: str, directory: Path) -> AsyncIterator[
 
 
 class InProcessWorkers:
-    """Workers inside the test (``plugin_workers.testing.running_worker``)."""
+    """Workers inside the test (``rapid_objection.plugin_workers.testing.running_worker``)."""
 
     def __init__(self, bus: Bus, stack: AsyncExitStack) -> None:
         self.bus = bus

@@ -10,7 +10,7 @@ import anyio
 import msgspec
 import pytest
 
-from bus import (
+from rapid_objection.bus import (
     HOOK_METHODS,
     HOOK_TYPES,
     Ack,
@@ -33,8 +33,8 @@ from bus import (
     Payload,
     payload_type,
 )
-from plugin_workers import Dispatcher, PluginInterface, RemoteError, hook_arguments
-from plugin_workers.testing import call_hook, envelope_for
+from rapid_objection.plugin_workers import Dispatcher, PluginInterface, RemoteError, hook_arguments
+from rapid_objection.plugin_workers.testing import call_hook, envelope_for
 
 pytestmark = pytest.mark.anyio
 

@@ -9,11 +9,19 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from bus import Ack, AppRegistered, Bus, ConnectionInfo, Deferred, Delivery, Publisher
-from bus.testing import drained
-from plugin_workers import PluginInterface, RegistryView, current_delivery, run_once
-from plugin_workers._once import RUNNING
-from plugin_workers.testing import envelope_for, running_worker
+from rapid_objection.bus import (
+    Ack,
+    AppRegistered,
+    Bus,
+    ConnectionInfo,
+    Deferred,
+    Delivery,
+    Publisher,
+)
+from rapid_objection.bus.testing import drained
+from rapid_objection.plugin_workers import PluginInterface, RegistryView, current_delivery, run_once
+from rapid_objection.plugin_workers._once import RUNNING
+from rapid_objection.plugin_workers.testing import envelope_for, running_worker
 
 pytestmark = pytest.mark.anyio
 

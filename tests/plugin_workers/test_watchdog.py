@@ -7,9 +7,9 @@ from typing import Any
 import anyio
 import pytest
 
-from bus import Ack, Delivery, HealthCheck
-from plugin_workers import Dispatcher, PluginInterface
-from plugin_workers.testing import envelope_for
+from rapid_objection.bus import Ack, Delivery, HealthCheck
+from rapid_objection.plugin_workers import Dispatcher, PluginInterface
+from rapid_objection.plugin_workers.testing import envelope_for
 
 pytestmark = pytest.mark.anyio
 

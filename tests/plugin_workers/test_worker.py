@@ -10,9 +10,9 @@ from typing import Any
 import anyio
 import pytest
 
-from bus import AppRegistered, Bus, ConnectionInfo, Custom, HealthCheck, Publisher
-from plugin_workers import PluginInterface, RegistryView, Worker
-from plugin_workers.testing import running_worker
+from rapid_objection.bus import AppRegistered, Bus, ConnectionInfo, Custom, HealthCheck, Publisher
+from rapid_objection.plugin_workers import PluginInterface, RegistryView, Worker
+from rapid_objection.plugin_workers.testing import running_worker
 
 pytestmark = pytest.mark.anyio
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from bus import Ack, Deferred, Delivery, Envelope
-from bus._redis import forget_memory_server
-from bus.testing import embedded_bus
-from core import AppRegistry
-from plugin_workers import Dispatcher, RegistryView
+from rapid_objection.bus import Ack, Deferred, Delivery, Envelope
+from rapid_objection.bus._redis import forget_memory_server
+from rapid_objection.bus.testing import embedded_bus
+from rapid_objection.core import AppRegistry
+from rapid_objection.plugin_workers import Dispatcher, RegistryView
 from tests.core.conftest import postgres_admin_url, sql_url
 
 __all__ = ["postgres_admin_url", "sql_url"]  # the database lanes of tests/core, reused

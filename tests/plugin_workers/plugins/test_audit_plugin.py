@@ -12,7 +12,7 @@ import msgspec
 import pytest
 import sqlalchemy as sa
 
-from bus import (
+from rapid_objection.bus import (
     HOOK_TYPES,
     Ack,
     AppRegistered,
@@ -35,9 +35,9 @@ from bus import (
     Publisher,
     new_event_id,
 )
-from core import AppRegistry
-from plugin_workers import RegistryView
-from plugin_workers.plugins.audit import (
+from rapid_objection.core import AppRegistry
+from rapid_objection.plugin_workers import RegistryView
+from rapid_objection.plugin_workers.plugins.audit import (
     DEFAULT_TABLE,
     DEFAULT_URL,
     AuditPlugin,
@@ -45,7 +45,7 @@ from plugin_workers.plugins.audit import (
     audit_row,
     parse_config,
 )
-from plugin_workers.testing import call_hook, envelope_for, running_worker
+from rapid_objection.plugin_workers.testing import call_hook, envelope_for, running_worker
 
 pytestmark = pytest.mark.anyio
 

@@ -12,11 +12,17 @@ import anyio
 import msgspec
 import pytest
 
-from bus import Ack, AppRegistered, AppRollbackStarted, ConnectionInfo
-from core import AppRegistry
-from plugin_workers import RegistryView
-from plugin_workers.plugins.backup import BackupPlugin, copies, parse_config, prune, read_dump
-from plugin_workers.testing import call_hook, envelope_for
+from rapid_objection.bus import Ack, AppRegistered, AppRollbackStarted, ConnectionInfo
+from rapid_objection.core import AppRegistry
+from rapid_objection.plugin_workers import RegistryView
+from rapid_objection.plugin_workers.plugins.backup import (
+    BackupPlugin,
+    copies,
+    parse_config,
+    prune,
+    read_dump,
+)
+from rapid_objection.plugin_workers.testing import call_hook, envelope_for
 
 pytestmark = pytest.mark.anyio
 

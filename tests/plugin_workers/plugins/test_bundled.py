@@ -14,16 +14,21 @@ from typing import Any
 import msgspec
 import pytest
 
-from bus import HOOK_TYPES
-from plugin_workers import ENTRY_POINT_GROUP, build_plugin, implemented_hooks, load_plugin_class
-from plugin_workers.plugins import BUNDLED
+from rapid_objection.bus import HOOK_TYPES
+from rapid_objection.plugin_workers import (
+    ENTRY_POINT_GROUP,
+    build_plugin,
+    implemented_hooks,
+    load_plugin_class,
+)
+from rapid_objection.plugin_workers.plugins import BUNDLED
 
 DOCS = Path(__file__).parents[3] / "docs" / "plugins.md"
 HEAVY = ["sqlalchemy", "prometheus_client"]
 CONFIGS = {
-    "audit": "plugin_workers.plugins.audit:AuditConfig",
-    "metrics": "plugin_workers.plugins.metrics:MetricsConfig",
-    "backup": "plugin_workers.plugins.backup:BackupConfig",
+    "audit": "rapid_objection.plugin_workers.plugins.audit:AuditConfig",
+    "metrics": "rapid_objection.plugin_workers.plugins.metrics:MetricsConfig",
+    "backup": "rapid_objection.plugin_workers.plugins.backup:BackupConfig",
 }
 HOOKS = {
     "audit": set(HOOK_TYPES),
@@ -37,7 +42,8 @@ def loaded_after(statement: str) -> list[str]:
     probe = (
         f"import json, sys\n{statement}\n"
         f"heavy = {{name for name in sys.modules if name.partition('.')[0] in {HEAVY!r}}}\n"
-        "mine = {name for name in sys.modules if name.startswith('plugin_workers.plugins.')}\n"
+        "prefix = 'rapid_objection.plugin_workers.plugins.'\n"
+        "mine = {name for name in sys.modules if name.startswith(prefix)}\n"
         "print(json.dumps(sorted({name.partition('.')[0] for name in heavy} | mine)))"
     )
     done = subprocess.run(
@@ -99,7 +105,7 @@ class TestDiscovery:
 class TestImportWeight:
     @pytest.mark.parametrize(
         "statement",
-        ["import plugin_workers", "import plugin_workers.plugins"],
+        ["import rapid_objection.plugin_workers", "import rapid_objection.plugin_workers.plugins"],
         ids=["plugin_workers", "plugin_workers.plugins"],
     )
     def test_no_plugin_and_no_heavy_package_is_imported(self, statement: str) -> None:
@@ -108,9 +114,9 @@ class TestImportWeight:
 
     def test_the_probe_sees_a_loaded_plugin(self) -> None:
         """Importing a plugin module loads its libraries, so the check above can see them."""
-        loaded = loaded_after("import plugin_workers.plugins.metrics")
+        loaded = loaded_after("import rapid_objection.plugin_workers.plugins.metrics")
         assert "prometheus_client" in loaded
-        assert "plugin_workers.plugins.metrics" in loaded
+        assert "rapid_objection.plugin_workers.plugins.metrics" in loaded
 
 
 class TestDocs:
@@ -127,7 +133,7 @@ class TestDocs:
     def test_the_examples_load(self) -> None:
         """The page's TOML loads as a registry configuration of the three plugins, and its
         Python compiles."""
-        from core._config import load_registry_config
+        from rapid_objection.core._config import load_registry_config
 
         blocks = re.findall(r"```(toml|python)\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.S)
         assert sorted(language for language, _ in blocks) == ["python", "toml"]

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bus import (
+from rapid_objection.bus import (
     Ack,
     AppRegistered,
     AppRollbackCompleted,
@@ -26,11 +26,11 @@ from bus import (
     Payload,
     Publisher,
 )
-from bus.testing import drained
-from core import AppRegistry
-from plugin_workers import PluginLoadError
-from plugin_workers.plugins.metrics import MetricsPlugin, event_status, parse_config
-from plugin_workers.testing import call_hook, envelope_for
+from rapid_objection.bus.testing import drained
+from rapid_objection.core import AppRegistry
+from rapid_objection.plugin_workers import PluginLoadError
+from rapid_objection.plugin_workers.plugins.metrics import MetricsPlugin, event_status, parse_config
+from rapid_objection.plugin_workers.testing import call_hook, envelope_for
 
 pytestmark = pytest.mark.anyio
 

@@ -2,11 +2,11 @@
 
 Both are rendered from the msgspec Structs of ``_contract`` and, for the hooks, from the
 plugin interface, so that the docs never drift from the code. After changing either,
-run ``python -m bus._schema``; ``python -m bus._schema --check`` writes nothing and exits
-1 naming each stale file (``tests/bus/test_schema.py`` fails the same way).
+run ``python docs/generate.py``; with ``--check`` it writes nothing and exits 1 naming
+each stale file (``tests/bus/test_schema.py`` fails the same way).
 
-The bus never imports ``plugin_workers``: ``render_hooks`` takes the interface classes as
-arguments, and only ``generated`` (called by the command line and the tests) imports them.
+This generator is a development tool: it lives beside the docs, not in the shipped
+package, so that the bus never imports ``plugin_workers``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Final, Literal, Union, cast, get_args, get_origin
 
 import msgspec
 
-from ._contract import (
+from rapid_objection.bus._contract import (
     HOOK_METHODS,
     HOOK_TYPES,
     SCHEMA_VERSIONS,
@@ -37,7 +37,7 @@ from ._contract import (
     WorkerInfo,
 )
 
-COMMAND: Final = "python -m bus._schema"
+COMMAND: Final = "python docs/generate.py"
 """What to run when a generated file is stale; every staleness message says it."""
 
 PROJECT_ROOT: Final = Path(__file__).resolve().parent.parent
@@ -193,16 +193,16 @@ def _code(text: str) -> list[str]:
 def render_hooks(interface: type, view: type) -> str:
     """The hooks reference: one section per hook of ``interface``, plus ``custom`` events.
 
-    ``interface`` is ``plugin_workers.PluginInterface`` and ``view`` is
-    ``plugin_workers.RegistryView`` (whose ``emit``/``on`` carry custom events); they
-    are arguments so that the bus never imports ``plugin_workers``.
+    ``interface`` is ``rapid_objection.PluginInterface`` and ``view`` is
+    ``rapid_objection.plugin_workers.RegistryView`` (whose ``emit``/``on`` carry custom
+    events).
     """
     lines = [
         "# Hooks reference",
         "",
         _GENERATED_NOTE,
         "",
-        f"A plugin subclasses `{interface.__module__.split('.')[0]}.{interface.__name__}` "
+        f"A plugin subclasses `rapid_objection.{interface.__name__}` "
         "and overrides the hooks it needs; a hook it leaves alone is acknowledged as "
         "`skipped` without being called. Each hook is called for one event type of the "
         "bus, whose payload is a `bus` Struct (`docs/events.schema.json` has the whole "
@@ -272,7 +272,7 @@ def render_hooks(interface: type, view: type) -> str:
 
 def generated() -> dict[Path, str]:
     """Every generated file (relative to the project root) and its current text."""
-    from plugin_workers import PluginInterface, RegistryView
+    from rapid_objection.plugin_workers import PluginInterface, RegistryView
 
     return {
         SCHEMA_FILE: render_schema(),
