@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import anyio
 
+from ._bus import Bus
 from ._constants import DEAD_CONSUMER_IDLE
 from ._directory import is_alive
 from ._errors import BusUnavailable, GroupMissing
-
-if TYPE_CHECKING:
-    from ._consumer import Consumer
+from ._redis import Entry
 
 log = logging.getLogger("rapid_objection.bus")
 
@@ -29,10 +28,32 @@ SWEEP_EVERY = 100
 """Claim rounds between two sweeps for dead consumers."""
 
 
+class Claimant(Protocol):
+    """The consumer whose leases a ``Claimer`` renews and to which it offers what it takes."""
+
+    @property
+    def bus(self) -> Bus: ...
+
+    @property
+    def plugin(self) -> str: ...
+
+    @property
+    def consumer(self) -> str: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def in_flight_ids(self) -> list[str]: ...
+
+    def room(self) -> int: ...
+
+    def offer(self, entries: list[Entry], attempts: dict[str, int]) -> None: ...
+
+
 class Claimer:
     """The lease and reclaim loop of one consumer."""
 
-    def __init__(self, consumer: Consumer, *, idle: float) -> None:
+    def __init__(self, consumer: Claimant, *, idle: float) -> None:
         self.consumer = consumer
         self.idle_ms = int(idle * 1000)
         self.interval = idle / 3

@@ -1,10 +1,9 @@
 """The consume loop of one consumer in a plugin's group.
 
-Reads with XREADGROUP in batches, hands each event to the handler in per-app order
+Reads with XREADGROUP in batches and hands each event to the handler in per-app order
 (events of one app run one after another; different apps run concurrently up to
-``concurrency``), and writes the ack records, failure records and XACKs of everything
-that finished in one MULTI/EXEC round trip, so that an ack record is never written
-without its XACK or the other way round.
+``concurrency``); the ``Flusher`` writes what finished, the ``Claimer`` keeps the
+leases and reclaims what dead consumers left.
 """
 
 from __future__ import annotations
@@ -12,88 +11,25 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
-from typing import Protocol
+from dataclasses import replace
 
 import anyio
 import msgspec
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._bus import Bus
-from ._constants import (
-    ACK_FIELD,
-    ACK_STREAM_MAXLEN,
-    ACK_STREAM_REFRESH,
-    ACK_STREAM_TTL_MS,
-    ACKS_FIELD,
-    CLAIM_IDLE,
-    EVENT_FIELD,
-    READ_BATCH,
-    READ_BLOCK_MS,
-    RECORD_FIELD,
-)
-from ._contract import Ack, DeadLetter, Envelope, Failure, decode_envelope, encode
+from ._claims import Claimer
+from ._constants import CLAIM_IDLE, EVENT_FIELD, READ_BATCH, READ_BLOCK_MS
+from ._contract import Ack, DeadLetter, decode_envelope
+from ._delivery import Delivery, Done, Handler, ListSink, Sink
 from ._errors import BusUnavailable, GroupMissing
-from ._failures import add_failure
-from ._lanes import InlineLanes, Lanes
+from ._flush import Flusher, pause
+from ._lanes import InlineLanes, Lanes, TaskLanes
 from ._redact import mask_url
-from ._redis import Batch
+from ._redis import Entry
 from ._retry import Deferred, RetryPolicy
 
-FLUSH_GATHER = 0.001
-"""Seconds a flush waits for the other hooks of a read batch that are still running."""
-
-EXPIRY_MEMORY = 1_000
-"""Ack streams whose last PEXPIRE a worker remembers before it forgets the old ones."""
-
-STOP_FLUSH_PATIENCE = 10.0
-"""Seconds a stopping worker keeps trying to write its last acks while Redis is away."""
-
-RECONNECT_DELAY_CAP = 5.0
-"""Seconds; the longest pause between attempts while Redis is away."""
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One event handed to a handler: the stream entry, its envelope and the attempt."""
-
-    entry_id: str
-    envelope: Envelope
-    attempt: int = 1
-    data: bytes = b""
-    """The encoded envelope as read, kept for the dead-letter record."""
-
-
-Handler = Callable[[Delivery], Awaitable[Ack | Deferred]]
-
-
-@dataclass(frozen=True, slots=True)
-class _Done:
-    """A finished entry: what to write for it, and whether to XACK it."""
-
-    entry_id: str
-    envelope: Envelope | None
-    ack: Ack | None = None
-    dead_letter: DeadLetter | None = None
-    keep: bool = False
-    """Leave the entry pending (a stopping worker hands it to a live consumer)."""
-
-
-class _Sink(Protocol):
-    """Where finished entries go: the flush task's stream, or the inline reader's list."""
-
-    def send_nowait(self, item: _Done) -> None: ...
-
-
-class _ListSink:
-    __slots__ = ("items",)
-
-    def __init__(self) -> None:
-        self.items: list[_Done] = []
-
-    def send_nowait(self, item: _Done) -> None:
-        self.items.append(item)
+__all__ = ["Consumer", "Delivery", "Handler"]
 
 
 class Consumer:
@@ -127,16 +63,27 @@ class Consumer:
         self._room_freed = anyio.Event()
         self._read_scope: anyio.CancelScope | None = None
         self._flush_now: Callable[[], Awaitable[None]] | None = None
-        self._expiry_set: dict[str, float] = {}
         self.retry = retry or RetryPolicy()
         self.claim_idle = claim_idle
         self._stopping = False
         self._reading: set[str] = set()
-        self._lanes: Lanes | InlineLanes | None = None
-        self._send: _Sink | None = None
-        self.handled = 0
-        self.failed = 0
-        self.dead_lettered = 0
+        self._lanes: Lanes | None = None
+        self._send: Sink | None = None
+        self.flusher = Flusher(
+            bus, plugin, consumer, stopping=lambda: self._stopping, settled=self._settled
+        )
+
+    @property
+    def handled(self) -> int:
+        return self.flusher.handled
+
+    @property
+    def failed(self) -> int:
+        return self.flusher.failed
+
+    @property
+    def dead_lettered(self) -> int:
+        return self.flusher.dead_lettered
 
     @property
     def in_flight(self) -> int:
@@ -154,9 +101,7 @@ class Consumer:
         """How many more entries this consumer may take on right now."""
         return 0 if self._stopping else max(0, self._capacity - self._held)
 
-    def offer(
-        self, entries: list[tuple[str, dict[bytes, bytes]]], attempts: dict[str, int]
-    ) -> None:
+    def offer(self, entries: list[Entry], attempts: dict[str, int]) -> None:
         """Take over claimed entries (at most ``room()``); ``attempts`` from XPENDING."""
         if self._lanes is None or self._send is None:
             raise RuntimeError("Consumer.offer() called before run()")
@@ -177,25 +122,23 @@ class Consumer:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Consume until ``stop()``; reports readiness once the group exists."""
-        from ._claims import Claimer
-
         await self.bus.ensure_group(self.plugin)
-        stream, receive = anyio.create_memory_object_stream[_Done](max_buffer_size=math.inf)
+        stream, receive = anyio.create_memory_object_stream[Done](max_buffer_size=math.inf)
         async with anyio.create_task_group() as group:
-            lanes: Lanes | InlineLanes
-            send: _Sink
+            lanes: Lanes
+            send: Sink
             if self._concurrency == 1:
                 # The reader runs the hooks and flushes their acks itself, before its
                 # next read: nothing waits on another task in the round trip, and the
                 # finished entries go to a plain list.
-                finished = _ListSink()
+                finished = ListSink()
                 send = finished
-                self._flush_now = self._flusher(finished)
+                self._flush_now = self.flusher.inline(finished)
                 lanes = InlineLanes(self._run_one(send), self._flush_now)
             else:
                 send = stream
-                lanes = Lanes(group, self._run_one(send), self._concurrency)
-                group.start_soon(self._flush_loop, receive)
+                lanes = TaskLanes(group, self._run_one(send), self._concurrency)
+                group.start_soon(self.flusher.run, receive, lambda: self._held)
             self._lanes, self._send = lanes, send
             claimer = Claimer(self, idle=self.claim_idle)
             group.start_soon(claimer.run)
@@ -207,7 +150,7 @@ class Consumer:
                 claimer.stop()
         receive.close()  # the flush loop closed it already, unless the reader flushed itself
 
-    async def _read_own_pending(self, lanes: Lanes | InlineLanes, send: _Sink) -> None:
+    async def _read_own_pending(self, lanes: Lanes, send: Sink) -> None:
         """Entries this consumer name read in a previous life and never acked come first."""
         redis, key = self.bus.redis, self.bus.keys.events
         after = "0"
@@ -232,10 +175,9 @@ class Consumer:
             for entry_id, fields in entries:
                 self._held += 1
                 self._accept(entry_id, fields, attempts.get(entry_id, 2), lanes, send)
-            if isinstance(lanes, InlineLanes):
-                await lanes.run_pending()
+            await lanes.settle()
 
-    async def _read_loop(self, lanes: Lanes | InlineLanes, send: _Sink) -> None:
+    async def _read_loop(self, lanes: Lanes, send: Sink) -> None:
         redis, key = self.bus.redis, self.bus.keys.events
         delay = 0.05
         while not self._stopping:
@@ -261,21 +203,19 @@ class Consumer:
                 await self.bus.ensure_group(self.plugin)
             except BusUnavailable:
                 entries = []
-                delay = await _pause(delay)
+                delay = await pause(delay)
             self._held += len(entries)
             for entry_id, fields in entries:
                 self._accept(entry_id, fields, 1, lanes, send)
-            if isinstance(lanes, InlineLanes):
-                # Also what a claim offered in the meantime.
-                await lanes.run_pending()
+            await lanes.settle()  # also what a claim offered in the meantime
 
     def _accept(
         self,
         entry_id: str,
         fields: dict[bytes, bytes],
         attempt: int,
-        lanes: Lanes | InlineLanes,
-        send: _Sink,
+        lanes: Lanes,
+        send: Sink,
     ) -> None:
         self._reading.add(entry_id)
         data = fields.get(EVENT_FIELD, b"")
@@ -284,10 +224,10 @@ class Consumer:
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             reason = "entry was deleted from the stream" if not fields else str(exc)
             letter = self._poison(entry_id, data, reason)
-            send.send_nowait(_Done(entry_id, None, dead_letter=letter))
+            send.send_nowait(Done(entry_id, None, dead_letter=letter))
             return
         if envelope.target is not None and envelope.target != self.plugin:
-            send.send_nowait(_Done(entry_id, envelope))  # meant for another plugin: XACK only
+            send.send_nowait(Done(entry_id, envelope))  # meant for another plugin: XACK only
             return
         if attempt > self.retry.max_deliveries:
             # Delivered more often than the budget without an ack: its handler keeps
@@ -312,7 +252,7 @@ class Consumer:
             data=data,
         )
 
-    def _run_one(self, send: _Sink) -> Callable[[Delivery], Awaitable[None]]:
+    def _run_one(self, send: Sink) -> Callable[[Delivery], Awaitable[None]]:
         async def run(delivery: Delivery) -> None:
             first_error: str | None = None
             while True:
@@ -324,13 +264,13 @@ class Consumer:
                     error = f"{answer.error_type}: {answer.error}"
                     delay = self.retry.delay(delivery.attempt)
                 else:
-                    send.send_nowait(_Done(delivery.entry_id, delivery.envelope, answer))
+                    send.send_nowait(Done(delivery.entry_id, delivery.envelope, answer))
                     return
                 first_error = first_error or error
                 if self.retry.exhausted(delivery.attempt) or self._stopping:
                     if self._stopping and not self.retry.exhausted(delivery.attempt):
                         # Leave it pending: a live consumer reclaims it with its count.
-                        send.send_nowait(_Done(delivery.entry_id, delivery.envelope, keep=True))
+                        send.send_nowait(Done(delivery.entry_id, delivery.envelope, keep=True))
                         return
                     self._give_up(send, delivery, first_error, error)
                     return
@@ -355,7 +295,7 @@ class Consumer:
                 attempt=delivery.attempt,
             )
 
-    def _give_up(self, send: _Sink, delivery: Delivery, first: str, last: str) -> None:
+    def _give_up(self, send: Sink, delivery: Delivery, first: str, last: str) -> None:
         """Dead-letter ``delivery`` and answer its registry with an error ack."""
         envelope, now = delivery.envelope, time.time()
         letter = DeadLetter(
@@ -383,142 +323,11 @@ class Consumer:
             attempt=delivery.attempt,
             replay=envelope.replay,
         )
-        send.send_nowait(_Done(delivery.entry_id, envelope, ack, letter))
+        send.send_nowait(Done(delivery.entry_id, envelope, ack, letter))
 
-    def _flusher(self, finished: _ListSink) -> Callable[[], Awaitable[None]]:
-        async def flush() -> None:
-            if finished.items:
-                done, finished.items = finished.items, []
-                await self._flush(done)
-
-        return flush
-
-    async def _flush_loop(self, receive: MemoryObjectReceiveStream[_Done]) -> None:
-        async with receive:
-            async for first in receive:
-                done = [first]
-                self._drain_ready(receive, done)
-                if len(done) < self._held:
-                    # More of this read's hooks are running: give them a moment, so that
-                    # one read batch costs one MULTI/EXEC, not one per finished hook.
-                    with anyio.move_on_after(FLUSH_GATHER):
-                        while len(done) < self._held:
-                            try:
-                                done.append(await receive.receive())
-                            except anyio.EndOfStream:
-                                break
-                    self._drain_ready(receive, done)
-                await self._flush(done)
-
-    @staticmethod
-    def _drain_ready(receive: MemoryObjectReceiveStream[_Done], done: list[_Done]) -> None:
-        while True:
-            try:
-                done.append(receive.receive_nowait())
-            except (anyio.WouldBlock, anyio.EndOfStream):
-                return
-
-    async def _flush(self, done: list[_Done]) -> None:
-        """Ack records, failures, dead letters and XACKs of ``done`` in one MULTI/EXEC."""
-        keys = self.bus.keys
-        batch = self.bus.redis.batch()
-        acks: dict[str, list[Ack]] = {}
-        for item in done:
-            if item.dead_letter is not None:
-                batch.xadd(keys.dlq, {RECORD_FIELD: encode(item.dead_letter)})
-                add_failure(batch, keys, self._dead_letter_failure(item.dead_letter))
-                self.dead_lettered += 1
-            ack, envelope = item.ack, item.envelope
-            if ack is None or envelope is None:
-                continue
-            self.handled += 1
-            if ack.status == "error":
-                self.failed += 1
-                if item.dead_letter is None:
-                    add_failure(batch, keys, self._error_failure(envelope, ack))
-            if self._wants_record(envelope, ack):
-                acks.setdefault(keys.acks(envelope.registry), []).append(ack)
-        for stream, records in acks.items():
-            # One entry per registry and flush: an XADD per ack costs ~6x the encoding.
-            fields = (
-                {ACK_FIELD: encode(records[0])}
-                if len(records) == 1
-                else {ACKS_FIELD: encode(records)}
-            )
-            batch.xadd(stream, fields, maxlen=ACK_STREAM_MAXLEN)
-            self._refresh_expiry(batch, stream)
-        batch.xack(keys.events, self.plugin, [item.entry_id for item in done if not item.keep])
-        delay = 0.05
-        given_up_at = None
-        while True:
-            try:
-                await batch.execute()
-                break
-            except BusUnavailable:
-                # Nothing is lost while Redis is away: the entries stay pending until this
-                # batch lands; keep trying with capped backoff. A stopping worker gives
-                # up after a while: its entries stay pending and a live peer takes them.
-                if self._stopping:
-                    given_up_at = given_up_at or time.monotonic() + STOP_FLUSH_PATIENCE
-                    if time.monotonic() >= given_up_at:
-                        break
-                delay = await _pause(delay)
+    def _settled(self, done: list[Done]) -> None:
+        """The flush of ``done`` is over: their leases end and their room is free."""
         for item in done:
             self._reading.discard(item.entry_id)
         self._held -= len(done)
         self._room_freed.set()
-
-    def _refresh_expiry(self, batch: Batch, stream: str) -> None:
-        """PEXPIRE an ack stream at most once a minute per worker (not once per flush)."""
-        now = time.monotonic()
-        if now - self._expiry_set.get(stream, -ACK_STREAM_REFRESH) < ACK_STREAM_REFRESH:
-            return
-        batch.pexpire(stream, ACK_STREAM_TTL_MS)
-        self._expiry_set[stream] = now
-        if len(self._expiry_set) > EXPIRY_MEMORY:
-            self._expiry_set = {
-                key: at for key, at in self._expiry_set.items() if now - at < ACK_STREAM_REFRESH
-            }
-
-    def _wants_record(self, envelope: Envelope, ack: Ack) -> bool:
-        """An ack record goes to the registry when it awaits this plugin, or when it
-        carries a result it may merge (health); custom events are fire-and-forget."""
-        if self.plugin in envelope.required:
-            return True
-        return ack.status == "ok" and envelope.type != "custom"
-
-    def _error_failure(self, envelope: Envelope, ack: Ack) -> Failure:
-        return Failure(
-            event_id=envelope.id,
-            type=envelope.type,
-            app=envelope.app,
-            plugin=self.plugin,
-            consumer=self.consumer,
-            kind="timeout" if ack.error_type == "HookTimeout" else "error",
-            error=f"{ack.error_type}: {ack.error}" if ack.error_type else ack.error or "",
-            attempt=ack.attempt,
-            time=time.time(),
-            registry=envelope.registry,
-        )
-
-    def _dead_letter_failure(self, letter: DeadLetter) -> Failure:
-        return Failure(
-            event_id=letter.event_id or letter.entry_id,
-            type=letter.type or "",
-            app=letter.app,
-            plugin=self.plugin,
-            consumer=self.consumer,
-            kind="dead_lettered",
-            error=letter.last_error,
-            attempt=letter.attempts,
-            time=letter.last_time,
-            registry=letter.registry,
-        )
-
-
-async def _pause(delay: float) -> float:
-    """Sleep with full jitter; return the next, doubled and capped, delay."""
-    import random
-
-    await anyio.sleep(random.uniform(0, delay))
-    return min(delay * 2, RECONNECT_DELAY_CAP)

@@ -1,27 +1,39 @@
 """How a consumer runs what it read: events of one app in order, apps side by side.
 
-``Lanes`` (concurrency > 1) give each app a queue drained by its own task, up to
+``TaskLanes`` (concurrency > 1) give each app a queue drained by its own task, up to
 ``concurrency`` hooks at once. ``InlineLanes`` (concurrency 1) let the reader run a
-read batch itself and flush its acks before the next read.
+read batch itself and flush its acks before the next read. Both are ``Lanes``.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import anyio
 from anyio.abc import TaskGroup
 
-if TYPE_CHECKING:
-    from ._consumer import Delivery
+from ._delivery import Delivery
 
 INLINE_FLUSH_AFTER = 0.005
 """Seconds a finished hook's ack may wait for the rest of its read batch."""
 
 
-class Lanes:
+class Lanes(Protocol):
+    """What the reader needs of its lanes, whichever kind they are."""
+
+    def put(self, delivery: Delivery) -> None:
+        """Queue ``delivery`` behind the earlier events of its app."""
+
+    async def settle(self) -> None:
+        """Give the lanes their turn after a read (the inline kind runs what was read)."""
+
+    async def wait_idle(self) -> None:
+        """Return once everything put has been run."""
+
+
+class TaskLanes:
     """Per-app queues: one app's events in order, different apps side by side."""
 
     def __init__(
@@ -51,6 +63,9 @@ class Lanes:
         if not self._queues and self._idle is not None:
             self._idle.set()
 
+    async def settle(self) -> None:
+        """Nothing to do: the lanes' own tasks run what was put."""
+
     async def wait_idle(self) -> None:
         if self._queues:
             self._idle = anyio.Event()
@@ -74,7 +89,7 @@ class InlineLanes:
     def put(self, delivery: Delivery) -> None:
         self._queue.append(delivery)
 
-    async def run_pending(self) -> None:
+    async def settle(self) -> None:
         """Run everything queued, in order; acks go out in one flush at the end, or as
         soon as the oldest waiting one is ``INLINE_FLUSH_AFTER`` old (slow hooks must
         not hold back the acks of the ones before them)."""
@@ -89,4 +104,4 @@ class InlineLanes:
         await self._flush()
 
     async def wait_idle(self) -> None:
-        await self.run_pending()
+        await self.settle()

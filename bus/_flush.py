@@ -1,0 +1,201 @@
+"""The ack flush path of one consumer: what finished goes out in one MULTI/EXEC.
+
+Ack records, failure records, dead letters and the XACKs of a set of finished entries
+are written in one transaction, so that an ack record is never written without its
+XACK or the other way round.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from ._bus import Bus
+from ._constants import (
+    ACK_FIELD,
+    ACK_STREAM_MAXLEN,
+    ACK_STREAM_REFRESH,
+    ACK_STREAM_TTL_MS,
+    ACKS_FIELD,
+    RECORD_FIELD,
+)
+from ._contract import Ack, DeadLetter, Envelope, Failure, encode
+from ._delivery import Done, ListSink
+from ._errors import BusUnavailable
+from ._failures import add_failure
+from ._redis import Batch
+
+FLUSH_GATHER = 0.001
+"""Seconds a flush waits for the other hooks of a read batch that are still running."""
+
+EXPIRY_MEMORY = 1_000
+"""Ack streams whose last PEXPIRE a worker remembers before it forgets the old ones."""
+
+STOP_FLUSH_PATIENCE = 10.0
+"""Seconds a stopping worker keeps trying to write its last acks while Redis is away."""
+
+RECONNECT_DELAY_CAP = 5.0
+"""Seconds; the longest pause between attempts while Redis is away."""
+
+
+async def pause(delay: float) -> float:
+    """Sleep with full jitter; return the next, doubled and capped, delay."""
+    await anyio.sleep(random.uniform(0, delay))
+    return min(delay * 2, RECONNECT_DELAY_CAP)
+
+
+class Flusher:
+    """Writes what one consumer finished, and tells it which entries are settled."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        plugin: str,
+        consumer: str,
+        *,
+        stopping: Callable[[], bool],
+        settled: Callable[[list[Done]], None],
+    ) -> None:
+        self.bus = bus
+        self.plugin = plugin
+        self.consumer = consumer
+        self._stopping = stopping
+        self._settled = settled
+        self._expiry_set: dict[str, float] = {}
+        self.handled = 0
+        self.failed = 0
+        self.dead_lettered = 0
+
+    def inline(self, finished: ListSink) -> Callable[[], Awaitable[None]]:
+        """A flush of whatever ``finished`` holds, for the reader to call itself."""
+
+        async def flush() -> None:
+            if finished.items:
+                done, finished.items = finished.items, []
+                await self.flush(done)
+
+        return flush
+
+    async def run(self, receive: MemoryObjectReceiveStream[Done], held: Callable[[], int]) -> None:
+        """Flush what arrives on ``receive``, a read batch at a time, until it closes."""
+        async with receive:
+            async for first in receive:
+                done = [first]
+                _drain_ready(receive, done)
+                if len(done) < held():
+                    # More of this read's hooks are running: give them a moment, so that
+                    # one read batch costs one MULTI/EXEC, not one per finished hook.
+                    with anyio.move_on_after(FLUSH_GATHER):
+                        while len(done) < held():
+                            try:
+                                done.append(await receive.receive())
+                            except anyio.EndOfStream:
+                                break
+                    _drain_ready(receive, done)
+                await self.flush(done)
+
+    async def flush(self, done: list[Done]) -> None:
+        """Ack records, failures, dead letters and XACKs of ``done`` in one MULTI/EXEC."""
+        keys = self.bus.keys
+        batch = self.bus.redis.batch()
+        acks: dict[str, list[Ack]] = {}
+        for item in done:
+            if item.dead_letter is not None:
+                batch.xadd(keys.dlq, {RECORD_FIELD: encode(item.dead_letter)})
+                add_failure(batch, keys, self._dead_letter_failure(item.dead_letter))
+                self.dead_lettered += 1
+            ack, envelope = item.ack, item.envelope
+            if ack is None or envelope is None:
+                continue
+            self.handled += 1
+            if ack.status == "error":
+                self.failed += 1
+                if item.dead_letter is None:
+                    add_failure(batch, keys, self._error_failure(envelope, ack))
+            if self._wants_record(envelope, ack):
+                acks.setdefault(keys.acks(envelope.registry), []).append(ack)
+        for stream, records in acks.items():
+            # One entry per registry and flush: an XADD per ack costs ~6x the encoding.
+            fields = (
+                {ACK_FIELD: encode(records[0])}
+                if len(records) == 1
+                else {ACKS_FIELD: encode(records)}
+            )
+            batch.xadd(stream, fields, maxlen=ACK_STREAM_MAXLEN)
+            self._refresh_expiry(batch, stream)
+        batch.xack(keys.events, self.plugin, [item.entry_id for item in done if not item.keep])
+        delay = 0.05
+        given_up_at = None
+        while True:
+            try:
+                await batch.execute()
+                break
+            except BusUnavailable:
+                # Nothing is lost while Redis is away: the entries stay pending until this
+                # batch lands; keep trying with capped backoff. A stopping worker gives
+                # up after a while: its entries stay pending and a live peer takes them.
+                if self._stopping():
+                    given_up_at = given_up_at or time.monotonic() + STOP_FLUSH_PATIENCE
+                    if time.monotonic() >= given_up_at:
+                        break
+                delay = await pause(delay)
+        self._settled(done)
+
+    def _refresh_expiry(self, batch: Batch, stream: str) -> None:
+        """PEXPIRE an ack stream at most once a minute per worker (not once per flush)."""
+        now = time.monotonic()
+        if now - self._expiry_set.get(stream, -ACK_STREAM_REFRESH) < ACK_STREAM_REFRESH:
+            return
+        batch.pexpire(stream, ACK_STREAM_TTL_MS)
+        self._expiry_set[stream] = now
+        if len(self._expiry_set) > EXPIRY_MEMORY:
+            self._expiry_set = {
+                key: at for key, at in self._expiry_set.items() if now - at < ACK_STREAM_REFRESH
+            }
+
+    def _wants_record(self, envelope: Envelope, ack: Ack) -> bool:
+        """An ack record goes to the registry when it awaits this plugin, or when it
+        carries a result it may merge (health); custom events are fire-and-forget."""
+        if self.plugin in envelope.required:
+            return True
+        return ack.status == "ok" and envelope.type != "custom"
+
+    def _error_failure(self, envelope: Envelope, ack: Ack) -> Failure:
+        return Failure(
+            event_id=envelope.id,
+            type=envelope.type,
+            app=envelope.app,
+            plugin=self.plugin,
+            consumer=self.consumer,
+            kind="timeout" if ack.error_type == "HookTimeout" else "error",
+            error=f"{ack.error_type}: {ack.error}" if ack.error_type else ack.error or "",
+            attempt=ack.attempt,
+            time=time.time(),
+            registry=envelope.registry,
+        )
+
+    def _dead_letter_failure(self, letter: DeadLetter) -> Failure:
+        return Failure(
+            event_id=letter.event_id or letter.entry_id,
+            type=letter.type or "",
+            app=letter.app,
+            plugin=self.plugin,
+            consumer=self.consumer,
+            kind="dead_lettered",
+            error=letter.last_error,
+            attempt=letter.attempts,
+            time=letter.last_time,
+            registry=letter.registry,
+        )
+
+
+def _drain_ready(receive: MemoryObjectReceiveStream[Done], done: list[Done]) -> None:
+    while True:
+        try:
+            done.append(receive.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            return
