@@ -3,7 +3,8 @@
 BusError
 ├── BusUrlError          an unsupported or malformed bus URL
 ├── NamespaceError       a namespace that cannot be a key part
-├── BusUnavailable       the Redis server cannot be reached
+├── BusUnavailable       the Redis server cannot be reached, or refuses for a while
+├── BusRefused           the server refuses our credentials or a command (ACL)
 ├── EnvelopeError        bytes that are not a valid envelope (poison input)
 └── GroupMissing         a consumer group or stream that does not exist (NOGROUP)
 """
@@ -62,3 +63,17 @@ class NamespaceError(BusError, ValueError):
             f"invalid namespace {namespace!r}: use a non-empty name without '{{', '}}', ':' "
             "or spaces"
         )
+
+
+class BusRefused(BusError, PermissionError):  # noqa: N818 - reads as the condition
+    """The server refuses the credentials or a command (an ACL without the permission).
+
+    Not an outage: retrying changes nothing until an operator grants the permission.
+    """
+
+    def __init__(self, url: str, command: str, reason: str) -> None:
+        self.url = mask_url(url)
+        self.command = command
+        self.reason = reason
+        what = f"{command} refused" if command else "refused"
+        super().__init__(f"bus at {self.url}: {what}: {reason}")

@@ -18,7 +18,7 @@ import anyio
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
-from ._errors import BusUnavailable, BusUrlError, GroupMissing
+from ._errors import BusRefused, BusUnavailable, BusUrlError, GroupMissing
 from ._redact import mask_url
 
 SCHEMES: Final = ("memory", "redis", "rediss", "unix")
@@ -34,8 +34,28 @@ def _keepalive_options() -> dict[int, int]:
     return {getattr(socket, name): value for name, value in wanted.items() if hasattr(socket, name)}
 
 
-TRANSIENT_REPLIES: Final = ("READONLY", "OOM", "MISCONF", "LOADING", "TRYAGAIN", "MASTERDOWN")
-"""Server errors that pass (failover, memory, persistence): retried like an outage."""
+OUTAGE_ERRORS: Final[tuple[type[Exception], ...]] = (
+    redis_errors.ConnectionError,  # refused, reset, LOADING (BusyLoadingError) and the like
+    redis_errors.TimeoutError,
+    OSError,
+)
+"""The server cannot be reached or is not ready."""
+
+TRANSIENT_ERRORS: Final[tuple[type[Exception], ...]] = (
+    redis_errors.OutOfMemoryError,  # OOM: maxmemory reached under noeviction
+    redis_errors.ReadOnlyError,  # READONLY: a write reached a replica (failover under way)
+    redis_errors.TryAgainError,  # TRYAGAIN: a slot moving during resharding
+    redis_errors.ClusterDownError,  # CLUSTERDOWN and MASTERDOWN (its subclass)
+)
+"""Refusals the server lifts on its own: an outage to back off from, not a bug.
+
+Classified by the exception class redis-py builds from the reply's error code; redis-py
+strips that code from the message it keeps, so the message text cannot be tested."""
+
+TRANSIENT_CODES: Final = frozenset({"MISCONF", "BUSY", "NOREPLICAS", "UNBLOCKED"})
+"""Transient error codes that redis-py has no class for: it keeps them as the first word
+of a plain ResponseError (failed persistence, a busy script, too few replicas for
+``min-replicas-to-write``, a blocked read whose stream went away)."""
 
 MAX_CONNECTIONS: Final = 64
 """Connections per client; blocked readers hold one each, the rest serve commands."""
@@ -132,6 +152,18 @@ def check_url(url: str) -> str:
     return scheme
 
 
+def _code(exc: redis_errors.ResponseError) -> str:
+    """The error code of a reply redis-py kept whole (its first word)."""
+    return str(exc).partition(" ")[0]
+
+
+def _cause(exc: BaseException) -> str:
+    """What went wrong, with the server's error code put back where redis-py removed it."""
+    message = str(exc) or type(exc).__name__
+    code = getattr(exc, "status_code", None)
+    return f"{code} {message}" if code and not message.startswith(code) else message
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -168,20 +200,24 @@ class Redis:
             # failing with "Too many connections". RESP2 keeps reply shapes stable across
             # redis-py versions; no socket timeout, so a BLOCK read is never cut short
             # (redis-py #3138).
+            # No per-command socket timeout: redis-py wraps every read in a timer for
+            # it, which costs the round trip about a third (measured), and a BLOCK read
+            # must not be cut short anyway (redis-py #3138). A server that vanishes
+            # without closing a TCP socket is found by keepalive probes instead, within
+            # about half a minute; a Unix socket has no such probes (nor needs them).
+            tcp: dict[str, Any] = (
+                {"socket_keepalive": True, "socket_keepalive_options": _keepalive_options()}
+                if scheme != "unix"
+                else {}
+            )
             pool = aioredis.BlockingConnectionPool.from_url(
                 url,
                 max_connections=MAX_CONNECTIONS,
                 timeout=None,
                 protocol=2,
-                # No per-command socket timeout: redis-py wraps every read in a timer
-                # for it, which costs the round trip about a third (measured), and a
-                # BLOCK read must not be cut short anyway (redis-py #3138). A server
-                # that vanishes without closing the socket is found by TCP keepalive
-                # probes instead, within about half a minute.
                 socket_timeout=None,
-                socket_keepalive=True,
-                socket_keepalive_options=_keepalive_options(),
                 socket_connect_timeout=5.0,
+                **tcp,
             )
             client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
         except ValueError as exc:
@@ -195,12 +231,15 @@ class Redis:
     async def close(self) -> None:
         await self._client.aclose()
 
-    def _translated(self, exc: BaseException) -> BaseException:
-        """The one mapping of redis-py failures: an outage or a passing server condition
-        becomes BusUnavailable (URL masked); anything else is left as it is."""
-        if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError):
-            return BusUnavailable(self.url, str(exc) or type(exc).__name__)
-        if isinstance(exc, redis_errors.ResponseError) and str(exc).startswith(TRANSIENT_REPLIES):
+    def _translated(self, exc: BaseException, command: str = "") -> BaseException:
+        """The one mapping of redis-py failures, by exception class: an outage or a passing
+        server refusal becomes BusUnavailable, a lasting refusal (credentials, ACL) becomes
+        BusRefused, each naming the cause with the URL masked; anything else is left as is."""
+        if isinstance(exc, redis_errors.AuthenticationError | redis_errors.NoPermissionError):
+            return BusRefused(self.url, command, _cause(exc))
+        if isinstance(exc, (*OUTAGE_ERRORS, *TRANSIENT_ERRORS)):
+            return BusUnavailable(self.url, _cause(exc))
+        if isinstance(exc, redis_errors.ResponseError) and _code(exc) in TRANSIENT_CODES:
             return BusUnavailable(self.url, str(exc))
         return exc
 
@@ -219,7 +258,7 @@ class Redis:
         try:
             return await getattr(self._client, name)(*args, **kwargs)
         except (redis_errors.RedisError, OSError) as exc:
-            translated = self._translated(exc)
+            translated = self._translated(exc, name.upper())
             if translated is exc:
                 raise
             raise translated from None

@@ -53,6 +53,11 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
+    def unix_url(self) -> str:
+        """The same server through its Unix socket."""
+        return f"unix://{self.directory / 'redis.sock'}?db=0"
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.returncode is None
 
@@ -67,6 +72,7 @@ class RedisServer:
             "--appendonly", "yes",
             "--appendfsync", "always",
             "--dir", str(self.directory),
+            "--unixsocket", str(self.directory / "redis.sock"),
             "--daemonize", "no",
         ]  # fmt: skip
 
