@@ -170,7 +170,9 @@ class TestUnixSocket:
         assert len(entries) == 1
         assert decode_envelope(entries[0][1][EVENT_FIELD]).id == envelope.id
 
-    async def test_a_worker_without_permission_exits_with_one_line(
+
+class TestWorkerWithoutPermission:
+    async def test_it_exits_with_one_line(
         self, server: RedisServer, namespace: str
     ) -> None:
         """``rapid-objection worker`` whose user may not write exits 1 with one line naming
