@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import anyio
 
@@ -32,19 +32,19 @@ from rapid_objection.bus import (
     ConnectionCreated,
     ConnectionInfo,
     ConnectionShutdown,
+    Directory,
     OperationFailed,
     OperationResult,
     mask_url,
 )
 
 from ._config import AppConfig, to_dict
-from ._connections import ConnectionManager
+from ._connections import ConnectionManager, Engines
 from ._errors import AppAlreadyRegistered
+from ._listeners import Listeners
 from ._models import ModelSet, load_models
 from ._results import UnregisterResult
-
-if TYPE_CHECKING:
-    from ._registry import AppRegistry
+from ._steps import Steps
 
 log = logging.getLogger("rapid_objection.registry")
 
@@ -57,6 +57,18 @@ class Runner(Protocol):
     def undo(self) -> OperationResult: ...
 
     def status(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AppContext:
+    """What the app lifecycles use of an initialized registry."""
+
+    registry_id: str
+    engines: Engines
+    directory: Directory
+    """Where an app's single owner on the bus is claimed and released."""
+    steps: Steps
+    listeners: Listeners
 
 
 @dataclass
@@ -101,27 +113,27 @@ def _runners(
     return migrations, seeds
 
 
-async def register(registry: AppRegistry, name: str, config: AppConfig) -> AppRecord:
+async def register(ctx: AppContext, name: str, config: AppConfig) -> AppRecord:
     """The registration lifecycle of one app."""
-    engines = registry.engines
+    engines = ctx.engines
     opened = False
     models: ModelSet | None = None
     stage = "app_registration_started"
     claimed = False
     try:
         # One owner per app on the bus: a live registry that holds the name keeps it.
-        owner = await registry.require_bus().directory.claim_app(name, registry.id)
-        if owner != registry.id:
+        owner = await ctx.directory.claim_app(name, ctx.registry_id)
+        if owner != ctx.registry_id:
             raise AppAlreadyRegistered(name, owner=owner)
         claimed = True
-        await registry.step(AppRegistrationStarted(config=to_dict(config)), name)
+        await ctx.steps.step(AppRegistrationStarted(config=to_dict(config)), name)
         stage = "connection"
         lease = await anyio.to_thread.run_sync(
             engines.open, name, config.database, config.use_connection
         )
         opened = True
         info = engines.info(name)
-        await registry.listeners.emit(
+        await ctx.listeners.emit(
             "connection-reused" if lease.reused else "connection-created",
             {
                 "app": name,
@@ -131,9 +143,9 @@ async def register(registry: AppRegistry, name: str, config: AppConfig) -> AppRe
             },
         )
         stage = "connection_created"
-        await registry.step(ConnectionCreated(connection=info, reused=lease.reused), name)
+        await ctx.steps.step(ConnectionCreated(connection=info, reused=lease.reused), name)
         stage = "auto_operations_started"
-        await registry.step(AutoOperationsStarted(connection=info, config=to_dict(config)), name)
+        await ctx.steps.step(AutoOperationsStarted(connection=info, config=to_dict(config)), name)
         manager = ConnectionManager(
             name,
             config,
@@ -163,11 +175,11 @@ async def register(registry: AppRegistry, name: str, config: AppConfig) -> AppRe
                 )
             )
         stage = "auto_operations_completed"
-        await registry.step(
+        await ctx.steps.step(
             AutoOperationsCompleted(operations=tuple(operations), success=True), name
         )
         stage = "app_registered"
-        await registry.step(
+        await ctx.steps.step(
             AppRegistered(connection=engines.info(name), config=to_dict(config)), name
         )
         return AppRecord(
@@ -181,18 +193,18 @@ async def register(registry: AppRegistry, name: str, config: AppConfig) -> AppRe
         )
     except BaseException as exc:
         with anyio.CancelScope(shield=True):
-            await _report_failure(registry, name, "register_app", stage, exc)
+            await _report_failure(ctx, name, "register_app", stage, exc)
             if models is not None:
                 models.clear()
             if opened:
-                await _release(registry, name, registry_shutdown=False)
+                await _release(ctx, name, registry_shutdown=False)
             if claimed:
-                await _release_claim(registry, name)
+                await _release_claim(ctx, name)
         raise
 
 
 async def unregister(
-    registry: AppRegistry, name: str, record: AppRecord, *, rollback: bool, force: bool
+    ctx: AppContext, name: str, record: AppRecord, *, rollback: bool, force: bool
 ) -> UnregisterResult:
     """The unregistration lifecycle of one app."""
     started = time.monotonic()
@@ -201,11 +213,11 @@ async def unregister(
     errors: list[str] = []
     stage = "app_unregistration_started"
     try:
-        await registry.step(AppUnregistrationStarted(options=options), name)
+        await ctx.steps.step(AppUnregistrationStarted(options=options), name)
         if rollback:
             stage = "app_rollback_started"
-            info = registry.engines.info(name)
-            await registry.step(AppRollbackStarted(connection=info, options=options), name)
+            info = ctx.engines.info(name)
+            await ctx.steps.step(AppRollbackStarted(connection=info, options=options), name)
             for label, runner in (("seeds", record.seeds), ("migrations", record.migrations)):
                 if runner is None:
                     continue
@@ -222,27 +234,27 @@ async def unregister(
         if rollback:
             stage = "app_rollback_completed"
             # Never vetoed once something was rolled back: that cannot be undone.
-            await registry.step(
+            await ctx.steps.step(
                 AppRollbackCompleted(steps=tuple(steps), success=not errors),
                 name,
                 veto=not steps,
             )
         if errors and not force:
             await _report_failure(
-                registry, name, "unregister_app", "rollback", RuntimeError("; ".join(errors))
+                ctx, name, "unregister_app", "rollback", RuntimeError("; ".join(errors))
             )
             return UnregisterResult(
                 name, False, rollback, steps, False, time.monotonic() - started, errors
             )
         stage = "connection_shutdown"
-        closed = await _release(registry, name, registry_shutdown=False)
+        closed = await _release(ctx, name, registry_shutdown=False)
         record.released = True
-        await registry.require_bus().directory.release_app(name, registry.id)
+        await ctx.directory.release_app(name, ctx.registry_id)
         stage = "app_unregistered"
-        await registry.step(AppUnregistered(options=options), name, veto=False)
+        await ctx.steps.step(AppUnregistered(options=options), name, veto=False)
     except BaseException as exc:
         with anyio.CancelScope(shield=True):
-            await _report_failure(registry, name, "unregister_app", stage, exc)
+            await _report_failure(ctx, name, "unregister_app", stage, exc)
         raise
     return UnregisterResult(
         name, not errors, rollback, steps, closed, time.monotonic() - started, errors
@@ -263,22 +275,22 @@ def _clear_models(record: AppRecord) -> OperationResult:
 
 
 async def close_connection(
-    registry: AppRegistry, name: str, record: AppRecord, *, registry_shutdown: bool
+    ctx: AppContext, name: str, record: AppRecord, *, registry_shutdown: bool
 ) -> None:
     """Registry shutdown: release an app's connection (no rollback), models cleared."""
     _clear_models(record)
-    await _release(registry, name, registry_shutdown=registry_shutdown)
+    await _release(ctx, name, registry_shutdown=registry_shutdown)
     try:
-        await registry.require_bus().directory.release_app(name, registry.id)
+        await ctx.directory.release_app(name, ctx.registry_id)
     except BusError as exc:
         log.warning("could not release app %s in the directory: %s", name, exc)
 
 
-async def _release(registry: AppRegistry, name: str, *, registry_shutdown: bool) -> bool:
+async def _release(ctx: AppContext, name: str, *, registry_shutdown: bool) -> bool:
     """Drop ``name``'s reference; publish connection_shutdown when it was the last one
     (or on registry shutdown, for every app). Returns whether the engine was closed."""
-    info: ConnectionInfo = registry.engines.info(name)
-    released = await anyio.to_thread.run_sync(registry.engines.release, name)
+    info: ConnectionInfo = ctx.engines.info(name)
+    released = await anyio.to_thread.run_sync(ctx.engines.release, name)
     if released.last_reference or registry_shutdown:
         payload = ConnectionShutdown(
             connection=info,
@@ -288,21 +300,21 @@ async def _release(registry: AppRegistry, name: str, *, registry_shutdown: bool)
         )
         try:
             # Shown to step listeners like every step, but never vetoed: it is closed.
-            await registry.step(payload, name, veto=False)
+            await ctx.steps.step(payload, name, veto=False)
         except BusError as exc:
             log.warning("connection_shutdown of %s not published: %s", name, exc)
     return released.last_reference
 
 
-async def _release_claim(registry: AppRegistry, name: str) -> None:
+async def _release_claim(ctx: AppContext, name: str) -> None:
     try:
-        await registry.require_bus().directory.release_app(name, registry.id)
+        await ctx.directory.release_app(name, ctx.registry_id)
     except BusError as exc:
         log.warning("could not release app %s in the directory: %s", name, exc)
 
 
 async def _report_failure(
-    registry: AppRegistry, name: str, operation: str, stage: str, exc: BaseException
+    ctx: AppContext, name: str, operation: str, stage: str, exc: BaseException
 ) -> None:
     """Publish operation_failed (best effort: a failure to report never hides the error)."""
     if isinstance(exc, anyio.get_cancelled_exc_class()):
@@ -315,10 +327,10 @@ async def _report_failure(
         error_message=message,
         context={"stage": stage},
     )
-    await registry.listeners.emit(
+    await ctx.listeners.emit(
         "error", {"component": "AppRegistry", "phase": stage, "app": name, "error": message}
     )
     try:
-        await registry.step(payload, name, veto=False)
+        await ctx.steps.step(payload, name, veto=False)
     except Exception as report_error:
         log.warning("operation_failed of %s not published: %s", name, report_error)

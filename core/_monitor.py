@@ -4,7 +4,8 @@ health_check event, and the plugins' returned dicts merged into the app's health
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -12,29 +13,23 @@ from anyio.abc import TaskStatus
 from rapid_objection.bus import BusError, HealthCheck
 
 from ._health import check
-
-if TYPE_CHECKING:
-    from ._lifecycle import AppRecord
-    from ._registry import AppRegistry
+from ._lifecycle import AppRecord
+from ._steps import Steps
 
 log = logging.getLogger("rapid_objection.health")
 
+AppRecords = Callable[[], Mapping[str, AppRecord]]
+"""The apps registered now (a fresh mapping on each call)."""
 
-async def check_app(registry: AppRegistry, name: str, record: AppRecord) -> dict[str, Any]:
+
+async def check_app(steps: Steps, name: str, record: AppRecord) -> dict[str, Any]:
     """Check one app now; its health (with every answering plugin's dict) is returned
     and kept as the app's latest health."""
     health = await anyio.to_thread.run_sync(check, name, record.manager.engine)
-    publisher = registry.require_publisher()
     # Every plugin that implements the hook is awaited (not only required ones): the
     # point of the event is to collect what they return.
-    awaited = set(publisher.required_for("health_check"))
-    awaited |= {
-        plugin
-        for plugin, manifest in publisher.manifests.items()
-        if "health_check" in manifest.hooks
-    }
-    result = await registry.step(
-        HealthCheck(health=health), name, veto=False, required=sorted(awaited)
+    result = await steps.step(
+        HealthCheck(health=health), name, veto=False, required=steps.implementers("health_check")
     )
     health = {**health, "plugins": result.results()}
     failed = {o.plugin: o.error for o in (*result.failed, *result.timed_out)}
@@ -47,8 +42,9 @@ async def check_app(registry: AppRegistry, name: str, record: AppRecord) -> dict
 class HealthMonitor:
     """Checks every registered app each ``interval`` seconds until stopped."""
 
-    def __init__(self, registry: AppRegistry, interval: float) -> None:
-        self.registry = registry
+    def __init__(self, steps: Steps, apps: AppRecords, interval: float) -> None:
+        self.steps = steps
+        self.apps = apps
         self.interval = interval
         self._stop = anyio.Event()
 
@@ -62,8 +58,8 @@ class HealthMonitor:
                 await self._stop.wait()
             if self._stop.is_set():
                 return
-            for name, record in self.registry.app_records().items():
+            for name, record in self.apps().items():
                 try:
-                    await check_app(self.registry, name, record)
+                    await check_app(self.steps, name, record)
                 except BusError as exc:
                     log.warning("health check of %s not published: %s", name, exc)

@@ -16,19 +16,22 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import anyio
+import sqlalchemy as sa
+from anyio.abc import TaskGroup
 
-from rapid_objection.bus import PluginPolicy, collect_status
+from rapid_objection.bus import Bus, collect_status
 from rapid_objection.plugin_workers import PluginLoadError, Worker, build_plugin, load_plugin_class
 
-from ._config import PluginConfig
+from ._config import PluginConfig, RegistryConfig
+from ._errors import RegistryError
+from ._listeners import Listeners
+from ._steps import Steps
 from ._supervisor import Supervisor
-
-if TYPE_CHECKING:
-    from ._registry import AppRegistry
 
 log = logging.getLogger("rapid_objection.plugins")
 
@@ -83,14 +86,46 @@ async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
+@dataclass(frozen=True, slots=True)
+class PluginHost:
+    """What running plugins takes of an initialized registry."""
+
+    bus: Bus
+    steps: Steps
+    """The plugins' policies (who is awaited) and the manifests' refresh."""
+    group: TaskGroup
+    """Where inline workers and process supervisors run."""
+
+
 class PluginManager:
     """Loads, runs and unloads the plugins of one registry."""
 
-    def __init__(self, registry: AppRegistry) -> None:
-        self.registry = registry
-        self.settings = registry.config.plugin_manager
+    def __init__(
+        self,
+        config: RegistryConfig,
+        registry_id: str,
+        listeners: Listeners,
+        live_engines: Callable[[str], sa.Engine],
+    ) -> None:
+        self.config = config
+        self.registry_id = registry_id
+        self.settings = config.plugin_manager
+        self._listeners = listeners
+        self._live_engines = live_engines
+        self._host: PluginHost | None = None
         self._plugins: dict[str, LoadedPlugin] = {}
         self.failed: dict[str, FailedPlugin] = {}
+
+    def attach(self, host: PluginHost | None) -> None:
+        """Run plugins on ``host`` from now on (None: the registry is not initialized)."""
+        self._host = host
+
+    def _require_host(self) -> PluginHost:
+        if self._host is None:
+            raise RegistryError(
+                f"registry {self.registry_id!r} is not initialized: await initialize()"
+            )
+        return self._host
 
     # -- queries (the seed's get, getAll, has, getStatus) -------------------------------
 
@@ -104,25 +139,29 @@ class PluginManager:
     def get_all(self) -> dict[str, Any]:
         return {name: self.get(name) for name in self._plugins}
 
+    def loaded(self, name: str) -> LoadedPlugin | None:
+        """The record of a loaded plugin (its mode, worker or supervisor), or None."""
+        return self._plugins.get(name)
+
     def has(self, name: str) -> bool:
         return name in self._plugins
 
     def config_of(self, name: str) -> PluginConfig | None:
         """The policy a plugin runs under: as loaded, else as configured."""
         loaded = self._plugins.get(name)
-        return loaded.config if loaded is not None else self.registry.config.plugins.get(name)
+        return loaded.config if loaded is not None else self.config.plugins.get(name)
 
     async def get_status(self) -> dict[str, Any]:
         """Counts and each plugin's status with its consumers (from the bus)."""
         consumers: dict[str, list[dict[str, Any]]] = {}
-        if self.registry.bus is not None:
-            report = await collect_status(self.registry.bus, recent=0)
+        if self._host is not None:
+            report = await collect_status(self._host.bus, recent=0)
             for plugin in report.plugins:
                 consumers[plugin.name] = [
                     {"name": c.name, "alive": c.alive, "pending": c.pending, "handled": c.handled}
                     for c in plugin.consumers
                 ]
-        configured = self.registry.config.plugins
+        configured = self.config.plugins
         plugins: dict[str, Any] = {}
         for name, loaded in self._plugins.items():
             own = loaded.instance.get_status() if loaded.instance is not None else {}
@@ -150,7 +189,7 @@ class PluginManager:
 
     async def load_configured(self) -> tuple[list[str], list[FailedPlugin]]:
         """Load every enabled plugin of the configuration, in batches."""
-        enabled = [(n, c) for n, c in self.registry.config.plugins.items() if c.enabled]
+        enabled = [(n, c) for n, c in self.config.plugins.items() if c.enabled]
         size = max(1, self.settings.batch_size)
         for start in range(0, len(enabled), size):
             async with anyio.create_task_group() as group:
@@ -167,7 +206,7 @@ class PluginManager:
         finally:
             if name not in self._plugins:
                 # A plugin that did not load must not be awaited on every hook.
-                self.registry.drop_policy(name)
+                self._drop_policy(name)
 
     async def _load_with_timeout(self, name: str, config: PluginConfig, limit: float) -> None:
         try:
@@ -187,7 +226,7 @@ class PluginManager:
     async def _fail(self, name: str, message: str, phase: str) -> None:
         self.failed[name] = FailedPlugin(name, message, phase)
         log.error("plugin %s: %s", name, message)
-        await self.registry.listeners.emit(
+        await self._listeners.emit(
             "error",
             {"component": "PluginManager", "phase": phase, "plugin": name, "error": message},
         )
@@ -200,7 +239,7 @@ class PluginManager:
             raise PluginFailed(
                 name, f"Plugin '{name}' missing required 'module' property", "config"
             )
-        self.registry.publisher_policy(name, config)
+        self._require_host().steps.set_policy(name, config)
         if config.mode == "inline":
             plugin_class = await anyio.to_thread.run_sync(
                 load_plugin_class, config.module, abandon_on_cancel=True
@@ -214,8 +253,8 @@ class PluginManager:
             await self._await_manifest(name, self.settings.load_timeout, config.module)
         self.failed.pop(name, None)
         self._plugins[name] = loaded
-        await self.registry.refresh_plugins()  # its manifest now decides what it awaits
-        await self.registry.listeners.emit(
+        await self._require_host().steps.refresh()  # its manifest now decides what it awaits
+        await self._listeners.emit(
             "plugin-loaded",
             {"name": name, "plugin": name, "mode": loaded.mode, "version": loaded.version},
         )
@@ -226,22 +265,22 @@ class PluginManager:
         name = getattr(instance, "name", None) or type(instance).__name__
         if name in self._plugins:
             raise PluginFailed(name, f"Plugin '{name}' is already loaded", "load")
-        self.registry.publisher_policy(name, config)
+        self._require_host().steps.set_policy(name, config)
         limit = self.settings.load_timeout
         try:
             with anyio.fail_after(limit):
                 loaded = await self._start_inline(name, instance, config)
         except TimeoutError:
-            self.registry.drop_policy(name)
+            self._drop_policy(name)
             raise PluginFailed(
                 name, f"Timeout ({int(limit * 1000)}ms): load plugin '{name}'", "timeout"
             ) from None
         except BaseException:
-            self.registry.drop_policy(name)  # not awaited on every hook after all
+            self._drop_policy(name)  # not awaited on every hook after all
             raise
         self._plugins[name] = loaded
-        await self.registry.refresh_plugins()
-        await self.registry.listeners.emit(
+        await self._require_host().steps.refresh()
+        await self._listeners.emit(
             "plugin-loaded",
             {"name": name, "plugin": name, "mode": "inline", "version": loaded.version},
         )
@@ -257,11 +296,11 @@ class PluginManager:
                 raise PluginFailed(
                     name, f"Plugin '{name}' configuration is invalid: {exc}", "validate"
                 ) from exc
-        bus = self.registry.require_bus()
+        bus = self._require_host().bus
         worker = Worker(
             instance,
             bus,
-            consumer=f"{self.registry.id}-{name}",
+            consumer=f"{self.registry_id}-{name}",
             config=dict(config.config),
             timeout=config.timeout,
             # This registry's policy makes it required here; the manifest must not
@@ -269,8 +308,8 @@ class PluginManager:
             required=False,
             max_deliveries=config.max_deliveries,
             claim_idle=config.claim_idle,
-            registry_id=self.registry.id,
-            live_engines=self.registry.engines.engine,
+            registry_id=self.registry_id,
+            live_engines=self._live_engines,
             name=name,
         )
         loaded = LoadedPlugin(name, "inline", config, instance=instance, worker=worker)
@@ -283,11 +322,11 @@ class PluginManager:
             finally:
                 loaded.stopped.set()
 
-        await self.registry.task_group().start(run)
+        await self._require_host().group.start(run)
         return loaded
 
     async def _start_processes(self, name: str, config: PluginConfig) -> LoadedPlugin:
-        bus = self.registry.require_bus()
+        bus = self._require_host().bus
         if bus.embedded:
             raise PluginFailed(
                 name,
@@ -300,7 +339,7 @@ class PluginManager:
             name,
             config.module,
             workers=config.workers,
-            bus_url=self.registry.config.bus.url,
+            bus_url=self.config.bus.url,
             namespace=bus.namespace,
             table={
                 "name": name,
@@ -309,7 +348,7 @@ class PluginManager:
                 "max_deliveries": config.max_deliveries,
                 "claim_idle": config.claim_idle,
             },
-            consumer_prefix=self.registry.id,
+            consumer_prefix=self.registry_id,
             shutdown_timeout=self.settings.shutdown_timeout,
         )
         loaded = LoadedPlugin(name, "process", config, supervisor=supervisor)
@@ -322,7 +361,7 @@ class PluginManager:
             finally:
                 loaded.stopped.set()
 
-        await self.registry.task_group().start(run)
+        await self._require_host().group.start(run)
         try:
             await self._await_manifest(name, None, config.module)
         except BaseException:
@@ -334,7 +373,7 @@ class PluginManager:
     async def _await_manifest(self, name: str, limit: float | None, module: str) -> None:
         """Wait until a worker of ``name`` has announced itself, or reported why it could
         not start (a poll of the directory, a few times a second, only while loading)."""
-        bus = self.registry.require_bus()
+        bus = self._require_host().bus
         since = time.time()
         with anyio.move_on_after(limit if limit is not None else float("inf")) as scope:
             while True:
@@ -351,7 +390,7 @@ class PluginManager:
                 f"{limit:g}s (start one with `rapid-objection worker {module} ...`)",
                 "manifest",
             )
-        await self.registry.refresh_plugins()
+        await self._require_host().steps.refresh()
 
     # -- unloading ------------------------------------------------------------------------
 
@@ -368,8 +407,8 @@ class PluginManager:
             elif loaded.supervisor is not None:
                 await loaded.supervisor.stop()
                 await loaded.stopped.wait()
-        self.registry.drop_policy(name)
-        await self.registry.listeners.emit(
+        self._drop_policy(name)
+        await self._listeners.emit(
             "plugin-unloaded", {"name": name, "plugin": name, "mode": loaded.mode}
         )
         return True
@@ -382,9 +421,6 @@ class PluginManager:
                 group.start_soon(self.unload, name, timeout)
         return names
 
-    def policies(self) -> dict[str, PluginPolicy]:
-        return {
-            name: PluginPolicy(required=config.required or None, timeout=config.timeout)
-            for name, config in self.registry.config.plugins.items()
-            if config.enabled
-        }
+    def _drop_policy(self, name: str) -> None:
+        if self._host is not None:
+            self._host.steps.drop_policy(name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
@@ -16,16 +16,11 @@ from anyio.abc import TaskGroup
 
 from rapid_objection.bus import (
     Bus,
-    BusError,
-    Payload,
-    PluginPolicy,
     Publisher,
     Retention,
-    WaitResult,
     default_registry_id,
     is_alive,
     mask_url,
-    payload_type,
 )
 
 from ._config import (
@@ -36,12 +31,13 @@ from ._config import (
     load_registry_config,
 )
 from ._connections import ConnectionManager, Engines
-from ._errors import AppNotRegistered, ConfigError, PluginVeto, RegistryError
-from ._lifecycle import AppRecord, register, unregister
+from ._errors import AppAlreadyRegistered, AppNotRegistered, ConfigError, RegistryError
+from ._lifecycle import AppContext, AppRecord, close_connection, register, unregister
 from ._listeners import Listener, Listeners
-from ._monitor import HealthMonitor
-from ._plugins import LoadedPlugin, PluginManager
+from ._monitor import HealthMonitor, check_app
+from ._plugins import PluginHost, PluginManager
 from ._results import FailedPluginInfo, InitializeResult, ShutdownResult, UnregisterResult
+from ._steps import Steps, policies
 
 log = logging.getLogger("rapid_objection.registry")
 
@@ -61,12 +57,13 @@ class AppRegistry:
     ) -> None:
         self.config = load_registry_config(config)
         self.id = self.config.registry.id or default_registry_id()
-        self.listeners = Listeners()
-        self.plugins = PluginManager(self)
         self.engines = Engines()
-        self.bus: Bus | None = None
-        self.publisher: Publisher | None = None
+        self._listeners = Listeners()
+        self.plugins = PluginManager(self.config, self.id, self._listeners, self.engines.engine)
         self.initialized = False
+        self._bus: Bus | None = None
+        self._steps: Steps | None = None
+        self._context: AppContext | None = None
         self._apps: dict[str, AppRecord] = {}
         self._registering: set[str] = set()
         self._unregistering: set[str] = set()
@@ -83,38 +80,42 @@ class AppRegistry:
         started = time.monotonic()
         settings = self.config.bus
         async with AsyncExitStack() as stack:
-            self.bus = await stack.enter_async_context(
-                Bus.connect(settings.url, settings.namespace)
-            )
-            for other in await self.bus.directory.registries():
+            bus = await stack.enter_async_context(Bus.connect(settings.url, settings.namespace))
+            for other in await bus.directory.registries():
                 if other.id == self.id and is_alive(other.seen):
                     # Two registries under one id would share an ack stream and apps.
                     raise RegistryError(
-                        f"a live registry with id {self.id!r} is already on {self.bus.url} "
+                        f"a live registry with id {self.id!r} is already on {bus.url} "
                         f"(namespace {settings.namespace!r}, pid {other.pid} on {other.host})"
                     )
             retention = None
             if settings.retention_max_age is not None or settings.retention_max_len is not None:
                 retention = Retention(settings.retention_max_age, settings.retention_max_len)
-            self.publisher = await stack.enter_async_context(
+            publisher = await stack.enter_async_context(
                 Publisher(
-                    self.bus,
+                    bus,
                     self.id,
                     ephemeral=self.config.registry.id is None,
-                    policies=self.plugins.policies(),
+                    policies=policies(self.config.plugins),
                     ack_timeout=settings.ack_timeout,
                     retention=retention,
                 )
             )
-            self._group = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(self._group.cancel_scope.cancel)
+            group = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(group.cancel_scope.cancel)
             self._stack = stack.pop_all()
+        steps = Steps(publisher, self._listeners, self.plugins.config_of)
+        self._bus, self._steps, self._group = bus, steps, group
+        self._context = AppContext(self.id, self.engines, bus.directory, steps, self._listeners)
+        self.plugins.attach(PluginHost(bus, steps, group))
         self.initialized = True
         loaded, failed = await self.plugins.load_configured()
-        await self.refresh_plugins()
+        await steps.refresh()
         if self.config.registry.enable_health_monitoring:
-            self._monitor = HealthMonitor(self, self.config.registry.health_check_interval)
-            await self.task_group().start(self._monitor.run)
+            self._monitor = HealthMonitor(
+                steps, lambda: dict(self._apps), self.config.registry.health_check_interval
+            )
+            await group.start(self._monitor.run)
         return InitializeResult(
             plugin_count=len(loaded),
             loaded_plugins=loaded,
@@ -152,7 +153,9 @@ class AppRegistry:
             # outside it and must be exited from the scope it was entered in.
             await stack.aclose()
         self.initialized = False
-        self.bus = self.publisher = None
+        self.plugins.attach(None)
+        self._bus = self._steps = self._context = self._group = None
+        self._monitor = None
         return ShutdownResult(
             success=not errors,
             duration=time.monotonic() - started,
@@ -184,26 +187,24 @@ class AppRegistry:
         of it is in progress), and otherwise the step's own error, after publishing
         operation_failed and closing what was opened.
         """
-        self.require_bus()
+        context = self._require_context()
         if not isinstance(name, str) or not APP_NAME.match(name):
             raise ConfigError(
                 "an app name is 1-64 letters, digits, '.', '_' or '-', starting with a "
                 f"letter or digit; got {name!r}",
                 path="apps",
             )
-        from ._errors import AppAlreadyRegistered
-
         if name in self._apps or name in self._registering:
             raise AppAlreadyRegistered(name)
         self._registering.add(name)
         try:
             app_config = load_app_config(name, config)
-            record = await register(self, name, app_config)
+            record = await register(context, name, app_config)
             self._apps[name] = record
         finally:
             self._registering.discard(name)
-        self.require_publisher().apps.add(name)
-        await self.listeners.emit("app-registered", {"app": name, "reused": record.reused})
+        context.steps.track_app(name, registered=True)
+        await self._listeners.emit("app-registered", {"app": name, "reused": record.reused})
         return record.manager
 
     async def unregister_app(
@@ -215,30 +216,29 @@ class AppRegistry:
         if record is None or name in self._unregistering:
             # A second unregistration at once would roll back a second batch.
             raise AppNotRegistered(name)
+        context = self._require_context()
         self._unregistering.add(name)
         try:
             with anyio.fail_after(timeout if timeout is not None else float("inf")):
-                result = await unregister(self, name, record, rollback=rollback, force=force)
+                result = await unregister(context, name, record, rollback=rollback, force=force)
         finally:
             self._unregistering.discard(name)
             if record.released:
                 # Its connection is gone whatever happened after: it is not registered.
                 self._apps.pop(name, None)
-                self.require_publisher().apps.discard(name)
+                context.steps.track_app(name, registered=False)
         if result.success or force:
             self._apps.pop(name, None)
-            self.require_publisher().apps.discard(name)
-            await self.listeners.emit("app-unregistered", result.as_dict())
+            context.steps.track_app(name, registered=False)
+            await self._listeners.emit("app-unregistered", result.as_dict())
         return result
 
     async def _close_app(self, name: str) -> None:
         """Registry shutdown: close an app's connection without rolling anything back."""
         record = self._apps.pop(name)
-        from ._lifecycle import close_connection
-
-        await close_connection(self, name, record, registry_shutdown=True)
-        if self.publisher is not None:
-            self.publisher.apps.discard(name)
+        context = self._require_context()
+        await close_connection(context, name, record, registry_shutdown=True)
+        context.steps.track_app(name, registered=False)
 
     def get_app(self, name: str) -> ConnectionManager:
         record = self._apps.get(name)
@@ -252,17 +252,12 @@ class AppRegistry:
     def get_all_apps(self) -> dict[str, ConnectionManager]:
         return {name: record.manager for name, record in self._apps.items()}
 
-    def app_records(self) -> dict[str, AppRecord]:
-        return dict(self._apps)
-
     async def check_health(self, name: str) -> dict[str, Any]:
         """Run one health check of ``name`` now (as the monitor does each interval)."""
-        from ._monitor import check_app
-
         record = self._apps.get(name)
         if record is None:
             raise AppNotRegistered(name)
-        return await check_app(self, name, record)
+        return await check_app(self._require_context().steps, name, record)
 
     async def get_status(self) -> dict[str, Any]:
         return {
@@ -305,14 +300,24 @@ class AppRegistry:
         return await self.plugins.unload(name)
 
     def get_plugin(self, name: str) -> Any:
+        """The plugin object of an inline plugin, else its loaded record; or None."""
         return self.plugins.get(name)
 
-    def get_all_plugins(self) -> dict[str, Any]:
-        return self.plugins.get_all()
+    def get_all_plugins(self) -> list[Any]:
+        """Every loaded plugin, in load order (each with ``name`` and ``version``)."""
+        return list(self.plugins.get_all().values())
 
-    def loaded_plugin(self, name: str) -> LoadedPlugin | None:
-        found = self.plugins.get(name)
-        return found if isinstance(found, LoadedPlugin) else None
+    async def refresh_plugins(self) -> None:
+        """Re-read which plugins are on the bus now (done every few seconds anyway), so
+        that a worker started a moment ago is awaited by the next step."""
+        await self._require_context().steps.refresh()
+
+    @property
+    def bus(self) -> Bus:
+        """The bus this registry publishes on (while it is initialized)."""
+        if self._bus is None:
+            raise RegistryError(f"registry {self.id!r} is not initialized: await initialize()")
+        return self._bus
 
     # -- listeners --------------------------------------------------------------------------
 
@@ -320,73 +325,12 @@ class AppRegistry:
         """Call ``listener(payload)`` (sync or async) on this registry's event ``name``:
         app-registered, app-unregistered, connection-created, connection-reused,
         plugin-loaded, plugin-unloaded, step-started, step, warning, error."""
-        self.listeners.on(name, listener)
+        self._listeners.on(name, listener)
 
     def off(self, name: str, listener: Listener) -> None:
-        self.listeners.off(name, listener)
+        self._listeners.off(name, listener)
 
-    # -- for the parts of the registry ------------------------------------------------------
-
-    def require_bus(self) -> Bus:
-        if self.bus is None:
+    def _require_context(self) -> AppContext:
+        if self._context is None:
             raise RegistryError(f"registry {self.id!r} is not initialized: await initialize()")
-        return self.bus
-
-    def require_publisher(self) -> Publisher:
-        if self.publisher is None:
-            raise RegistryError(f"registry {self.id!r} is not initialized: await initialize()")
-        return self.publisher
-
-    def task_group(self) -> TaskGroup:
-        if self._group is None:
-            raise RegistryError(f"registry {self.id!r} is not initialized: await initialize()")
-        return self._group
-
-    def publisher_policy(self, name: str, config: PluginConfig) -> None:
-        if self.publisher is not None:
-            self.publisher.policies[name] = PluginPolicy(
-                required=config.required or None, timeout=config.timeout
-            )
-
-    def drop_policy(self, name: str) -> None:
-        if self.publisher is not None:
-            self.publisher.policies.pop(name, None)
-
-    async def refresh_plugins(self) -> None:
-        if self.publisher is not None:
-            try:
-                await self.publisher.refresh_directory()
-            except BusError as exc:
-                log.warning("registry %s could not refresh plugins: %s", self.id, exc)
-
-    async def step(
-        self,
-        payload: Payload,
-        app: str,
-        *,
-        veto: bool = True,
-        required: Iterable[str] | None = None,
-    ) -> WaitResult:
-        """Publish one lifecycle event and await its required acks; a required plugin
-        with ``on_failure = "abort"`` that failed or timed out raises ``PluginVeto``
-        (unless ``veto`` is False: a step that cannot be undone)."""
-        await self.listeners.emit("step-started", {"app": app, "event": payload_type(payload)})
-        result = await self.require_publisher().emit(payload, app=app, required=required)
-        await self.listeners.emit("step", {"app": app, "event": result.type, "result": result})
-        for outcome in (*result.failed, *result.timed_out):
-            plugin = self.plugins.config_of(outcome.plugin)
-            reason = outcome.error or outcome.status
-            await self.listeners.emit(
-                "warning",
-                {
-                    "app": app,
-                    "event": result.type,
-                    "plugin": outcome.plugin,
-                    "consumer": outcome.consumer,
-                    "status": outcome.status,
-                    "error": reason,
-                },
-            )
-            if veto and plugin is not None and plugin.on_failure == "abort":
-                raise PluginVeto(app, result.type, outcome.plugin, outcome.consumer, reason)
-        return result
+        return self._context

@@ -182,7 +182,8 @@ async def run_demo(console: Console, bus_url: str, namespace: str, directory: Pa
 
 
 def _loaded(registry: Any) -> list[tuple[str, Any]]:
-    return sorted((name, registry.plugins._plugins[name]) for name in registry.get_all_plugins())
+    plugins = registry.plugins
+    return sorted((name, plugins.loaded(name)) for name in plugins.get_all())
 
 
 def _show_shop(console: Console, registry: Any) -> None:

@@ -209,7 +209,7 @@ class TestLoadTimeout:
         )
         await anyio.sleep(1.0)
         assert BUILT["too-slow"].finished is None, "the timed-out initialize was not cancelled"
-        assert await registry.require_bus().directory.workers("too-slow") == []
+        assert await registry.bus.directory.workers("too-slow") == []
         assert registry.get_plugin("too-slow") is None
 
     async def test_a_plugin_loaded_by_hand_gets_the_load_timeout(
@@ -282,7 +282,7 @@ class TestTroubleshootingTexts:
         registry = await make_registry({})
         with pytest.raises(PluginLoadError, match=r"^Plugin must implement initialize\(\) method$"):
             await registry.load_plugin(NoInitialize)
-        assert registry.get_all_plugins() == {}
+        assert registry.get_all_plugins() == []
 
 
 class TestIsolation:
@@ -412,7 +412,7 @@ class TestRegistryPluginMethods:
         await registry.refresh_plugins()
         assert (plugin.name, plugin.version) == ("backup-plugin", "1.0.0")
         assert registry.get_plugin("backup-plugin") is plugin
-        assert registry.get_all_plugins() == {"backup-plugin": plugin}
+        assert registry.get_all_plugins() == [plugin]
         assert registry.plugins.get("backup-plugin") is plugin
 
         await registry.register_app("shop", {"database": {"url": f"sqlite:///{tmp_path}/s.db"}})
@@ -428,7 +428,7 @@ class TestRegistryPluginMethods:
         assert await registry.unload_plugin("backup-plugin") is True
         assert (backups / "shutdown.json").exists()
         assert registry.get_plugin("backup-plugin") is None
-        assert registry.get_all_plugins() == {}
+        assert registry.get_all_plugins() == []
         assert await registry.unload_plugin("backup-plugin") is False
         assert events == [
             (
@@ -442,6 +442,24 @@ class TestRegistryPluginMethods:
             ),
             ("unloaded", {"name": "backup-plugin", "plugin": "backup-plugin", "mode": "inline"}),
         ]
+
+
+    async def test_get_all_plugins_lists_the_plugins_themselves(
+        self, make_registry: RegistryFactory, tmp_path: Path
+    ) -> None:
+        """get_all_plugins returns the plugin objects, so the seed's example (iterate,
+        read ``name`` and ``version``) works as written, for configured and hand-loaded
+        plugins alike."""
+        registry = await make_registry({"alpha": sleeper("alpha"), "beta": sleeper("beta")})
+        backup = await registry.load_plugin(BackupPlugin, {"directory": str(tmp_path)})
+        plugins = registry.get_all_plugins()
+        lines = sorted(f"{plugin.name} v{plugin.version}" for plugin in plugins)
+        assert lines == ["alpha v1.0.0", "backup-plugin v1.0.0", "beta v1.0.0"]
+        assert {id(plugin) for plugin in plugins} == {
+            id(BUILT["alpha"]),
+            id(BUILT["beta"]),
+            id(backup),
+        }
 
 
 class TestManagerQueries:
@@ -632,7 +650,7 @@ class TestProcessMode:
             "config",
         )
         assert result.duration < 1.0
-        assert registry.loaded_plugin("monitoring-plugin") is None
+        assert registry.plugins.loaded("monitoring-plugin") is None
 
     @pytest.mark.slow
     @pytest.mark.redis_server
@@ -652,11 +670,11 @@ class TestProcessMode:
         try:
             result = await registry.initialize()
             assert result.loaded_plugins == ["monitoring-plugin"]
-            loaded = registry.loaded_plugin("monitoring-plugin")
+            loaded = registry.plugins.loaded("monitoring-plugin")
             assert loaded is not None
             supervisor = loaded.supervisor
             assert supervisor is not None
-            bus = registry.require_bus()
+            bus = registry.bus
             with anyio.fail_after(10):
                 while len(await bus.directory.workers("monitoring-plugin")) < 2:
                     await anyio.sleep(0.05)

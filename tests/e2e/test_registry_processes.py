@@ -37,7 +37,7 @@ async def test_hook_order_through_worker_processes(
             await registry.register_app("shop", sample_config(tmp_path))
             health = await registry.check_health("shop")
             await registry.unregister_app("shop")
-            bus = registry.require_bus()
+            bus = registry.bus
             logged = await bus.redis.xrange(f"{bus.keys.prefix}e2e:hook-order", "-", "+", 100)
         events = [fields[b"e"].decode() for _, fields in logged]
         expected = [*REGISTER_ORDER, "health_check", *UNREGISTER_ORDER]

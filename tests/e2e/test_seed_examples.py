@@ -70,7 +70,7 @@ def markers(directory: Path) -> list[dict[str, Any]]:
 
 
 def supervised_pids(registry: AppRegistry, plugin: str) -> list[int]:
-    loaded = registry.loaded_plugin(plugin)
+    loaded = registry.plugins.loaded(plugin)
     supervisor = loaded.supervisor if loaded is not None else None
     assert supervisor is not None, f"{plugin} is not supervised"
     return supervisor.pids
