@@ -17,18 +17,19 @@ script directory's ``env.py``. That ``env.py`` must use what the registry hands 
 their own revisions; an ``env.py`` that ignores it is detected after the upgrade and
 reported as a failure.
 
-* ``latest()`` upgrades to the heads as one batch under the app's migration lock (the one
+* Applying upgrades to the heads as one batch under the app's migration lock (the one
   plain migrations take) and records the revision it started from as a row
   ``alembic:<revision>`` (``alembic:base`` from an empty database) in the migrations
   tracking table. The upgrade and its row are one transaction where DDL is
   transactional (PostgreSQL, SQLite). On MySQL/MariaDB, which commit DDL at once,
   Alembic runs its own transaction per revision (so that the version table stays true)
   and the row follows; a failed upgrade keeps the revisions that succeeded, and the row
-  is written so that ``rollback()`` can return. A failure raises ``MigrationFailed``
+  is written so that an undo can return. A failure raises ``MigrationFailed``
   naming the revision that failed.
-* ``rollback()`` downgrades to the revision recorded before the newest upgrade and
-  deletes its row, in one transaction where possible; like ``Migrations.rollback()``
-  it returns a failed result instead of raising.
+* Undoing downgrades to the revision recorded before the newest upgrade and deletes
+  its row, in one transaction where possible.
+
+Both run through the one routine of ``_runners``: ``Runner(AlembicMigrations(...))``.
 
 ``alembic.context`` and ``alembic.op`` are process-wide proxies, so Alembic runs in one
 thread of a process at a time (a lock here; waiting for it counts against
@@ -39,10 +40,8 @@ of them, but a rollback to several heads at once is refused.
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -54,22 +53,13 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from rapid_objection.bus import OperationResult
-
 from ._config import MigrationsConfig
-from ._errors import ConfigError, MigrationFailed, RegistryError
-from ._migrations import OPERATION, migration_lock
-from ._tracking import (
-    Batch,
-    LockNotTaken,
-    Progress,
-    Tracker,
-    describe,
-    failed_result,
-    undo_result,
-)
-
-log = logging.getLogger("rapid_objection.migrations")
+from ._errors import ConfigError
+from ._locks import Batch, LockNotTaken
+from ._migrations import KIND, migration_lock
+from ._runners import Progress
+from ._scripts import describe
+from ._tracking import Tracker
 
 ROW_PREFIX: Final = "alembic:"
 """Tracking rows of Alembic batches: ``alembic:<revision the upgrade started from>``."""
@@ -96,7 +86,9 @@ def _joined(revisions: tuple[str, ...] | list[str]) -> str:
 
 
 class AlembicMigrations:
-    """The migrations of app ``app`` from the Alembic script directory ``config.alembic``."""
+    """The changes of app ``app``'s migrations from the Alembic scripts in ``config.alembic``."""
+
+    kind: Final = KIND
 
     def __init__(self, app: str, engine: sa.Engine, config: MigrationsConfig) -> None:
         if not config.alembic:
@@ -141,7 +133,7 @@ class AlembicMigrations:
         return tuple(context.get_current_heads())
 
     @contextmanager
-    def _exclusive(self) -> Iterator[Batch]:
+    def lock(self) -> Iterator[Batch]:
         """Alembic's process lock, then the app's migration lock."""
         timeout = self.config.lock_timeout
         if not _alembic_lock.acquire(timeout=max(timeout, 0.0)):
@@ -152,49 +144,23 @@ class AlembicMigrations:
         finally:
             _alembic_lock.release()
 
-    # --- the face shared with Migrations ---------------------------------------------
+    # --- the changes --------------------------------------------------------------------
 
     def discover(self) -> list[str]:
         """The revisions from base to the heads, oldest first."""
         return [revision.revision for revision in reversed(list(self.script().walk_revisions()))]
 
-    def latest(self) -> OperationResult:
-        """Upgrade to the heads as one batch; ``MigrationFailed`` names a failed revision."""
-        started = time.perf_counter()
+    def details(self) -> dict[str, Any]:
+        return {"version_table": self.version_table}
+
+    def forward(self, batch: Batch) -> Progress:
         script = self.script()
         heads = tuple(script.get_heads())
-        try:
-            with self._exclusive() as batch:
-                progress, before = self._upgrade(batch, script, heads)
-        except LockNotTaken as exc:
-            raise MigrationFailed(self.app, exc.lock, str(exc)) from None
-        except sa.exc.SQLAlchemyError as exc:
-            raise MigrationFailed(self.app, self.config.table, describe(exc)) from exc
+        progress, before = self._upgrade(batch, script, heads)
+        progress.details = {"from": _joined(before), "to": _joined(heads)}
         if progress.failed is not None:
-            raise MigrationFailed(
-                self.app, progress.failed, self._upgrade_failure(progress, before)
-            ) from progress.error
-        if progress.done:
-            log.info(
-                "app %r: upgraded %s to %s (batch %s)",
-                self.app,
-                _joined(before),
-                _joined(heads),
-                progress.batch,
-            )
-        return OperationResult(
-            operation=OPERATION,
-            success=True,
-            items=tuple(progress.done),
-            duration=time.perf_counter() - started,
-            details={
-                "action": "latest",
-                "batch": progress.batch,
-                "from": _joined(before),
-                "to": _joined(heads),
-                "version_table": self.version_table,
-            },
-        )
+            progress.reason = self._upgrade_failure(progress, before)
+        return progress
 
     def _upgrade(
         self, batch: Batch, script: ScriptDirectory, heads: tuple[str, ...]
@@ -262,23 +228,10 @@ class AlembicMigrations:
             )
         return f"{reason}; nothing of this upgrade is applied (still at {_joined(before)})"
 
-    def rollback(self) -> OperationResult:
-        """Downgrade to the revision the newest upgrade started from; failed result on error."""
-        started = time.perf_counter()
-        details: dict[str, Any] = {"action": "rollback", "version_table": self.version_table}
-        try:
-            script = self.script()
-            with self._exclusive() as batch:
-                progress = self._downgrade(batch, script, details)
-        except (RegistryError, LockNotTaken, sa.exc.SQLAlchemyError) as exc:
-            return failed_result(OPERATION, exc, started, details)
-        if progress.done:
-            log.info("app %r: downgraded to %s", self.app, details.get("to"))
-        return undo_result(OPERATION, progress, started, details)
+    def backward(self, batch: Batch) -> Progress:
+        return self._downgrade(batch, self.script())
 
-    def _downgrade(
-        self, batch: Batch, script: ScriptDirectory, details: dict[str, Any]
-    ) -> Progress:
+    def _downgrade(self, batch: Batch, script: ScriptDirectory) -> Progress:
         connection = batch.connection
         progress = Progress()
         last = self.tracker.last_batch(connection)
@@ -288,7 +241,7 @@ class AlembicMigrations:
         row = rows[-1]
         target = row.removeprefix(ROW_PREFIX)
         current = self._current(connection)
-        details |= {"from": _joined(current), "to": target}
+        progress.details = {"from": _joined(current), "to": target}
         revisions = list(reversed(_between(script, current, _split(target))))
         config = self._alembic_config(connection)
         try:

@@ -99,17 +99,17 @@ def _runners(
 ) -> tuple[Runner | None, Runner | None]:
     from ._alembic import AlembicMigrations
     from ._migrations import Migrations
-    from ._runners import MigrationRunner, SeedRunner
+    from ._runners import Runner as ChangesRunner
     from ._seeds import Seeds
 
     migrations: Runner | None = None
     if config.migrations.enabled and config.migrations.alembic:
-        migrations = MigrationRunner(AlembicMigrations(app, manager.engine, config.migrations))
+        migrations = ChangesRunner(AlembicMigrations(app, manager.engine, config.migrations))
     elif config.migrations.enabled and config.migrations.directory:
-        migrations = MigrationRunner(Migrations(app, manager.engine, config.migrations))
+        migrations = ChangesRunner(Migrations(app, manager.engine, config.migrations))
     seeds: Runner | None = None
     if config.seeds.enabled and config.seeds.directory:
-        seeds = SeedRunner(Seeds(app, manager.engine, config.seeds))
+        seeds = ChangesRunner(Seeds(app, manager.engine, config.seeds))
     return migrations, seeds
 
 

@@ -2,28 +2,23 @@
 
 ``op`` is Alembic's ``Operations`` over the batch's connection, so ``op.create_table``,
 ``op.add_column`` and ``op.batch_alter_table`` work on every dialect (SQLite included).
-Progress is tracked per app in one table (``ro_migrations``) shared by the apps of a
-database; a batch runs under a database lock (both in ``rapid_objection.core._tracking``).
+Progress is tracked per app in one table (``ro_migrations``, ``_tracking``) shared by
+the apps of a database; a batch runs under a database lock (``_locks``) and the one
+routine of ``_runners``: ``Runner(Migrations(...))``.
 
-* ``latest()`` applies the pending files, in order, as one new batch. Each file and its
+* Applying runs the pending files, in order, as one new batch. Each file and its
   tracking row form one step: a transaction on PostgreSQL, a SAVEPOINT of the batch's
   transaction on SQLite, so that a failed file leaves nothing behind. MySQL/MariaDB
   commit DDL statement by statement: there the row is written right after its file
   succeeds, and a failed file may leave the statements that ran before its error. A
   failure stops the batch and raises ``MigrationFailed`` naming the file; the files
   before it stay applied and tracked, and its reason says which.
-* ``rollback()`` undoes the newest batch in reverse order, each ``downgrade(op)`` with
-  the deletion of its row as one step. It stops at the first step that fails and
-  *returns* a failed result (``error`` names the file; ``details`` has ``failed`` and
-  ``remaining``, the names still applied) rather than raising, so that unregistration
-  can report it. It raises for nothing of its own: a lock, a file or the database that
-  fails gives a failed result too (``details["error_type"]``).
+* Undoing runs the newest batch's ``downgrade(op)`` in reverse order, each with the
+  deletion of its row as one step, and stops at the first step that fails.
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -33,29 +28,14 @@ import sqlalchemy as sa
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 
-from rapid_objection.bus import OperationResult
-
 from ._config import MigrationsConfig
-from ._errors import MigrationFailed, RegistryError
-from ._tracking import (
-    Batch,
-    LockNotTaken,
-    Script,
-    Tracker,
-    applied_status,
-    backward,
-    describe,
-    discover,
-    exclusive,
-    failed_result,
-    failure_reason,
-    forward,
-    undo_result,
-)
+from ._errors import MigrationFailed
+from ._locks import Batch, exclusive
+from ._runners import Kind, Progress, applied_status, backward, failure_reason, forward
+from ._scripts import Script, discover
+from ._tracking import Tracker
 
-log = logging.getLogger("rapid_objection.migrations")
-
-OPERATION: Final = "migrations"
+KIND: Final = Kind("migrations", apply="latest", undo="rollback", failure=MigrationFailed)
 LOCK_PURPOSE: Final = "migrate"
 """Shared with ``AlembicMigrations``: one app is migrated one way at a time."""
 
@@ -85,7 +65,9 @@ def migration_lock(
 
 
 class Migrations:
-    """The migrations of app ``app`` in ``config.directory`` on ``engine``."""
+    """The changes of app ``app``'s migrations in ``config.directory`` on ``engine``."""
+
+    kind: Final = KIND
 
     def __init__(self, app: str, engine: sa.Engine, config: MigrationsConfig) -> None:
         self.app = app
@@ -100,48 +82,25 @@ class Migrations:
         """The migration files in order; a ``ConfigError`` names a malformed one."""
         return [_migration(script) for script in self._scripts()]
 
-    def latest(self) -> OperationResult:
-        """Apply the pending files as one new batch; ``MigrationFailed`` names a failed one."""
-        started = time.perf_counter()
-        scripts = self._scripts()
-        try:
-            with migration_lock(self.engine, self.tracker, self.config) as batch:
-                progress = forward(batch, self.tracker, scripts, _upgrade)
-        except LockNotTaken as exc:
-            raise MigrationFailed(self.app, exc.lock, str(exc)) from None
-        except sa.exc.SQLAlchemyError as exc:
-            raise MigrationFailed(self.app, self.config.table, describe(exc)) from exc
-        if progress.failed is not None:
-            reason = failure_reason(progress, batch.transactional_ddl)
-            raise MigrationFailed(self.app, progress.failed, reason) from progress.error
-        for name in progress.done:
-            log.info("app %r: applied migration %s (batch %s)", self.app, name, progress.batch)
-        return OperationResult(
-            operation=OPERATION,
-            success=True,
-            items=tuple(progress.done),
-            duration=time.perf_counter() - started,
-            details={
-                "action": "latest",
-                "batch": progress.batch,
-                "transactional_ddl": batch.transactional_ddl,
-                "durations": progress.durations,
-            },
-        )
+    def details(self) -> dict[str, Any]:
+        return {}
 
-    def rollback(self) -> OperationResult:
-        """Undo the newest batch in reverse order; a failed result names the failed file."""
-        started = time.perf_counter()
-        details = {"action": "rollback"}
-        try:
-            scripts = {script.name: script for script in self._scripts()}
-            with migration_lock(self.engine, self.tracker, self.config) as batch:
-                progress = backward(batch, self.tracker, scripts, _downgrade)
-        except (RegistryError, LockNotTaken, sa.exc.SQLAlchemyError) as exc:
-            return failed_result(OPERATION, exc, started, details)
-        for name in progress.done:
-            log.info("app %r: rolled back migration %s", self.app, name)
-        return undo_result(OPERATION, progress, started, details)
+    def lock(self) -> AbstractContextManager[Batch]:
+        return migration_lock(self.engine, self.tracker, self.config)
+
+    def forward(self, batch: Batch) -> Progress:
+        progress = forward(batch, self.tracker, self._scripts(), _upgrade)
+        progress.details = {
+            "transactional_ddl": batch.transactional_ddl,
+            "durations": progress.durations,
+        }
+        if progress.failed is not None:
+            progress.reason = failure_reason(progress, batch.transactional_ddl)
+        return progress
+
+    def backward(self, batch: Batch) -> Progress:
+        scripts = {script.name: script for script in self._scripts()}
+        return backward(batch, self.tracker, scripts, _downgrade)
 
     def status(self) -> dict[str, Any]:
         """``applied`` (name, batch, migrated_at), ``pending`` and ``missing`` file names."""

@@ -1,67 +1,277 @@
-"""One face for migrations (plain or Alembic) and seeds: apply a batch, undo the last.
+"""One routine for migrations (plain or Alembic) and seeds: lock, apply or undo, record.
 
-Applying raises (registration stops at a failed migration or seed); undoing returns a
-failed result instead, so that unregistration can report it and decide (``force``).
+A ``Runner`` takes the batch lock of its app (``rapid_objection.core._locks``), runs its
+``Changes`` forward (the pending files as one new batch) or backward (one batch in
+reverse), and turns what happened into an ``OperationResult``. Only the changes differ:
+``Migrations``, ``AlembicMigrations`` and ``Seeds`` implement the ``Changes`` protocol, and
+the plain files of the first and the last share ``forward()`` and ``backward()`` here.
+
+* ``apply()`` raises (registration stops at a failed migration or seed):
+  ``MigrationFailed``/``SeedFailed`` naming the file and saying what stays applied.
+* ``undo()`` returns a failed result instead of raising (``error`` names the file;
+  ``details`` has ``failed``, ``remaining`` and ``error_type``), so that unregistration
+  can report it and decide (``force``). A lock, a file or the database that fails gives
+  a failed result too (``details["error_type"]``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Final, Generic, Protocol, TypeVar
+
+import sqlalchemy as sa
 
 from rapid_objection.bus import OperationResult
 
-from ._errors import RegistryError
+from ._errors import MigrationFailed, RegistryError, SeedFailed
+from ._locks import Batch, LockNotTaken
+from ._scripts import Script, describe
+from ._tracking import Tracker
+
+NOT_TRANSACTIONAL: Final = (
+    "this database commits DDL statement by statement (MySQL/MariaDB): statements of "
+    "the failed file that ran before the error stay applied"
+)
 
 
-class _Migrations(Protocol):
-    def latest(self) -> OperationResult: ...
+@dataclass(slots=True)
+class Progress:
+    """How far a batch (forward or backward) went; ``failed`` stops it."""
 
-    def rollback(self) -> OperationResult: ...
+    batch: int | None = None
+    done: list[str] = field(default_factory=list)
+    durations: dict[str, float] = field(default_factory=dict)
+    failed: str | None = None
+    error: BaseException | None = None
+    remaining: list[str] = field(default_factory=list)
+    """Backward: the names of the batch still applied after a failure."""
+    reason: str | None = None
+    """Forward: why it stopped and what stays applied (set by the changes on a failure)."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """What the changes add to the result's details."""
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """The names of one kind of changes, as results, errors and logs show them."""
+
+    operation: str
+    """``migrations`` or ``seeds``: the ``OperationResult.operation``."""
+    apply: str
+    """``details["action"]`` of an apply (``latest``, ``run``)."""
+    undo: str
+    """``details["action"]`` of an undo (``rollback``, ``unseed``)."""
+    failure: type[MigrationFailed] | type[SeedFailed]
+
+
+class Changes(Protocol):
+    """What differs between plain migrations, Alembic migrations and seeds."""
+
+    @property
+    def kind(self) -> Kind: ...
+
+    @property
+    def app(self) -> str: ...
+
+    @property
+    def tracker(self) -> Tracker: ...
+
+    def details(self) -> dict[str, Any]:
+        """Details every result of these changes carries (Alembic: its version table)."""
+        ...
+
+    def lock(self) -> AbstractContextManager[Batch]: ...
+
+    def forward(self, batch: Batch) -> Progress:
+        """The pending ones as one new batch; stops at the first that fails."""
+        ...
+
+    def backward(self, batch: Batch) -> Progress:
+        """The newest batch undone in reverse; stops at the first step that fails."""
+        ...
 
     def status(self) -> dict[str, Any]: ...
 
 
-class _Seeds(Protocol):
-    def run(self) -> OperationResult: ...
-
-    def unseed(self) -> OperationResult: ...
-
-    def status(self) -> dict[str, Any]: ...
+S = TypeVar("S", bound=Changes)
 
 
-def _failed(operation: str, exc: RegistryError) -> OperationResult:
-    return OperationResult(operation=operation, success=False, error=str(exc))
+class Runner(Generic[S]):
+    """Apply a batch of ``changes`` under their lock, or undo the newest one."""
 
-
-class MigrationRunner:
-    def __init__(self, migrations: _Migrations) -> None:
-        self.migrations = migrations
+    def __init__(self, changes: S) -> None:
+        self.changes = changes
+        self.log = logging.getLogger(f"rapid_objection.{changes.kind.operation}")
 
     def apply(self) -> OperationResult:
-        return self.migrations.latest()
+        """Apply the pending changes as one batch; ``MigrationFailed``/``SeedFailed`` on error."""
+        changes, kind = self.changes, self.changes.kind
+        started = time.perf_counter()
+        try:
+            with changes.lock() as batch:
+                progress = changes.forward(batch)
+        except LockNotTaken as exc:
+            raise kind.failure(changes.app, exc.lock, str(exc)) from None
+        except sa.exc.SQLAlchemyError as exc:
+            raise kind.failure(changes.app, changes.tracker.table.name, describe(exc)) from exc
+        if progress.failed is not None:
+            reason = progress.reason or failure_reason(progress, transactional_ddl=True)
+            raise kind.failure(changes.app, progress.failed, reason) from progress.error
+        for name in progress.done:
+            self.log.info("app %r: %s %s (batch %s)", changes.app, kind.apply, name, progress.batch)
+        return OperationResult(
+            operation=kind.operation,
+            success=True,
+            items=tuple(progress.done),
+            duration=time.perf_counter() - started,
+            details={
+                "action": kind.apply,
+                "batch": progress.batch,
+                **changes.details(),
+                **progress.details,
+            },
+        )
 
     def undo(self) -> OperationResult:
+        """Undo the newest batch in reverse order; a failed result names the failed step."""
+        changes, kind = self.changes, self.changes.kind
+        started = time.perf_counter()
+        details = {"action": kind.undo, **changes.details()}
         try:
-            return self.migrations.rollback()
-        except RegistryError as exc:
-            return _failed("migrations", exc)
+            with changes.lock() as batch:
+                progress = changes.backward(batch)
+        except (RegistryError, LockNotTaken, sa.exc.SQLAlchemyError) as exc:
+            return OperationResult(
+                operation=kind.operation,
+                success=False,
+                duration=time.perf_counter() - started,
+                error=describe(exc) if isinstance(exc, sa.exc.SQLAlchemyError) else str(exc),
+                details={**details, "error_type": type(exc).__name__},
+            )
+        for name in progress.done:
+            self.log.info("app %r: %s %s", changes.app, kind.undo, name)
+        shown: dict[str, Any] = {
+            **details,
+            **progress.details,
+            "batch": progress.batch,
+            "durations": progress.durations,
+        }
+        error: str | None = None
+        if progress.failed is not None:
+            error = f"{progress.failed}: {describe(progress.error or RuntimeError('failed'))}"
+            shown |= {"failed": progress.failed, "remaining": progress.remaining}
+            if progress.error is not None:
+                shown["error_type"] = type(progress.error).__name__
+        return OperationResult(
+            operation=kind.operation,
+            success=progress.failed is None,
+            items=tuple(progress.done),
+            duration=time.perf_counter() - started,
+            error=error,
+            details=shown,
+        )
 
     def status(self) -> dict[str, Any]:
-        return self.migrations.status()
+        return self.changes.status()
 
 
-class SeedRunner:
-    def __init__(self, seeds: _Seeds) -> None:
-        self.seeds = seeds
+# --- numbered files (plain migrations and seeds) --------------------------------------
 
-    def apply(self) -> OperationResult:
-        return self.seeds.run()
 
-    def undo(self) -> OperationResult:
+def forward(
+    batch: Batch,
+    tracker: Tracker,
+    scripts: Sequence[Script],
+    run: Callable[[sa.Connection, Script], object],
+) -> Progress:
+    """The pending scripts as one new batch, each with its row in one step, in order.
+
+    Stops at the first script that fails; the ones before it stay applied and tracked.
+    """
+    connection = batch.connection
+    applied = {row.name for row in tracker.rows(connection)}
+    pending = [script for script in scripts if script.name not in applied]
+    progress = Progress()
+    if not pending:
+        return progress
+    progress.batch = tracker.next_batch(connection)
+    for script in pending:
+        started = time.perf_counter()
         try:
-            return self.seeds.unseed()
-        except RegistryError as exc:
-            return _failed("seeds", exc)
+            with batch.step():
+                run(connection, script)
+                tracker.record(connection, script.name, progress.batch)
+        except Exception as exc:
+            progress.failed, progress.error = script.name, exc
+            break
+        finally:
+            progress.durations[script.name] = time.perf_counter() - started
+        progress.done.append(script.name)
+    return progress
 
-    def status(self) -> dict[str, Any]:
-        return self.seeds.status()
+
+def backward(
+    batch: Batch,
+    tracker: Tracker,
+    scripts: Mapping[str, Script],
+    run: Callable[[sa.Connection, Script], object],
+) -> Progress:
+    """The newest batch undone in reverse order, each script with its row in one step.
+
+    Stops at the first script that fails (or whose file is gone); the ones undone
+    before it stay undone, it and the ones after it stay applied.
+    """
+    connection = batch.connection
+    last = tracker.last_batch(connection)
+    progress = Progress()
+    if last is None:
+        return progress
+    progress.batch, names = last
+    for index, name in enumerate(reversed(names)):
+        started = time.perf_counter()
+        try:
+            script = scripts.get(name)
+            if script is None:
+                raise FileNotFoundError(f"{name} is tracked but no longer in the directory")
+            with batch.step():
+                run(connection, script)
+                tracker.forget(connection, name)
+        except Exception as exc:
+            progress.failed, progress.error = name, exc
+            progress.remaining = list(reversed(names))[index:]
+            break
+        finally:
+            progress.durations[name] = time.perf_counter() - started
+        progress.done.append(name)
+    return progress
+
+
+def applied_status(tracker: Tracker, engine: sa.Engine, names: Sequence[str]) -> dict[str, Any]:
+    """``applied`` (name, batch, time) and ``pending`` names; ``missing``: tracked, no file."""
+    with engine.connect() as connection:
+        rows = tracker.rows(connection) if tracker.exists(connection) else []
+    tracked = {row.name for row in rows}
+    return {
+        "applied": [
+            {"name": row.name, "batch": row.batch, tracker.time_column: row.at.isoformat()}
+            for row in rows
+        ],
+        "pending": [name for name in names if name not in tracked],
+        "missing": [row.name for row in rows if row.name not in set(names)],
+    }
+
+
+def failure_reason(progress: Progress, transactional_ddl: bool) -> str:
+    """Why a forward batch stopped, and what it left applied and tracked."""
+    reason = describe(progress.error or RuntimeError("failed"))
+    if progress.done:
+        reason += f"; applied and tracked before it in batch {progress.batch}: " + ", ".join(
+            progress.done
+        )
+    if not transactional_ddl:
+        reason += f"; {NOT_TRANSACTIONAL}"
+    return reason

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from rapid_objection.core._alembic import AlembicMigrations, version_table
 from rapid_objection.core._config import MigrationsConfig
 from rapid_objection.core._errors import ConfigError, MigrationFailed
+from rapid_objection.core._runners import Runner
 from tests.core.fixtures_migrations import (
     ENV_PY_WITHOUT_VERSION_TABLE,
     FAIL,
@@ -49,9 +50,13 @@ def scripts(tmp_path: Path) -> AlembicScripts:
     return made
 
 
-def make(engine: sa.Engine, scripts: AlembicScripts, app: str = "shop") -> AlembicMigrations:
-    return AlembicMigrations(
-        app, engine, MigrationsConfig(alembic=str(scripts.directory), lock_timeout=10)
+def make(
+    engine: sa.Engine, scripts: AlembicScripts, app: str = "shop"
+) -> Runner[AlembicMigrations]:
+    return Runner(
+        AlembicMigrations(
+            app, engine, MigrationsConfig(alembic=str(scripts.directory), lock_timeout=10)
+        )
     )
 
 
@@ -103,17 +108,17 @@ class TestDiscover:
     def test_lists_revisions_oldest_first(self, tmp_path: Path, scripts: AlembicScripts) -> None:
         """``discover()`` walks the script directory from base to head."""
         engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
-        assert make(engine, scripts).discover() == ["rev1", "rev2"]
+        assert make(engine, scripts).changes.discover() == ["rev1", "rev2"]
         engine.dispose()
 
     def test_a_directory_that_is_not_an_alembic_one_is_a_config_error(self, tmp_path: Path) -> None:
         """A missing or broken script directory is reported with its key."""
         engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
-        migrations = AlembicMigrations(
-            "shop", engine, MigrationsConfig(alembic=str(tmp_path / "nowhere"))
+        migrations = Runner(
+            AlembicMigrations("shop", engine, MigrationsConfig(alembic=str(tmp_path / "nowhere")))
         )
         with pytest.raises(ConfigError, match="not a usable Alembic script directory") as raised:
-            migrations.latest()
+            migrations.apply()
         assert raised.value.path == "migrations.alembic"
         engine.dispose()
 
@@ -130,7 +135,7 @@ class TestLatest:
         self, engine: sa.Engine, scripts: AlembicScripts
     ) -> None:
         """Every revision runs; the app's own version table holds the head."""
-        result = make(engine, scripts).latest()
+        result = make(engine, scripts).apply()
         assert result.success
         assert result.operation == "migrations"
         assert result.items == ("rev1", "rev2")
@@ -150,17 +155,17 @@ class TestLatest:
     ) -> None:
         """Each upgrade is a batch whose tracking row names its starting revision."""
         migrations = make(engine, scripts)
-        migrations.latest()
+        migrations.apply()
         scripts.revision(create_table("extra"), drop_table("extra"))
-        result = migrations.latest()
+        result = migrations.apply()
         assert result.items == ("rev3",)
         assert tracked(engine) == [("shop", "alembic:base", 1), ("shop", "alembic:rev2", 2)]
 
     def test_is_idempotent(self, engine: sa.Engine, scripts: AlembicScripts) -> None:
         """At head, a second call changes and records nothing."""
         migrations = make(engine, scripts)
-        migrations.latest()
-        again = migrations.latest()
+        migrations.apply()
+        again = migrations.apply()
         assert again.success
         assert again.items == ()
         assert again.details["batch"] is None
@@ -175,12 +180,12 @@ class TestLatest:
         shop.add_column("name")
         blog = AlembicScripts.at(tmp_path / "blog", table="posts")
         blog.create_table()
-        make(engine, shop, "shop").latest()
+        make(engine, shop, "shop").apply()
         assert make(engine, blog, "blog").status()["pending"] == ["rev1"]
-        make(engine, blog, "blog").latest()
+        make(engine, blog, "blog").apply()
         assert versions(engine, "alembic_version_shop") == ["rev2"]
         assert versions(engine, "alembic_version_blog") == ["rev1"]
-        assert make(engine, shop, "shop").rollback().success
+        assert make(engine, shop, "shop").undo().success
         assert "items" not in tables(engine)
         assert "posts" in tables(engine)
         assert versions(engine, "alembic_version_blog") == ["rev1"]
@@ -192,7 +197,7 @@ class TestLatest:
         """Where DDL is transactional the whole upgrade and its row are undone."""
         scripts.revision(f"{create_table('extra')}\n{FAIL}", drop_table("extra"))
         with pytest.raises(MigrationFailed) as raised:
-            make(sql_engine, scripts).latest()
+            make(sql_engine, scripts).apply()
         assert raised.value.migration == "rev3"
         assert "RuntimeError: boom" in raised.value.reason
         assert "nothing of this upgrade is applied" in raised.value.reason
@@ -207,11 +212,11 @@ class TestLatest:
         scripts.revision(FAIL, "pass")
         migrations = make(engine, scripts)
         with pytest.raises(MigrationFailed, match="applied and tracked before it") as raised:
-            migrations.latest()
+            migrations.apply()
         assert raised.value.migration == "rev3"
         assert versions(engine, "alembic_version_shop") == ["rev2"]
         assert tracked(engine) == [("shop", "alembic:base", 1)]
-        assert migrations.rollback().items == ("rev2", "rev1")
+        assert migrations.undo().items == ("rev2", "rev1")
         assert "items" not in tables(engine)
 
     def test_an_env_py_ignoring_the_version_table_is_reported(
@@ -223,7 +228,7 @@ class TestLatest:
         )
         scripts.create_table()
         with pytest.raises(MigrationFailed, match=r"env\.py must configure"):
-            make(sql_engine, scripts).latest()
+            make(sql_engine, scripts).apply()
         assert tables(sql_engine) == {"ro_migrations"}
 
 
@@ -233,21 +238,21 @@ class TestRollback:
     ) -> None:
         """Rollback downgrades the newest batch only, newest revision first."""
         migrations = make(engine, scripts)
-        migrations.latest()
+        migrations.apply()
         scripts.revision(create_table("extra"), drop_table("extra"))
-        migrations.latest()
-        result = migrations.rollback()
+        migrations.apply()
+        result = migrations.undo()
         assert result.success
         assert result.items == ("rev3",)
         assert result.details["to"] == "rev2"
         assert versions(engine, "alembic_version_shop") == ["rev2"]
         assert "extra" not in tables(engine)
-        second = migrations.rollback()
+        second = migrations.undo()
         assert second.items == ("rev2", "rev1")
         assert versions(engine, "alembic_version_shop") == []
         assert tables(engine) == {"ro_migrations", "alembic_version_shop"}
         assert tracked(engine) == []
-        assert migrations.rollback().items == ()
+        assert migrations.undo().items == ()
 
     def test_a_failing_downgrade_gives_a_failed_result_naming_it(
         self, sql_engine: sa.Engine, scripts: AlembicScripts
@@ -255,8 +260,8 @@ class TestRollback:
         """The downgrade is undone, the batch stays tracked, the result names the revision."""
         scripts.revision(create_table("extra"), f"{drop_table('extra')}\n{FAIL}")
         migrations = make(sql_engine, scripts)
-        migrations.latest()
-        result = migrations.rollback()
+        migrations.apply()
+        result = migrations.undo()
         assert not result.success
         assert (result.error or "").startswith("rev3: RuntimeError: boom")
         assert result.details["failed"] == "rev3"
@@ -275,7 +280,7 @@ class TestStatus:
         assert before["applied"] == []
         assert before["pending"] == ["rev1", "rev2"]
         assert before["version_table"] == "alembic_version_shop"
-        migrations.latest()
+        migrations.apply()
         after = migrations.status()
         assert after["current"] == "rev2"
         assert after["applied"] == ["rev1", "rev2"]

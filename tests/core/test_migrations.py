@@ -23,6 +23,7 @@ from rapid_objection.bus import OperationResult
 from rapid_objection.core._config import MigrationsConfig
 from rapid_objection.core._errors import ConfigError, MigrationFailed
 from rapid_objection.core._migrations import Migrations
+from rapid_objection.core._runners import Runner
 from tests.core.fixtures_migrations import (
     FAIL,
     Scripts,
@@ -62,8 +63,10 @@ def sqlite_engine(tmp_path: Path) -> Iterator[sa.Engine]:
     created.dispose()
 
 
-def make(engine: sa.Engine, directory: Path, app: str = "shop", **config: Any) -> Migrations:
-    return Migrations(app, engine, MigrationsConfig(directory=str(directory), **config))
+def make(
+    engine: sa.Engine, directory: Path, app: str = "shop", **config: Any
+) -> Runner[Migrations]:
+    return Runner(Migrations(app, engine, MigrationsConfig(directory=str(directory), **config)))
 
 
 def tables(engine: sa.Engine) -> set[str]:
@@ -95,7 +98,7 @@ class TestDiscover:
         """Files are ordered by their number as an integer, then by file name."""
         for name in ["10_late.py", "2_b.py", "002_a.py", "1_first.py"]:
             scripts.migration(name)
-        found = make(sqlite_engine, scripts.directory).discover()
+        found = make(sqlite_engine, scripts.directory).changes.discover()
         assert [migration.name for migration in found] == [
             "1_first.py",
             "002_a.py",
@@ -113,7 +116,7 @@ class TestDiscover:
         scripts.raw("__init__.py", "")
         scripts.raw("README.md", "notes\n")
         (scripts.directory / "__pycache__").mkdir()
-        found = make(sqlite_engine, scripts.directory).discover()
+        found = make(sqlite_engine, scripts.directory).changes.discover()
         assert [migration.name for migration in found] == ["001_users.py"]
 
     @pytest.mark.parametrize(
@@ -146,7 +149,7 @@ class TestDiscover:
         scripts.migration("000_fine.py")
         path = scripts.raw(name, source)
         with pytest.raises(ConfigError, match=message) as raised:
-            make(sqlite_engine, scripts.directory).discover()
+            make(sqlite_engine, scripts.directory).changes.discover()
         assert raised.value.file == str(path)
         assert raised.value.path == "migrations.directory"
         assert name in str(raised.value)
@@ -158,7 +161,7 @@ class TestDiscover:
         scripts.migration("001_users.py", create_table("users"))
         scripts.raw("002_broken.py", "def upgrade(op): pass\n")
         with pytest.raises(ConfigError, match=r"002_broken\.py"):
-            make(sqlite_engine, scripts.directory).latest()
+            make(sqlite_engine, scripts.directory).apply()
         assert scripts.calls() == []
 
     def test_loads_without_touching_sys_path_or_modules(
@@ -167,7 +170,7 @@ class TestDiscover:
         """Files are loaded from their paths: ``sys.path`` and ``sys.modules`` stay as they were."""
         scripts.migration("001_users.py")
         path_before, modules_before = list(sys.path), set(sys.modules)
-        make(sqlite_engine, scripts.directory).discover()
+        make(sqlite_engine, scripts.directory).changes.discover()
         assert sys.path == path_before
         assert {name for name in set(sys.modules) - modules_before if "001" in name} == set()
 
@@ -176,14 +179,14 @@ class TestDiscover:
     ) -> None:
         """A configured directory that does not exist is reported with its key."""
         with pytest.raises(ConfigError, match="is not a directory") as raised:
-            make(sqlite_engine, tmp_path / "nowhere").discover()
+            make(sqlite_engine, tmp_path / "nowhere").changes.discover()
         assert raised.value.path == "migrations.directory"
 
     def test_no_directory_means_no_migrations(self, sqlite_engine: sa.Engine) -> None:
         """Without a directory there is nothing to apply."""
-        migrations = Migrations("shop", sqlite_engine, MigrationsConfig())
-        assert migrations.discover() == []
-        assert migrations.latest().items == ()
+        migrations = Runner(Migrations("shop", sqlite_engine, MigrationsConfig()))
+        assert migrations.changes.discover() == []
+        assert migrations.apply().items == ()
 
 
 class TestLatest:
@@ -196,7 +199,7 @@ class TestLatest:
             "002_email.py", add_column("users", "email"), drop_column("users", "email")
         )
         scripts.migration("003_orders.py", create_table("orders"), drop_table("orders"))
-        result = make(engine, scripts.directory).latest()
+        result = make(engine, scripts.directory).apply()
         assert result.operation == "migrations"
         assert result.success
         assert result.items == ("001_users.py", "002_email.py", "003_orders.py")
@@ -214,8 +217,8 @@ class TestLatest:
         """A second call applies nothing and opens no batch."""
         scripts.migration("001_users.py", create_table("users"))
         migrations = make(engine, scripts.directory)
-        migrations.latest()
-        again = migrations.latest()
+        migrations.apply()
+        again = migrations.apply()
         assert again.success
         assert again.items == ()
         assert again.details["batch"] is None
@@ -226,10 +229,10 @@ class TestLatest:
         """Files added later are applied as batch 2, the applied ones are left alone."""
         scripts.migration("001_users.py", create_table("users"))
         migrations = make(engine, scripts.directory)
-        migrations.latest()
+        migrations.apply()
         scripts.migration("002_orders.py", create_table("orders"))
         scripts.migration("003_items.py", create_table("items"))
-        result = migrations.latest()
+        result = migrations.apply()
         assert result.items == ("002_orders.py", "003_items.py")
         assert result.details["batch"] == 2
         assert tracked(engine) == [
@@ -244,7 +247,7 @@ class TestLatest:
         """The table has app, name, batch and migrated_at; (app, name) is unique."""
         scripts.migration("001_users.py")
         before = time.time()
-        make(engine, scripts.directory).latest()
+        make(engine, scripts.directory).apply()
         assert columns(engine, "ro_migrations") == {"app", "name", "batch", "migrated_at"}
         status = make(engine, scripts.directory).status()
         migrated_at = status["applied"][0]["migrated_at"]
@@ -264,14 +267,14 @@ class TestLatest:
         shop.migration("001_users.py", create_table("users"))
         blog.migration("001_posts.py", create_table("posts"))
         blog.migration("002_tags.py", create_table("tags"))
-        make(engine, shop.directory, "shop").latest()
-        make(engine, blog.directory, "blog").latest()
+        make(engine, shop.directory, "shop").apply()
+        make(engine, blog.directory, "blog").apply()
         assert tracked(engine) == [
             ("blog", "001_posts.py", 1),
             ("blog", "002_tags.py", 1),
             ("shop", "001_users.py", 1),
         ]
-        make(engine, shop.directory, "shop").rollback()
+        make(engine, shop.directory, "shop").undo()
         assert tracked(engine) == [("blog", "001_posts.py", 1), ("blog", "002_tags.py", 1)]
 
     def test_the_tracking_table_name_is_configurable(
@@ -279,7 +282,7 @@ class TestLatest:
     ) -> None:
         """``migrations.table`` names the tracking table."""
         scripts.migration("001_users.py")
-        make(engine, scripts.directory, table="schema_migrations").latest()
+        make(engine, scripts.directory, table="schema_migrations").apply()
         assert "ro_migrations" not in tables(engine)
         assert tracked(engine, "schema_migrations") == [("shop", "001_users.py", 1)]
 
@@ -291,7 +294,7 @@ class TestLatest:
         scripts.migration("002_broken.py", FAIL)
         scripts.migration("003_orders.py", create_table("orders"))
         with pytest.raises(MigrationFailed) as raised:
-            make(engine, scripts.directory).latest()
+            make(engine, scripts.directory).apply()
         assert raised.value.app == "shop"
         assert raised.value.migration == "002_broken.py"
         assert "RuntimeError: boom" in raised.value.reason
@@ -308,9 +311,9 @@ class TestLatest:
         scripts.migration("002_orders.py", FAIL)
         migrations = make(engine, scripts.directory)
         with pytest.raises(MigrationFailed):
-            migrations.latest()
+            migrations.apply()
         scripts.migration("002_orders.py", create_table("orders"))
-        result = migrations.latest()
+        result = migrations.apply()
         assert result.items == ("002_orders.py",)
         assert tracked(engine) == [("shop", "001_users.py", 1), ("shop", "002_orders.py", 2)]
 
@@ -324,7 +327,7 @@ class TestLatest:
             f"{create_table('half')}\n{add_column('users', 'email')}\n{FAIL}",
         )
         with pytest.raises(MigrationFailed, match=r"002_half\.py"):
-            make(sql_engine, scripts.directory).latest()
+            make(sql_engine, scripts.directory).apply()
         assert "half" not in tables(sql_engine)
         assert "email" not in columns(sql_engine, "users")
         assert tracked(sql_engine) == [("shop", "001_users.py", 1)]
@@ -336,14 +339,14 @@ class TestLatest:
         """MariaDB commits DDL at once: the table stays, untracked, and the error says why."""
         scripts.migration("001_half.py", f"{create_table('half')}\n{FAIL}")
         with pytest.raises(MigrationFailed, match="statement by statement"):
-            make(engine, scripts.directory).latest()
+            make(engine, scripts.directory).apply()
         assert "half" in tables(engine)
         assert tracked(engine) == []
 
     def test_op_works_on_data_too(self, engine: sa.Engine, scripts: Scripts) -> None:
         """``op.execute`` runs in the file's step, with the DDL before it."""
         scripts.migration("001_users.py", f"{create_table('users')}\n{insert('users', 'first')}")
-        make(engine, scripts.directory).latest()
+        make(engine, scripts.directory).apply()
         assert count(engine, "users") == 1
 
 
@@ -354,13 +357,13 @@ class TestRollback:
         """Only the newest batch is undone, its files newest first."""
         scripts.migration("001_users.py", create_table("users"), drop_table("users"))
         migrations = make(engine, scripts.directory)
-        migrations.latest()
+        migrations.apply()
         scripts.migration("002_orders.py", create_table("orders"), drop_table("orders"))
         scripts.migration(
             "003_email.py", add_column("orders", "email"), drop_column("orders", "email")
         )
-        migrations.latest()
-        result = migrations.rollback()
+        migrations.apply()
+        result = migrations.undo()
         assert result.success
         assert result.operation == "migrations"
         assert result.items == ("003_email.py", "002_orders.py")
@@ -374,12 +377,12 @@ class TestRollback:
         """Rolling back twice undoes batch 2, then batch 1; then there is nothing to undo."""
         scripts.migration("001_users.py", create_table("users"), drop_table("users"))
         migrations = make(engine, scripts.directory)
-        migrations.latest()
+        migrations.apply()
         scripts.migration("002_orders.py", create_table("orders"), drop_table("orders"))
-        migrations.latest()
-        assert migrations.rollback().items == ("002_orders.py",)
-        assert migrations.rollback().items == ("001_users.py",)
-        nothing = migrations.rollback()
+        migrations.apply()
+        assert migrations.undo().items == ("002_orders.py",)
+        assert migrations.undo().items == ("001_users.py",)
+        nothing = migrations.undo()
         assert nothing.success
         assert nothing.items == ()
         assert nothing.details["batch"] is None
@@ -394,8 +397,8 @@ class TestRollback:
         scripts.migration("002_orders.py", create_table("orders"), FAIL)
         scripts.migration("003_items.py", create_table("items"), drop_table("items"))
         migrations = make(engine, scripts.directory)
-        migrations.latest()
-        result = migrations.rollback()
+        migrations.apply()
+        result = migrations.undo()
         assert not result.success
         assert result.error is not None
         assert result.error.startswith("002_orders.py: RuntimeError: boom")
@@ -416,8 +419,8 @@ class TestRollback:
             f"{drop_column('users', 'email')}\n{FAIL}",
         )
         migrations = make(sql_engine, scripts.directory)
-        migrations.latest()
-        assert not migrations.rollback().success
+        migrations.apply()
+        assert not migrations.undo().success
         assert "email" in columns(sql_engine, "users")
         assert tracked(sql_engine) == [("shop", "001_users.py", 1)]
 
@@ -426,9 +429,9 @@ class TestRollback:
         scripts.migration("001_users.py", create_table("users"), drop_table("users"))
         gone = scripts.migration("002_orders.py", create_table("orders"), drop_table("orders"))
         migrations = make(engine, scripts.directory)
-        migrations.latest()
+        migrations.apply()
         gone.unlink()
-        result = migrations.rollback()
+        result = migrations.undo()
         assert not result.success
         assert result.details["failed"] == "002_orders.py"
         assert "no longer in the directory" in (result.error or "")
@@ -438,9 +441,9 @@ class TestRollback:
         """Rollback never raises for its own failures: a bad file gives a failed result."""
         scripts.migration("001_users.py")
         migrations = make(engine, scripts.directory)
-        migrations.latest()
+        migrations.apply()
         scripts.raw("002_bad.py", "")
-        result = migrations.rollback()
+        result = migrations.undo()
         assert not result.success
         assert result.details["error_type"] == "ConfigError"
         assert "002_bad.py" in (result.error or "")
@@ -457,13 +460,13 @@ class TestSQLite:
             "002_email.py", add_column("users", "email"), drop_column("users", "email")
         )
         migrations = make(engine, scripts.directory)
-        assert migrations.latest().items == ("001_users.py", "002_email.py")
+        assert migrations.apply().items == ("001_users.py", "002_email.py")
         assert "email" in columns(engine, "users")
         with engine.connect() as connection:
             driver = connection.connection.driver_connection
             assert driver is not None
             assert driver.in_transaction is False
-        assert migrations.rollback().success
+        assert migrations.undo().success
         assert tables(engine) == {"ro_migrations"}
         engine.dispose()
 
@@ -476,7 +479,7 @@ class TestSQLite:
                 return int(connection.exec_driver_sql("PRAGMA busy_timeout").scalar_one())
 
         before = busy_timeout()
-        make(sqlite_engine, scripts.directory, lock_timeout=1.5).latest()
+        make(sqlite_engine, scripts.directory, lock_timeout=1.5).apply()
         assert busy_timeout() == before
 
 
@@ -491,7 +494,7 @@ class TestStatus:
             "missing": [],
         }
         gone = scripts.migration("002_orders.py")
-        migrations.latest()
+        migrations.apply()
         gone.unlink()
         scripts.migration("003_items.py")
         status = migrations.status()
@@ -511,10 +514,10 @@ def _migrate_in_process(url: str, directory: str, ready: str, results: Any) -> N
     """A child process: warm up, say it is ready, then migrate app shop (waiting up to 60 s)."""
     engine = sa.create_engine(url)
     try:
-        migrations = Migrations("shop", engine, MigrationsConfig(directory=directory))
+        migrations = Runner(Migrations("shop", engine, MigrationsConfig(directory=directory)))
         migrations.status()  # connects and imports what latest() needs, so it starts at once
         Path(ready).touch()
-        results.put((ready, list(migrations.latest().items)))
+        results.put((ready, list(migrations.apply().items)))
     except Exception as exc:
         results.put((ready, repr(exc)))
     finally:
@@ -535,7 +538,7 @@ def _holding_batch(
 
     def run() -> None:
         try:
-            outcome.append(make(engine, scripts.directory).latest())
+            outcome.append(make(engine, scripts.directory).apply())
         except BaseException as exc:  # reported by the test
             outcome.append(exc)
 
@@ -589,7 +592,7 @@ class TestLock:
         other = sa.create_engine(database_url)
         second: list[OperationResult] = []
         waiting = threading.Thread(
-            target=lambda: second.append(make(other, scripts.directory).latest())
+            target=lambda: second.append(make(other, scripts.directory).apply())
         )
         try:
             waiting.start()
@@ -618,7 +621,7 @@ class TestLock:
             with pytest.raises(
                 MigrationFailed, match="could not take the migration lock"
             ) as raised:
-                make(other, scripts.directory, lock_timeout=0.4).latest()
+                make(other, scripts.directory, lock_timeout=0.4).apply()
             waited = time.monotonic() - started
         finally:
             go.touch()
@@ -636,7 +639,7 @@ class TestLock:
         thread, _, go = _holding_batch(engine, scripts, tmp_path)
         other = sa.create_engine(database_url)
         try:
-            result = make(other, scripts.directory, lock_timeout=0.3).rollback()
+            result = make(other, scripts.directory, lock_timeout=0.3).undo()
         finally:
             go.touch()
             thread.join(timeout=30)
@@ -652,7 +655,7 @@ class TestLock:
         thread, _, go = _holding_batch(engine, scripts, tmp_path)
         try:
             with pytest.raises(MigrationFailed, match="could not take the migration lock"):
-                make(engine, scripts.directory, lock_timeout=0.2).latest()
+                make(engine, scripts.directory, lock_timeout=0.2).apply()
         finally:
             go.touch()
             thread.join(timeout=30)
@@ -664,6 +667,6 @@ class TestLock:
         scripts.migration("001_broken.py", FAIL)
         migrations = make(engine, scripts.directory, lock_timeout=0.5)
         with pytest.raises(MigrationFailed, match=r"001_broken\.py"):
-            migrations.latest()
+            migrations.apply()
         scripts.migration("001_broken.py", create_table("users"))
-        assert migrations.latest().items == ("001_broken.py",)
+        assert migrations.apply().items == ("001_broken.py",)

@@ -443,7 +443,6 @@ class TestRegistryPluginMethods:
             ("unloaded", {"name": "backup-plugin", "plugin": "backup-plugin", "mode": "inline"}),
         ]
 
-
     async def test_get_all_plugins_lists_the_plugins_themselves(
         self, make_registry: RegistryFactory, tmp_path: Path
     ) -> None:

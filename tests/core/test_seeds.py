@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from rapid_objection.core._config import SeedsConfig
 from rapid_objection.core._errors import ConfigError, SeedFailed
+from rapid_objection.core._runners import Runner
 from rapid_objection.core._seeds import Seeds
 from tests.core.fixtures_migrations import FAIL, Scripts, delete, insert, until, wait_for
 
@@ -40,8 +41,8 @@ def scripts(tmp_path: Path) -> Scripts:
     return Scripts.at(tmp_path / "seeds")
 
 
-def make(engine: sa.Engine, directory: Path, app: str = "shop", **config: Any) -> Seeds:
-    return Seeds(app, engine, SeedsConfig(directory=str(directory), **config))
+def make(engine: sa.Engine, directory: Path, app: str = "shop", **config: Any) -> Runner[Seeds]:
+    return Runner(Seeds(app, engine, SeedsConfig(directory=str(directory), **config)))
 
 
 def labels(engine: sa.Engine) -> list[str]:
@@ -74,7 +75,7 @@ class TestDiscover:
         user_seed(scripts, "10_last.py", "c")
         user_seed(scripts, "2_second.py", "b", unseed=False)
         user_seed(scripts, "1_first.py", "a")
-        found = make(engine, scripts.directory).discover()
+        found = make(engine, scripts.directory).changes.discover()
         assert [seed.name for seed in found] == ["1_first.py", "2_second.py", "10_last.py"]
         assert [seed.unseed is None for seed in found] == [False, True, False]
 
@@ -99,7 +100,7 @@ class TestDiscover:
         """A malformed seed file is reported with its path and ``seeds.directory``."""
         path = scripts.raw(name, source)
         with pytest.raises(ConfigError, match=message) as raised:
-            make(engine, scripts.directory).run()
+            make(engine, scripts.directory).apply()
         assert raised.value.file == str(path)
         assert raised.value.path == "seeds.directory"
 
@@ -111,7 +112,7 @@ class TestRun:
         """Each pending seed runs once, in order, tracked per app in ``ro_seeds``."""
         user_seed(scripts, "001_admin.py", "admin")
         user_seed(scripts, "002_guest.py", "guest")
-        result = make(engine, scripts.directory).run()
+        result = make(engine, scripts.directory).apply()
         assert result.operation == "seeds"
         assert result.success
         assert result.items == ("001_admin.py", "002_guest.py")
@@ -128,10 +129,10 @@ class TestRun:
         """A second run seeds nothing; a file added later is batch 2."""
         user_seed(scripts, "001_admin.py", "admin")
         seeds = make(engine, scripts.directory)
-        seeds.run()
-        assert seeds.run().items == ()
+        seeds.apply()
+        assert seeds.apply().items == ()
         user_seed(scripts, "002_guest.py", "guest")
-        assert seeds.run().details["batch"] == 2
+        assert seeds.apply().details["batch"] == 2
         assert labels(engine) == ["admin", "guest"]
         assert scripts.calls() == ["seed 001_admin.py", "seed 002_guest.py"]
 
@@ -143,7 +144,7 @@ class TestRun:
         scripts.seed("002_half.py", f"{insert('users', 'half', via='connection')}\n{FAIL}")
         user_seed(scripts, "003_guest.py", "guest")
         with pytest.raises(SeedFailed) as raised:
-            make(engine, scripts.directory).run()
+            make(engine, scripts.directory).apply()
         assert raised.value.app == "shop"
         assert raised.value.seed == "002_half.py"
         assert "RuntimeError: boom" in raised.value.reason
@@ -158,7 +159,7 @@ class TestRun:
         user_seed(scripts, "001_admin.py", "admin")
         user_seed(scripts, "002_again.py", "admin")
         with pytest.raises(SeedFailed, match=r"002_again\.py"):
-            make(engine, scripts.directory).run()
+            make(engine, scripts.directory).apply()
         assert tracked(engine) == [("shop", "001_admin.py", 1)]
 
     def test_apps_are_tracked_apart(self, engine: sa.Engine, tmp_path: Path) -> None:
@@ -166,8 +167,8 @@ class TestRun:
         shop, blog = Scripts.at(tmp_path / "shop"), Scripts.at(tmp_path / "blog")
         user_seed(shop, "001_admin.py", "admin")
         user_seed(blog, "001_admin.py", "editor")
-        make(engine, shop.directory, "shop").run()
-        make(engine, blog.directory, "blog").run()
+        make(engine, shop.directory, "shop").apply()
+        make(engine, blog.directory, "blog").apply()
         assert tracked(engine) == [("blog", "001_admin.py", 1), ("shop", "001_admin.py", 1)]
 
     def test_the_tracking_table_name_is_configurable(
@@ -175,7 +176,7 @@ class TestRun:
     ) -> None:
         """``seeds.table`` names the tracking table."""
         user_seed(scripts, "001_admin.py", "admin")
-        make(engine, scripts.directory, table="seed_log").run()
+        make(engine, scripts.directory, table="seed_log").apply()
         assert tracked(engine, "seed_log") == [("shop", "001_admin.py", 1)]
 
 
@@ -186,11 +187,11 @@ class TestUnseed:
         """Only the newest batch is unseeded, newest file first."""
         user_seed(scripts, "001_admin.py", "admin")
         seeds = make(engine, scripts.directory)
-        seeds.run()
+        seeds.apply()
         user_seed(scripts, "002_guest.py", "guest")
         user_seed(scripts, "003_bot.py", "bot")
-        seeds.run()
-        result = seeds.unseed()
+        seeds.apply()
+        result = seeds.undo()
         assert result.success
         assert result.operation == "seeds"
         assert result.items == ("003_bot.py", "002_guest.py")
@@ -205,8 +206,8 @@ class TestUnseed:
         user_seed(scripts, "001_admin.py", "admin", unseed=False)
         user_seed(scripts, "002_guest.py", "guest")
         seeds = make(engine, scripts.directory)
-        seeds.run()
-        result = seeds.unseed()
+        seeds.apply()
+        result = seeds.undo()
         assert result.success
         assert result.items == ("002_guest.py", "001_admin.py")
         assert result.details["untracked"] == ["001_admin.py"]
@@ -225,8 +226,8 @@ class TestUnseed:
         )
         user_seed(scripts, "003_bot.py", "bot")
         seeds = make(engine, scripts.directory)
-        seeds.run()
-        result = seeds.unseed()
+        seeds.apply()
+        result = seeds.undo()
         assert not result.success
         assert (result.error or "").startswith("002_guest.py: RuntimeError: boom")
         assert result.items == ("003_bot.py",)
@@ -236,7 +237,7 @@ class TestUnseed:
 
     def test_nothing_to_unseed(self, engine: sa.Engine, scripts: Scripts) -> None:
         """Without a batch, unseed succeeds with no items."""
-        result = make(engine, scripts.directory).unseed()
+        result = make(engine, scripts.directory).undo()
         assert result.success
         assert result.items == ()
 
@@ -247,7 +248,7 @@ class TestStatus:
         user_seed(scripts, "001_admin.py", "admin")
         seeds = make(engine, scripts.directory)
         assert seeds.status() == {"applied": [], "pending": ["001_admin.py"], "missing": []}
-        seeds.run()
+        seeds.apply()
         user_seed(scripts, "002_guest.py", "guest")
         status = seeds.status()
         assert [(entry["name"], entry["batch"]) for entry in status["applied"]] == [
@@ -268,16 +269,16 @@ class TestLock:
         )
         first: list[object] = []
         thread = threading.Thread(
-            target=lambda: first.append(make(engine, scripts.directory).run())
+            target=lambda: first.append(make(engine, scripts.directory).apply())
         )
         other = sa.create_engine(database_url)
         thread.start()
         try:
             until(inside)
             seeds = make(other, scripts.directory)
-            seeds.lock_timeout = 0.3
+            seeds.changes.lock_timeout = 0.3
             with pytest.raises(SeedFailed, match="could not take the seed lock"):
-                seeds.run()
+                seeds.apply()
         finally:
             go.touch()
             thread.join(timeout=30)
