@@ -20,6 +20,7 @@ from ._bus import Bus
 from ._constants import DEAD_CONSUMER_IDLE
 from ._directory import is_alive
 from ._errors import BusUnavailable, GroupMissing
+from ._ids import sorted_ids
 from ._redis import Entry
 
 log = logging.getLogger("rapid_objection.bus")
@@ -63,6 +64,7 @@ class Claimer:
         self.reclaimed = 0
 
     def stop(self) -> None:
+        """End the loop; called once the consumer has settled everything it held."""
         self._stop.set()
 
     async def run(self) -> None:
@@ -74,14 +76,18 @@ class Claimer:
         except Exception as exc:  # a probe must never stop the worker
             log.debug("XREADGROUP CLAIM probe failed: %s", exc)
         rounds = 0
-        while not self.consumer.stopping:
+        while True:
             with anyio.move_on_after(self.interval * random.uniform(0.8, 1.0)):
                 await self._stop.wait()
-            if self._stop.is_set() or self.consumer.stopping:
+            if self._stop.is_set():
                 return
             rounds += 1
             try:
+                # Renewal goes on while a stopping consumer drains; only taking new
+                # work stops with the stop.
                 await self.renew()
+                if self.consumer.stopping:
+                    continue
                 # After an outage every lease looks idle: give the live owners one idle
                 # period to renew theirs before taking anything over.
                 if anyio.current_time() >= self._reclaim_after:
@@ -108,7 +114,7 @@ class Claimer:
             count=len(ids) + 1000,
             consumer=consumer.consumer,
         )
-        mine = sorted({row.entry_id for row in owned} & set(ids))
+        mine = sorted_ids({row.entry_id for row in owned} & set(ids))
         # min-idle 0 always succeeds, so only entries still ours are named: never take
         # back one that another consumer reclaimed.
         await bus.redis.xclaim_ids(bus.keys.events, consumer.plugin, consumer.consumer, mine, 0)

@@ -24,6 +24,7 @@ from ._contract import Ack, DeadLetter, decode_envelope
 from ._delivery import Delivery, Done, Handler, ListSink, Sink
 from ._errors import BusUnavailable, GroupMissing
 from ._flush import Flusher, pause
+from ._ids import sorted_ids
 from ._lanes import InlineLanes, Lanes, TaskLanes
 from ._redact import mask_url
 from ._redis import Entry
@@ -95,7 +96,7 @@ class Consumer:
 
     def in_flight_ids(self) -> list[str]:
         """Entries this consumer read and has not acked yet (their leases to renew)."""
-        return sorted(self._reading)
+        return sorted_ids(self._reading)
 
     def room(self) -> int:
         """How many more entries this consumer may take on right now."""
@@ -147,7 +148,10 @@ class Consumer:
                 await self._read_own_pending(lanes, send)
                 await self._read_loop(lanes, send)
                 await lanes.wait_idle()
-                claimer.stop()
+            # Leases are renewed until the last flush is over, not until the stop began:
+            # a drain longer than the idle threshold would hand its tail to a peer.
+            await self._settled_all()
+            claimer.stop()
         receive.close()  # the flush loop closed it already, unless the reader flushed itself
 
     async def _read_own_pending(self, lanes: Lanes, send: Sink) -> None:
@@ -331,3 +335,8 @@ class Consumer:
             self._reading.discard(item.entry_id)
         self._held -= len(done)
         self._room_freed.set()
+
+    async def _settled_all(self) -> None:
+        while self._held > 0:
+            self._room_freed = anyio.Event()
+            await self._room_freed.wait()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ._bus import Bus
 from ._history import time_to_id
+from ._ids import id_key, next_id
 
 LENGTH_SCAN_LIMIT = 10_000
 """Entries inspected per call to find a length-based trim point; later calls go on."""
@@ -33,24 +34,14 @@ class Retention:
             raise ValueError(f"retention max_len must not be negative, not {self.max_len}")
 
 
-def _id_key(entry_id: str) -> tuple[int, int]:
-    millis, _, seq = entry_id.partition("-")
-    return int(millis), int(seq or 0)
-
-
-def _after(entry_id: str) -> str:
-    millis, seq = _id_key(entry_id)
-    return f"{millis}-{seq + 1}"
-
-
 async def oldest_needed(bus: Bus) -> str | None:
     """The smallest entry id some group still needs (pending, or not yet delivered);
     None when no group needs anything older than the stream's end."""
     needed: list[str] = []
     for group in await bus.redis.xinfo_groups(bus.keys.events):
         oldest = await bus.redis.oldest_pending(bus.keys.events, group.name)
-        needed.append(oldest if oldest is not None else _after(group.last_delivered))
-    return min(needed, key=_id_key) if needed else None
+        needed.append(oldest if oldest is not None else next_id(group.last_delivered))
+    return min(needed, key=id_key) if needed else None
 
 
 async def trim_events(bus: Bus, retention: Retention, *, now: float | None = None) -> int:
@@ -63,11 +54,11 @@ async def trim_events(bus: Bus, retention: Retention, *, now: float | None = Non
         excess = await bus.redis.xlen(key) - retention.max_len
         if excess > 0:
             oldest = await bus.redis.xrange(key, "-", "+", count=min(excess, LENGTH_SCAN_LIMIT))
-            targets.append(_after(oldest[-1][0]))
+            targets.append(next_id(oldest[-1][0]))
     if not targets:
         return 0
-    minid = max(targets, key=_id_key)
+    minid = max(targets, key=id_key)
     needed = await oldest_needed(bus)
-    if needed is not None and _id_key(needed) < _id_key(minid):
+    if needed is not None and id_key(needed) < id_key(minid):
         minid = needed
     return await bus.redis.xtrim_minid(key, minid)

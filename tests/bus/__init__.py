@@ -1,0 +1,1 @@
+"""Bus tests: each runs on the embedded bus and on a real Redis."""

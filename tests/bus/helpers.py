@@ -1,0 +1,103 @@
+"""Helpers shared by the delivery-promise tests: events at chosen ids, a recording handler."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import anyio
+
+from rapid_objection.bus import (
+    Ack,
+    Bus,
+    Consumer,
+    Delivery,
+    Envelope,
+    Handler,
+    HealthCheck,
+    Publisher,
+)
+from rapid_objection.bus._constants import EVENT_FIELD
+from rapid_objection.bus._contract import encode
+
+
+async def add_at(
+    bus: Bus, entry_ids: list[str], *, apps: list[str], registry: str = "reg"
+) -> list[Envelope]:
+    """Append one health check per id at exactly that stream id (a same-millisecond burst
+    without relying on timing); ``apps[i]`` is the app of the i-th."""
+    publisher = Publisher(bus, registry)
+    envelopes = []
+    client = bus.redis._client  # explicit ids are a test's need, not the adapter's
+    for entry_id, app in zip(entry_ids, apps, strict=True):
+        envelope = publisher.envelope(HealthCheck(health={}), app=app)
+        await client.xadd(bus.keys.events, {EVENT_FIELD: encode(envelope)}, id=entry_id)
+        envelopes.append(envelope)
+    bus.redis.wake(bus.keys.events)
+    return envelopes
+
+
+def burst_ids(count: int) -> list[str]:
+    """``count`` ids of one millisecond in the future of now."""
+    millis = int(time.time() * 1000) + 5
+    return [f"{millis}-{seq}" for seq in range(count)]
+
+
+@dataclass
+class Runs:
+    """A handler that sleeps ``seconds`` and records who ran which event, and when."""
+
+    plugin: str = "leasy"
+    seconds: float = 0.0
+    calls: Counter[str] = field(default_factory=Counter)
+    started: list[tuple[str, str, float]] = field(default_factory=list)
+    running: int = 0
+
+    def handler(self, consumer: str) -> Handler:
+        async def run(delivery: Delivery) -> Ack:
+            self.calls[delivery.envelope.id] += 1
+            self.started.append((consumer, delivery.envelope.id, time.monotonic()))
+            self.running += 1
+            try:
+                await anyio.sleep(self.seconds)
+            finally:
+                self.running -= 1
+            return Ack(
+                event_id=delivery.envelope.id,
+                plugin=self.plugin,
+                consumer=consumer,
+                status="ok",
+                attempt=delivery.attempt,
+            )
+
+        return run
+
+    @property
+    def twice(self) -> list[str]:
+        return [event for event, count in self.calls.items() if count > 1]
+
+
+@asynccontextmanager
+async def consumer_of(
+    bus: Bus, runs: Runs, name: str, *, concurrency: int = 1, claim_idle: float = 0.3
+) -> AsyncIterator[Consumer]:
+    """Run one consumer of ``runs.plugin`` in the test; stopped (and drained) on exit."""
+    consumer = Consumer(
+        bus, runs.plugin, name, runs.handler(name), concurrency=concurrency, claim_idle=claim_idle
+    )
+    async with anyio.create_task_group() as group:
+        await group.start(consumer.run)
+        try:
+            yield consumer
+        finally:
+            consumer.stop()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll ``condition()`` until true; fails after ``timeout`` seconds."""
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.01)
