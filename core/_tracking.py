@@ -3,18 +3,33 @@
 One table per kind (``ro_migrations``, ``ro_seeds`` by default), shared by every app of
 a database: ``app``, ``name`` (the file name), ``batch`` and the time it ran;
 ``(app, name)`` is the primary key. Batches are numbered per app from 1.
+
+Names compare byte for byte on every dialect: ``Ledger`` and ``ledger`` are two apps.
+SQLite and PostgreSQL compare text that way by default; MySQL/MariaDB columns get a
+binary collation (``utf8mb4_bin``), and a table created before with a case-insensitive
+one is altered to it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Final
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.schema import CreateTable
 
 from ._scripts import sort_key
+
+BINARY_COLLATION: Final = "utf8mb4_bin"
+"""MySQL/MariaDB: names compared byte for byte (the default collation ignores case)."""
+
+
+def _name_type() -> sa.types.TypeEngine[str]:
+    return sa.String(255).with_variant(
+        mysql.VARCHAR(255, charset="utf8mb4", collation=BINARY_COLLATION), "mysql", "mariadb"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +49,8 @@ class Tracker:
         self.table = sa.Table(
             table,
             sa.MetaData(),
-            sa.Column("app", sa.String(255), primary_key=True),
-            sa.Column("name", sa.String(255), primary_key=True),
+            sa.Column("app", _name_type(), primary_key=True),
+            sa.Column("name", _name_type(), primary_key=True),
             sa.Column("batch", sa.Integer, nullable=False),
             # Naive UTC: the one datetime type every dialect stores alike (MySQL with
             # microseconds, like the others).
@@ -61,7 +76,31 @@ class Tracker:
                 connection.rollback()
                 if not self.exists(connection):
                     raise
+        elif connection.dialect.name in ("mysql", "mariadb"):
+            self._binary_names(connection)
         connection.commit()
+
+    def _binary_names(self, connection: sa.Connection) -> None:
+        """A table created with a case-insensitive collation gets the binary one."""
+        collations = connection.execute(
+            sa.text(
+                "SELECT column_name, collation_name FROM information_schema.columns"
+                " WHERE table_schema = DATABASE() AND table_name = :table"
+                " AND column_name IN ('app', 'name')"
+            ),
+            {"table": self.table.name},
+        ).all()
+        if all(collation == BINARY_COLLATION for _, collation in collations):
+            return
+        connection.execute(
+            sa.text(
+                f"ALTER TABLE `{self.table.name}`"
+                f" MODIFY app VARCHAR(255) CHARACTER SET utf8mb4 COLLATE {BINARY_COLLATION}"
+                " NOT NULL,"
+                f" MODIFY name VARCHAR(255) CHARACTER SET utf8mb4 COLLATE {BINARY_COLLATION}"
+                " NOT NULL"
+            )
+        )
 
     def rows(self, connection: sa.Connection) -> list[Row]:
         """This app's rows in the order they were applied."""

@@ -277,6 +277,42 @@ class TestLatest:
         make(engine, shop.directory, "shop").undo()
         assert tracked(engine) == [("blog", "001_posts.py", 1), ("blog", "002_tags.py", 1)]
 
+    def test_app_names_that_differ_in_case_are_tracked_apart(
+        self, engine: sa.Engine, tmp_path: Path
+    ) -> None:
+        """``Ledger`` and ``ledger`` each run their own files; undoing one keeps the other's."""
+        upper = Scripts.at(tmp_path / "upper")
+        lower = Scripts.at(tmp_path / "lower")
+        upper.migration("001_init.py", create_table("upper_items"), drop_table("upper_items"))
+        lower.migration("001_init.py", create_table("lower_items"), drop_table("lower_items"))
+        assert make(engine, upper.directory, "Ledger").apply().items == ("001_init.py",)
+        assert make(engine, lower.directory, "ledger").apply().items == ("001_init.py",)
+        assert {"upper_items", "lower_items"} <= tables(engine)
+        assert make(engine, lower.directory, "ledger").undo().items == ("001_init.py",)
+        assert tracked(engine) == [("Ledger", "001_init.py", 1)]
+        assert "upper_items" in tables(engine)
+        assert "lower_items" not in tables(engine)
+
+    def test_a_tracking_table_made_with_the_default_collation_compares_case_too(
+        self, engine: sa.Engine, tmp_path: Path
+    ) -> None:
+        """A table an older version created (MariaDB: case-insensitive names) is fixed in place."""
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "CREATE TABLE ro_migrations (app VARCHAR(255) NOT NULL, name VARCHAR(255)"
+                    " NOT NULL, batch INTEGER NOT NULL, migrated_at TIMESTAMP NOT NULL,"
+                    " PRIMARY KEY (app, name))"
+                )
+            )
+        upper = Scripts.at(tmp_path / "upper")
+        lower = Scripts.at(tmp_path / "lower")
+        upper.migration("001_init.py", create_table("upper_items"))
+        lower.migration("001_init.py", create_table("lower_items"))
+        make(engine, upper.directory, "Ledger").apply()
+        assert make(engine, lower.directory, "ledger").apply().items == ("001_init.py",)
+        assert {"upper_items", "lower_items"} <= tables(engine)
+
     def test_the_tracking_table_name_is_configurable(
         self, engine: sa.Engine, scripts: Scripts
     ) -> None:
