@@ -14,8 +14,10 @@ script directory's ``env.py``. That ``env.py`` must use what the registry hands 
 
 ``attributes`` also carries ``app``. The version table is per app
 (``alembic_version_<app>``, see ``version_table``), so that apps sharing a database keep
-their own revisions; an ``env.py`` that ignores it is detected after the upgrade and
-reported as a failure.
+their own revisions; distinct app names always get distinct tables (``shop-v2``,
+``shop_v2`` and ``Shop.V2`` included). An ``env.py`` that ignores it is detected after
+the upgrade and reported as a failure. An app migrated by an older version, whose table
+then had the sanitised name alone, gets its table renamed on its next batch.
 
 * Applying upgrades to the heads as one batch under the app's migration lock (the one
   plain migrations take) and records the revision it started from as a row
@@ -40,6 +42,7 @@ of them, but a rollback to several heads at once is refused.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
 from collections.abc import Iterator
@@ -61,20 +64,40 @@ from ._runners import Progress
 from ._scripts import describe
 from ._tracking import Tracker
 
+log = logging.getLogger("rapid_objection.migrations")
+
 ROW_PREFIX: Final = "alembic:"
 """Tracking rows of Alembic batches: ``alembic:<revision the upgrade started from>``."""
 BASE: Final = "base"
 
 _IDENTIFIER_MAX: Final = 63
 """PostgreSQL's identifier limit (MySQL allows 64)."""
+_PREFIX: Final = "alembic_version_"
+_PLAIN: Final = re.compile(r"[0-9a-z]+(_[0-9a-z]+)*")
+"""Names kept as they are: no upper case, no ``.`` or ``-``, no ``__``, no edge ``_``."""
 
 _alembic_lock = threading.Lock()
 """One Alembic run per process: ``alembic.context`` and ``alembic.op`` are global proxies."""
 
 
 def version_table(app: str) -> str:
-    """``alembic_version_<app>``, lower-case letters, digits and ``_`` only, at most 63."""
-    name = "alembic_version_" + re.sub(r"[^0-9a-z_]", "_", app.lower())
+    """``alembic_version_<app>``, one table per distinct app name, at most 63 characters.
+
+    A name of lower-case letters, digits and single underscores is used as it is; any
+    other is sanitised and followed by ``__`` and a hash of the exact name, which a kept
+    name never contains: two names never share a table (but for a hash collision).
+    """
+    if _PLAIN.fullmatch(app) and len(_PREFIX) + len(app) <= _IDENTIFIER_MAX:
+        return _PREFIX + app
+    digest = hashlib.sha256(app.encode()).hexdigest()[:12]
+    sanitised = re.sub(r"_+", "_", re.sub(r"[^0-9a-z_]", "_", app.lower()))
+    room = _IDENTIFIER_MAX - len(_PREFIX) - len(digest) - 2
+    return f"{_PREFIX}{sanitised[:room].rstrip('_')}__{digest}"
+
+
+def _legacy_version_table(app: str) -> str:
+    """The name older versions gave (shared by names that sanitise alike)."""
+    name = _PREFIX + re.sub(r"[^0-9a-z_]", "_", app.lower())
     if len(name) > _IDENTIFIER_MAX:
         digest = hashlib.sha1(app.encode(), usedforsecurity=False).hexdigest()[:8]
         name = f"{name[: _IDENTIFIER_MAX - 9]}_{digest}"
@@ -154,6 +177,7 @@ class AlembicMigrations:
         return {"version_table": self.version_table}
 
     def forward(self, batch: Batch) -> Progress:
+        self._adopt_legacy_table(batch)
         script = self.script()
         heads = tuple(script.get_heads())
         progress, before = self._upgrade(batch, script, heads)
@@ -229,7 +253,28 @@ class AlembicMigrations:
         return f"{reason}; nothing of this upgrade is applied (still at {_joined(before)})"
 
     def backward(self, batch: Batch) -> Progress:
+        self._adopt_legacy_table(batch)
         return self._downgrade(batch, self.script())
+
+    def _adopt_legacy_table(self, batch: Batch) -> None:
+        """Rename this app's version table from an older version's name to today's."""
+        legacy = _legacy_version_table(self.app)
+        connection = batch.connection
+        if legacy == self.version_table:
+            return
+        inspector = sa.inspect(connection)
+        if inspector.has_table(self.version_table) or not inspector.has_table(legacy):
+            return
+        # Only when this app's own tracking rows say it was upgraded with Alembic: a
+        # table of that name may be another app's (``shop_v2``'s, for ``shop-v2``).
+        if not any(row.name.startswith(ROW_PREFIX) for row in self.tracker.rows(connection)):
+            return
+        quote = connection.dialect.identifier_preparer.quote
+        with batch.step():
+            connection.execute(
+                sa.text(f"ALTER TABLE {quote(legacy)} RENAME TO {quote(self.version_table)}")
+            )
+        log.info("app %r: version table %s renamed to %s", self.app, legacy, self.version_table)
 
     def _downgrade(self, batch: Batch, script: ScriptDirectory) -> Progress:
         connection = batch.connection

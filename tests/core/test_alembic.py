@@ -8,6 +8,7 @@ PostgreSQL only where DDL is transactional (``sql_url``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,12 +90,52 @@ class TestVersionTable:
         ("app", "expected"),
         [
             pytest.param("shop", "alembic_version_shop", id="plain"),
-            pytest.param("My-Shop.eu", "alembic_version_my_shop_eu", id="sanitised"),
+            pytest.param("shop_v2", "alembic_version_shop_v2", id="underscore"),
         ],
     )
     def test_is_named_after_the_app(self, app: str, expected: str) -> None:
-        """Lower-case letters, digits and underscores only."""
+        """A name of lower-case letters, digits and single underscores is kept as it is."""
         assert version_table(app) == expected
+
+    def test_other_names_are_sanitised_with_a_hash_of_the_name(self) -> None:
+        """Lower-case letters, digits and underscores only, then ``__`` and a hash."""
+        assert re.fullmatch(
+            r"alembic_version_my_shop_eu__[0-9a-f]{12}", version_table("My-Shop.eu")
+        )
+
+    def test_distinct_app_names_get_distinct_tables(self) -> None:
+        """Names that sanitise alike (``shop-v2``, ``shop_v2``, ``Shop.V2``) stay apart."""
+        names = ["shop-v2", "shop_v2", "Shop.V2", "shop.v2", "SHOP_V2", "shop__v2", "shop_v2__"]
+        assert len({version_table(name) for name in names}) == len(names)
+
+    def test_a_table_named_by_an_older_version_is_taken_over(
+        self, engine: sa.Engine, scripts: AlembicScripts
+    ) -> None:
+        """``My-Shop`` migrated into ``alembic_version_my_shop`` goes on from there."""
+        make(engine, scripts, "My-Shop").apply()
+        with engine.begin() as connection:
+            today = connection.dialect.identifier_preparer.quote(version_table("My-Shop"))
+            connection.execute(sa.text(f"ALTER TABLE {today} RENAME TO alembic_version_my_shop"))
+        scripts.revision(create_table("extra"), drop_table("extra"))
+        assert make(engine, scripts, "My-Shop").apply().items == ("rev3",)
+        assert "alembic_version_my_shop" not in tables(engine)
+        assert make(engine, scripts, "My-Shop").status()["current"] == "rev3"
+
+    def test_apps_whose_names_sanitise_alike_migrate_apart(
+        self, engine: sa.Engine, tmp_path: Path
+    ) -> None:
+        """``shop-v2`` and ``shop_v2`` in one database each keep their own revisions."""
+        dashed = AlembicScripts.at(tmp_path / "dashed", table="dashed", prefix="d")
+        dashed.create_table()
+        underscored = AlembicScripts.at(tmp_path / "underscored", table="under", prefix="u")
+        underscored.create_table()
+        assert make(engine, dashed, "shop-v2").apply().items == ("d1",)
+        assert make(engine, underscored, "shop_v2").apply().items == ("u1",)
+        assert make(engine, dashed, "shop-v2").status()["current"] == "d1"
+        assert make(engine, underscored, "shop_v2").undo().success
+        assert make(engine, dashed, "shop-v2").status()["current"] == "d1"
+        assert {"dashed"} <= tables(engine)
+        assert "under" not in tables(engine)
 
     def test_a_long_name_is_shortened_but_stays_distinct(self) -> None:
         """Names fit PostgreSQL's 63 characters; a hash keeps long app names apart."""
