@@ -24,6 +24,7 @@ from ._contract import Ack, DeadLetter, decode_envelope
 from ._delivery import Delivery, Done, Handler, ListSink, Sink
 from ._errors import BusUnavailable, GroupMissing
 from ._flush import Flusher, pause
+from ._heads import EnvelopeHead, decode_head
 from ._ids import sorted_ids
 from ._lanes import InlineLanes, Lanes, TaskLanes
 from ._redact import mask_url
@@ -135,7 +136,7 @@ class Consumer:
                 finished = ListSink()
                 send = finished
                 self._flush_now = self.flusher.inline(finished)
-                lanes = InlineLanes(self._run_one(send), self._flush_now)
+                lanes = InlineLanes(group, self._run_one(send), self._flush_now)
             else:
                 send = stream
                 lanes = TaskLanes(group, self._run_one(send), self._concurrency)
@@ -227,8 +228,14 @@ class Consumer:
             envelope = decode_envelope(data)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             reason = "entry was deleted from the stream" if not fields else str(exc)
-            letter = self._poison(entry_id, data, reason)
-            send.send_nowait(Done(entry_id, None, dead_letter=letter))
+            head = decode_head(data) if fields else None
+            if head is None:
+                letter = self._poison(entry_id, data, reason)
+                send.send_nowait(Done(entry_id, None, dead_letter=letter))
+            elif head.target is None or head.target == self.plugin:
+                send.send_nowait(self._unreadable(entry_id, head, data, attempt, reason))
+            else:
+                send.send_nowait(Done(entry_id, None))  # another plugin's: XACK only
             return
         if envelope.target is not None and envelope.target != self.plugin:
             send.send_nowait(Done(entry_id, envelope))  # meant for another plugin: XACK only
@@ -255,6 +262,40 @@ class Consumer:
             last_time=now,
             data=data,
         )
+
+    def _unreadable(
+        self, entry_id: str, head: EnvelopeHead, data: bytes, attempt: int, reason: str
+    ) -> Done:
+        """An event this worker cannot decode in full (a newer schema version, an unknown
+        type): dead-lettered, and its registry hears of it now with an error ack."""
+        now = time.time()
+        letter = DeadLetter(
+            entry_id=entry_id,
+            event_id=head.id,
+            type=head.type,
+            app=head.app,
+            registry=head.registry,
+            plugin=self.plugin,
+            consumer=self.consumer,
+            attempts=attempt,
+            first_error=reason,
+            last_error=reason,
+            first_time=head.time or now,
+            last_time=now,
+            data=data,
+        )
+        ack = Ack(
+            event_id=head.id,
+            plugin=self.plugin,
+            consumer=self.consumer,
+            status="error",
+            error=reason,
+            error_type="UnsupportedEvent",
+            attempt=attempt,
+            replay=head.replay,
+            permanent=True,
+        )
+        return Done(entry_id, head, ack, letter)
 
     def _run_one(self, send: Sink) -> Callable[[Delivery], Awaitable[None]]:
         async def run(delivery: Delivery) -> None:

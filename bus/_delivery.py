@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ._contract import Ack, DeadLetter, Envelope
+from ._heads import EnvelopeHead
 from ._retry import Deferred
 
 
@@ -29,7 +30,8 @@ class Done:
     """A finished entry: what to write for it, and whether to XACK it."""
 
     entry_id: str
-    envelope: Envelope | None
+    envelope: Envelope | EnvelopeHead | None
+    """``EnvelopeHead`` when only the head could be decoded."""
     ack: Ack | None = None
     dead_letter: DeadLetter | None = None
     keep: bool = False

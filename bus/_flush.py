@@ -27,6 +27,7 @@ from ._contract import Ack, DeadLetter, Envelope, Failure, encode
 from ._delivery import Done, ListSink
 from ._errors import BusUnavailable
 from ._failures import add_failure
+from ._heads import EnvelopeHead
 from ._redis import Batch
 
 FLUSH_GATHER = 0.001
@@ -114,7 +115,7 @@ class Flusher:
             self.handled += 1
             if ack.status == "error":
                 self.failed += 1
-                if item.dead_letter is None:
+                if item.dead_letter is None and isinstance(envelope, Envelope):
                     add_failure(batch, keys, self._error_failure(envelope, ack))
             if self._wants_record(envelope, ack):
                 acks.setdefault(keys.acks(envelope.registry), []).append(ack)
@@ -157,7 +158,7 @@ class Flusher:
                 key: at for key, at in self._expiry_set.items() if now - at < ACK_STREAM_REFRESH
             }
 
-    def _wants_record(self, envelope: Envelope, ack: Ack) -> bool:
+    def _wants_record(self, envelope: Envelope | EnvelopeHead, ack: Ack) -> bool:
         """An ack record goes to the registry when it awaits this plugin, or when it
         carries a result it may merge (health); custom events are fire-and-forget."""
         if self.plugin in envelope.required:

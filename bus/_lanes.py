@@ -7,6 +7,7 @@ read batch itself and flush its acks before the next read. Both are ``Lanes``.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -76,12 +77,17 @@ class InlineLanes:
     """Concurrency 1: the reader itself runs what it read, in order, then reads again.
 
     No task per event and no hand-over: a read batch is handled back to back and its
-    acks leave in one flush, which is what makes a worker's round trip cheap.
+    acks leave in one flush, which is what makes a worker's round trip cheap. Acks that
+    wait while the next hook runs leave on their own after ``INLINE_FLUSH_AFTER``.
     """
 
     def __init__(
-        self, run: Callable[[Delivery], Awaitable[None]], flush: Callable[[], Awaitable[None]]
+        self,
+        group: TaskGroup,
+        run: Callable[[Delivery], Awaitable[None]],
+        flush: Callable[[], Awaitable[None]],
     ) -> None:
+        self._group = group
         self._run = run
         self._flush = flush
         self._queue: deque[Delivery] = deque()
@@ -91,16 +97,31 @@ class InlineLanes:
 
     async def settle(self) -> None:
         """Run everything queued, in order; acks go out in one flush at the end, or as
-        soon as the oldest waiting one is ``INLINE_FLUSH_AFTER`` old (slow hooks must
-        not hold back the acks of the ones before them)."""
+        soon as the oldest waiting one is ``INLINE_FLUSH_AFTER`` old: a slow hook never
+        holds back the acks of the ones before it."""
         oldest: float | None = None
         while self._queue:
-            await self._run(self._queue.popleft())
+            delivery = self._queue.popleft()
+            timer = None
+            if oldest is not None:
+                # A timer, not a task per hook: the fast path stays a plain call.
+                due = max(0.0, INLINE_FLUSH_AFTER - (anyio.current_time() - oldest))
+                timer = asyncio.get_running_loop().call_later(due, self._flush_aside)
+            await self._run(delivery)
+            if timer is not None:
+                timer.cancel()
             now = anyio.current_time()
             oldest = now if oldest is None else oldest
             if self._queue and now - oldest >= INLINE_FLUSH_AFTER:
                 await self._flush()
                 oldest = None
+        await self._flush()
+
+    def _flush_aside(self) -> None:
+        """The acks waiting behind a slow hook leave while it runs."""
+        self._group.start_soon(self._flush_waiting)
+
+    async def _flush_waiting(self) -> None:
         await self._flush()
 
     async def wait_idle(self) -> None:

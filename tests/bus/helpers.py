@@ -25,7 +25,12 @@ from rapid_objection.bus._contract import encode
 
 
 async def add_at(
-    bus: Bus, entry_ids: list[str], *, apps: list[str], registry: str = "reg"
+    bus: Bus,
+    entry_ids: list[str],
+    *,
+    apps: list[str],
+    registry: str = "reg",
+    required: tuple[str, ...] = (),
 ) -> list[Envelope]:
     """Append one health check per id at exactly that stream id (a same-millisecond burst
     without relying on timing); ``apps[i]`` is the app of the i-th."""
@@ -33,7 +38,7 @@ async def add_at(
     envelopes = []
     client = bus.redis._client  # explicit ids are a test's need, not the adapter's
     for entry_id, app in zip(entry_ids, apps, strict=True):
-        envelope = publisher.envelope(HealthCheck(health={}), app=app)
+        envelope = publisher.envelope(HealthCheck(health={}), app=app, required=required)
         await client.xadd(bus.keys.events, {EVENT_FIELD: encode(envelope)}, id=entry_id)
         envelopes.append(envelope)
     bus.redis.wake(bus.keys.events)

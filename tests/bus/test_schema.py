@@ -191,8 +191,7 @@ class TestCommittedDocs:
         path = ROOT / relative
         committed = path.read_bytes().decode("utf-8") if path.is_file() else None
         assert committed == schema.generated()[relative], (
-            f"{relative.as_posix()} is stale: run `python docs/generate.py`"
-            " and commit the result"
+            f"{relative.as_posix()} is stale: run `python docs/generate.py` and commit the result"
         )
 
     def test_generation_is_deterministic(self) -> None:
