@@ -49,14 +49,14 @@ from ._contract import (
     payload_type,
 )
 from ._directory import Directory, is_alive
-from ._dlq import DeadLetterEntry, DeadLetters, RedriveError, Redriven
+from ._dlq import DeadLetterEntry, DeadLetters, Redriven
 from ._errors import (
     BusError,
     BusUnavailable,
     BusUrlError,
-    EnvelopeError,
     GroupMissing,
     NamespaceError,
+    RedriveError,
 )
 from ._failures import FailureCount, FailureLog
 from ._history import History, HistoryEntry, Page
@@ -107,7 +107,6 @@ __all__ = [
     "Delivery",
     "Directory",
     "Envelope",
-    "EnvelopeError",
     "EventType",
     "Failure",
     "FailureCount",

@@ -12,17 +12,9 @@ from msgspec.structs import replace
 from ._bus import Bus
 from ._constants import RECORD_FIELD
 from ._contract import DeadLetter, decode_dead_letter, decode_envelope, new_event_id
-from ._errors import BusError
+from ._errors import RedriveError
 
 _ENTRY_ID = re.compile(r"\d+(-\d+)?")
-
-
-class RedriveError(BusError, ValueError):
-    """A dead letter that cannot be re-driven (unknown id, or never a valid envelope)."""
-
-    def __init__(self, letter_id: str, reason: str) -> None:
-        super().__init__(f"cannot re-drive dead letter {letter_id}: {reason}")
-        self.letter_id = letter_id
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,20 +1,13 @@
-"""Errors of the bus.
-
-BusError
-├── BusUrlError          an unsupported or malformed bus URL
-├── NamespaceError       a namespace that cannot be a key part
-├── BusUnavailable       the Redis server cannot be reached, or refuses for a while
-├── BusRefused           the server refuses our credentials or a command (ACL)
-├── EnvelopeError        bytes that are not a valid envelope (poison input)
-└── GroupMissing         a consumer group or stream that does not exist (NOGROUP)
-"""
+"""Errors of the bus: the ``BusError`` branch of the tree drawn in ``rapid_objection._errors``."""
 
 from __future__ import annotations
+
+from rapid_objection._errors import Error
 
 from ._redact import mask_url
 
 
-class BusError(Exception):
+class BusError(Error):
     """Root of every error the bus raises."""
 
 
@@ -34,15 +27,6 @@ class BusUnavailable(BusError, ConnectionError):  # noqa: N818 - the contract's 
         self.url = mask_url(url)
         self.reason = reason
         super().__init__(f"bus unavailable at {self.url}: {reason}")
-
-
-class EnvelopeError(BusError, ValueError):
-    """An entry that cannot be decoded into a known envelope."""
-
-    def __init__(self, entry_id: str, reason: str) -> None:
-        self.entry_id = entry_id
-        self.reason = reason
-        super().__init__(f"entry {entry_id} is not a valid envelope: {reason}")
 
 
 class GroupMissing(BusError):  # noqa: N818 - reads as the Redis condition it maps
@@ -77,3 +61,11 @@ class BusRefused(BusError, PermissionError):  # noqa: N818 - reads as the condit
         self.reason = reason
         what = f"{command} refused" if command else "refused"
         super().__init__(f"bus at {self.url}: {what}: {reason}")
+
+
+class RedriveError(BusError, ValueError):
+    """A dead letter that cannot be re-driven (unknown id, or never a valid envelope)."""
+
+    def __init__(self, letter_id: str, reason: str) -> None:
+        super().__init__(f"cannot re-drive dead letter {letter_id}: {reason}")
+        self.letter_id = letter_id

@@ -31,6 +31,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from rapid_objection._extras import missing_extra
 from rapid_objection.bus import ConnectionInfo, mask_url
 
 from ._config import AppConfig, DatabaseConfig
@@ -115,6 +116,9 @@ def build_url(app: str, db: DatabaseConfig) -> sa.URL:
             app, masked(url), f"dialect {url.drivername!r} is not installed"
         ) from None
     except ImportError as exc:
+        extra = missing_extra(exc, f"app {app!r} ({url.drivername})")
+        if extra is not None:
+            raise extra from None
         raise ConnectionFailed(
             app,
             masked(url),

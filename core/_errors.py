@@ -1,25 +1,16 @@
-"""Errors of the registry.
+"""Errors of the registry: the ``RegistryError`` branch of the tree drawn in
+``rapid_objection._errors``.
 
-    RegistryError
-    ├── ConfigError            a configuration key, type or file that is wrong (.path, .file)
-    ├── AppAlreadyRegistered   a name that is taken (.app)
-    ├── AppNotRegistered       a name that is not registered (.app)
-    ├── ConnectionFailed       a database URL that cannot be used or reached (.app, .url)
-    ├── MigrationFailed        a migration that failed, or its lock (.app, .migration)
-    ├── SeedFailed             a seed that failed (.app, .seed)
-    ├── ModelLoadError         models that cannot be imported (.app, .source)
-    └── PluginVeto             a required plugin with on_failure="abort" failed (.plugin, .consumer)
-
-Every error names what it is about as attributes, not only in its message; no message
-carries a password (URLs are masked).
+No message carries a password (URLs are masked).
 """
 
 from __future__ import annotations
 
+from rapid_objection._errors import Error
 from rapid_objection.bus import mask_url
 
 
-class RegistryError(Exception):
+class RegistryError(Error):
     """Root of every error the registry raises."""
 
     app: str | None = None
@@ -96,3 +87,11 @@ class PluginVeto(RegistryError):  # noqa: N818 - reads as the condition
         self.reason = reason
         held = f" (consumer {consumer!r})" if consumer else " (no consumer)"
         super().__init__(f"plugin {plugin!r}{held} stopped {event} of app {app!r}: {reason}")
+
+
+class ReplayError(RegistryError, ValueError):
+    """A replay that cannot be done: an unreadable time, or a plugin nobody would serve."""
+
+    def __init__(self, message: str, *, plugin: str | None = None) -> None:
+        super().__init__(message)
+        self.plugin = plugin

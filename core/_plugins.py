@@ -40,13 +40,12 @@ MANIFEST_POLL = 0.1
 """Seconds between two looks for an external plugin's manifest while loading."""
 
 
-class PluginFailed(Exception):  # noqa: N818 - a load outcome, carried in initialize()'s result
+class PluginFailed(PluginLoadError):  # noqa: N818 - a load outcome, carried in initialize()'s result
     """A plugin that could not be loaded; the message is the seed's troubleshooting text."""
 
     def __init__(self, plugin: str, message: str, phase: str) -> None:
-        super().__init__(message)
+        super().__init__(plugin, message, phase)
         self.plugin = plugin
-        self.phase = phase
 
 
 @dataclass

@@ -42,20 +42,12 @@ from rapid_objection.bus import (
     new_event_id,
 )
 
-from ._errors import RegistryError
+from ._errors import ReplayError
 
 _RELATIVE = re.compile(r"-?(?P<amount>\d+(?:\.\d+)?)(?P<unit>[smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 PAGE_SIZE = 500
 """Events read per XRANGE while selecting."""
-
-
-class ReplayError(RegistryError, ValueError):
-    """A replay that cannot be done: an unreadable time, or a plugin nobody would serve."""
-
-    def __init__(self, message: str, *, plugin: str | None = None) -> None:
-        super().__init__(message)
-        self.plugin = plugin
 
 
 def parse_time(text: str, *, now: float | None = None) -> float:

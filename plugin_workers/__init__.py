@@ -7,8 +7,9 @@ from rapid_objection.bus import PermanentError, RetryLater
 
 from ._connection import Connection, credentials_variable
 from ._dispatch import Dispatcher, current_delivery, hook_arguments
-from ._interface import PluginInterface, RemoteError, implemented_hooks
-from ._loader import ENTRY_POINT_GROUP, PluginLoadError, build_plugin, load_plugin_class
+from ._errors import EngineUnavailable, PluginError, PluginLoadError, RemoteError
+from ._interface import PluginInterface, implemented_hooks
+from ._loader import ENTRY_POINT_GROUP, build_plugin, load_plugin_class
 from ._once import run_once
 from ._view import RegistryView
 from ._worker import Worker, default_consumer_name
@@ -17,7 +18,9 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "Connection",
     "Dispatcher",
+    "EngineUnavailable",
     "PermanentError",
+    "PluginError",
     "PluginInterface",
     "PluginLoadError",
     "RegistryView",

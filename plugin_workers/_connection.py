@@ -16,7 +16,10 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from rapid_objection._extras import create_engine
 from rapid_objection.bus import ConnectionInfo
+
+from ._errors import EngineUnavailable
 
 LiveEngines = Callable[[str], Any]
 """app -> the registry's live engine (inline mode); raises KeyError when it has none."""
@@ -53,13 +56,12 @@ class Engines:
                 return self._engines[app]
             url = self.url_for(app)
             if url is None:
-                raise LookupError(
+                raise EngineUnavailable(
+                    app,
                     f"this worker has no credentials for app {app!r}: set databases.{app} in "
-                    f"its config or {credentials_variable(app)} in its environment"
+                    f"its config or {credentials_variable(app)} in its environment",
                 )
-            import sqlalchemy
-
-            self._engines[app] = engine = sqlalchemy.create_engine(url)
+            self._engines[app] = engine = create_engine(url)
             return engine
 
     def dispose(self) -> None:
@@ -97,7 +99,9 @@ class Connection:
     async def engine(self) -> Any:
         """A SQLAlchemy engine for the app (see the module docstring for which one)."""
         if self._engines is None:
-            raise LookupError(f"no engines are available for app {self._app!r} here")
+            raise EngineUnavailable(
+                self._app, f"no engines are available for app {self._app!r} here"
+            )
         import anyio
 
         engines = self._engines

@@ -40,7 +40,8 @@ from rapid_objection.bus import (
 )
 
 from ._connection import Connection, Engines
-from ._interface import RemoteError, implemented_hooks
+from ._errors import RemoteError
+from ._interface import implemented_hooks
 
 CustomHandlers = Callable[[str], list[Callable[..., Any]]]
 

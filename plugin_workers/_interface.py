@@ -17,19 +17,12 @@ from rapid_objection.bus import (
     AutoOperationsCompleted,
 )
 
+from ._errors import RemoteError
+
 if TYPE_CHECKING:
     from rapid_objection.bus import ConnectionInfo
 
     from ._view import RegistryView
-
-
-class RemoteError(Exception):
-    """An error that happened in the registry, as a plugin's ``on_operation_failed`` sees it."""
-
-    def __init__(self, type_name: str, message: str) -> None:
-        super().__init__(message)
-        self.type = type_name
-        self.message = message
 
 
 class PluginInterface:

@@ -7,17 +7,9 @@ import inspect
 from importlib.metadata import entry_points
 from typing import Any
 
+from ._errors import PluginLoadError
+
 ENTRY_POINT_GROUP = "rapid_objection.plugins"
-
-
-class PluginLoadError(Exception):
-    """A plugin that cannot be imported or built; the message is the seed's text."""
-
-    def __init__(self, target: str, message: str, phase: str = "import") -> None:
-        super().__init__(message)
-        self.target = target
-        self.phase = phase
-        """import, build, validate or initialize: where loading stopped."""
 
 
 def load_plugin_class(target: str) -> type[Any]:

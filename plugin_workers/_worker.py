@@ -29,7 +29,7 @@ from rapid_objection.bus import (
 
 from ._connection import Engines, LiveEngines
 from ._dispatch import Dispatcher
-from ._loader import PluginLoadError
+from ._errors import PluginLoadError
 from ._view import RegistryView
 
 log = logging.getLogger("rapid_objection.worker")

@@ -32,8 +32,7 @@ def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; every expected failure is one line on stderr and a non-zero exit."""
-    from rapid_objection.bus import BusError
-    from rapid_objection.plugin_workers import PluginLoadError
+    from rapid_objection import Error
 
     arguments = list(sys.argv[1:] if argv is None else argv)
     only = "worker" if arguments[:1] == ["worker"] else None
@@ -46,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise _single(group) from None
     except UsageError as exc:
         fail(str(exc), 2)
-    except (BusError, PluginLoadError) as exc:
+    except Error as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         fail("interrupted", 130)

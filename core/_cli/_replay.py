@@ -19,7 +19,8 @@ from rich.table import Table
 
 from rapid_objection.bus import EVENT_TYPES, Bus, Envelope, HistoryEntry
 
-from .._replay import ReplayError, Selection, parse_time, provenance, redeliver, select, summary
+from .._errors import ReplayError
+from .._replay import Selection, parse_time, provenance, redeliver, select, summary
 from ._args import DEFAULT_SERVER_URL, Parser, UsageError, add_bus_options
 
 # argparse takes "-15m" for an unknown option rather than the value of --since; values

@@ -25,6 +25,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects.mysql import MEDIUMTEXT
 
+from rapid_objection._extras import create_engine
 from rapid_objection.bus import Envelope, mask_url
 from rapid_objection.plugin_workers import PluginInterface, RegistryView, current_delivery
 
@@ -129,10 +130,10 @@ def _engine(url: str | sa.URL) -> sa.Engine:
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
         # One connection for every thread: the only way they all see one memory database.
-        return sa.create_engine(
+        return create_engine(
             parsed, poolclass=sa.StaticPool, connect_args={"check_same_thread": False}
         )
-    return sa.create_engine(parsed)
+    return create_engine(parsed)
 
 
 class AuditStore:

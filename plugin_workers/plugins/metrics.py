@@ -20,12 +20,8 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import anyio.lowlevel
 import msgspec
-from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client import Counter as PromCounter
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import start_http_server
-from prometheus_client.registry import Collector
 
+from rapid_objection._extras import missing_extra
 from rapid_objection.bus import (
     AppRollbackCompleted,
     AutoOperationsCompleted,
@@ -37,6 +33,18 @@ from rapid_objection.bus import (
     collect_status,
 )
 from rapid_objection.plugin_workers import PluginInterface, RegistryView, current_delivery
+
+try:  # the [metrics] extra
+    from prometheus_client import CollectorRegistry, Histogram
+    from prometheus_client import Counter as PromCounter
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.exposition import start_http_server
+    from prometheus_client.registry import Collector
+except ImportError as exc:
+    extra = missing_extra(exc, "the metrics plugin")
+    if extra is None:
+        raise
+    raise extra from exc
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer

@@ -12,9 +12,10 @@ from __future__ import annotations
 import typing as _typing
 from importlib import import_module as _import_module
 
-from ._errors import Error
+from ._errors import Error, MissingExtra
 
 if _typing.TYPE_CHECKING:
+    from .bus import BusError
     from .core import (
         AppConfig,
         AppRegistry,
@@ -24,12 +25,14 @@ if _typing.TYPE_CHECKING:
         RegistryConfig,
         RegistryError,
     )
-    from .plugin_workers import PluginInterface
+    from .plugin_workers import PluginError, PluginInterface
 
 _LAZY: _typing.Final = {
     "AppConfig": ".core",
     "AppRegistry": ".core",
+    "BusError": ".bus",
     "PluginConfig": ".core",
+    "PluginError": ".plugin_workers",
     "PluginInterface": ".plugin_workers",
     "PluginManager": ".core",
     "PluginVeto": ".core",
@@ -40,8 +43,11 @@ _LAZY: _typing.Final = {
 __all__ = [
     "AppConfig",
     "AppRegistry",
+    "BusError",
     "Error",
+    "MissingExtra",
     "PluginConfig",
+    "PluginError",
     "PluginInterface",
     "PluginManager",
     "PluginVeto",

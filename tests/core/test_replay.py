@@ -28,8 +28,8 @@ from rapid_objection.bus import (
     Publisher,
 )
 from rapid_objection.bus.testing import drained, purge
+from rapid_objection.core._errors import ReplayError
 from rapid_objection.core._replay import (
-    ReplayError,
     Selection,
     copy_for,
     parse_time,
