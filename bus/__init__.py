@@ -52,6 +52,7 @@ from ._directory import Directory, is_alive
 from ._dlq import DeadLetterEntry, DeadLetters, Redriven
 from ._errors import (
     BusError,
+    BusRefused,
     BusUnavailable,
     BusUrlError,
     GroupMissing,
@@ -92,6 +93,7 @@ __all__ = [
     "AutoOperationsStarted",
     "Bus",
     "BusError",
+    "BusRefused",
     "BusUnavailable",
     "BusUrlError",
     "ConnectionCreated",
