@@ -52,11 +52,16 @@ from ._contract import (
 )
 from ._directory import is_alive
 from ._errors import BusUnavailable, GroupMissing
+from ._ids import id_key
 from ._redact import redact_struct
+from ._redis import PendingEntry
 from ._retention import Retention, trim_events
 from ._waits import Outcome, WaitResult
 
 log = logging.getLogger("rapid_objection.bus")
+
+CATCH_UP_PATIENCE = 1.0
+"""Seconds a diagnosis waits for the ack reader to reach the ack stream's end."""
 
 ACK_GRACE = 0.25
 """Seconds added to a plugin's hook timeout, so that the worker's own timeout ack
@@ -89,6 +94,8 @@ class _Wait:
         if outcome.plugin not in self.required:
             self.others[outcome.plugin] = outcome
             return
+        if outcome.plugin in self.outcomes:
+            return  # the first answer (or the diagnosis) stands; a re-delivery's is late
         self.outcomes[outcome.plugin] = outcome
         if len(self.outcomes) == len(self.required):
             self.done.set()
@@ -124,6 +131,8 @@ class Publisher:
         self._trimmed = 0.0
         self._ack_key = bus.keys.acks(self.registry_id)
         self._waits: dict[str, _Wait] = {}
+        self._advanced = anyio.Event()
+        """Set (and replaced) each time the ack reader has routed a batch."""
         self._seq = 0
         self._started = time.time()
         self._refreshed = 0.0
@@ -282,12 +291,13 @@ class Publisher:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(limit - (time.monotonic() - started)):
                         await wait.done.wait()
+            missing = [plugin for plugin in needed if plugin not in wait.outcomes]
+            if missing:
+                # Still registered: an ack that lands during the diagnosis resolves it.
+                await self._diagnose(envelope, entry_id, missing, wait)
             outcomes = dict(wait.outcomes)
         finally:
             del self._waits[envelope.id]
-        missing = [plugin for plugin in needed if plugin not in outcomes]
-        if missing:
-            outcomes.update(await self._diagnose(envelope, entry_id, missing))
         return WaitResult(
             event_id=envelope.id,
             entry_id=entry_id,
@@ -300,18 +310,30 @@ class Publisher:
         )
 
     async def _diagnose(
-        self, envelope: Envelope, entry_id: str, missing: list[str]
-    ) -> dict[str, Outcome]:
-        """Who held each missing plugin's copy of the event; records one failure each."""
-        outcomes: dict[str, Outcome] = {}
-        failures: list[Failure] = []
+        self, envelope: Envelope, entry_id: str, missing: list[str], wait: _Wait
+    ) -> None:
+        """Who held each missing plugin's copy of the event; records one failure each.
+
+        An ack written between the deadline and the XPENDING below is not lost: the
+        worker writes it with its XACK in one transaction, so once XPENDING has been
+        asked, reading the ack stream up to its end finds every such ack.
+        """
         redis, key = self.bus.redis, self.bus.keys.events
         workers = await self.bus.directory.workers()
+        held: dict[str, list[PendingEntry]] = {}
         for plugin in missing:
             try:
-                pending = await redis.xpending(key, plugin, start=entry_id, end=entry_id, count=1)
+                held[plugin] = await redis.xpending(
+                    key, plugin, start=entry_id, end=entry_id, count=1
+                )
             except GroupMissing:
-                pending = []
+                held[plugin] = []
+        await self._catch_up()
+        failures: list[Failure] = []
+        for plugin in missing:
+            if plugin in wait.outcomes:
+                continue  # answered after all: its ack is the outcome
+            pending = held[plugin]
             holder = pending[0].consumer if pending else None
             alive = any(w.plugin == plugin and is_alive(w.seen) for w in workers)
             holder_alive = any(
@@ -329,7 +351,7 @@ class Publisher:
                 error = "no consumer of the group had taken the event before the deadline"
             else:
                 error = f"no live consumer of plugin {plugin!r}"
-            outcomes[plugin] = Outcome(
+            wait.outcomes[plugin] = Outcome(
                 plugin=plugin, status="timed_out", consumer=holder, error=error
             )
             failures.append(
@@ -347,7 +369,16 @@ class Publisher:
                 )
             )
         await self.bus.failures.record(failures)
-        return outcomes
+
+    async def _catch_up(self) -> None:
+        """Wait (briefly) until the ack reader has routed every ack written so far."""
+        newest = await self.bus.redis.xrevrange(self._ack_key, "+", "-", count=1)
+        if not newest:
+            return
+        target = id_key(newest[0][0])
+        with anyio.move_on_after(CATCH_UP_PATIENCE):
+            while id_key(self._ack_position) < target:
+                await self._advanced.wait()
 
     # -- background -----------------------------------------------------------------------
 
@@ -381,6 +412,9 @@ class Publisher:
             for entry_id, fields in entries:
                 self._ack_position = entry_id
                 self._route(fields)
+            if entries:
+                self._advanced.set()
+                self._advanced = anyio.Event()
             if entries:
                 # The waiters just resolved run (and publish their next events) before
                 # this reader spends a command's worth of CPU on its next blocking read.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 
 import anyio
@@ -86,19 +86,32 @@ class Runs:
 
 
 @asynccontextmanager
-async def consumer_of(
-    bus: Bus, runs: Runs, name: str, *, concurrency: int = 1, claim_idle: float = 0.3
+async def consumer_of_handler(
+    bus: Bus,
+    plugin: str,
+    name: str,
+    handler: Handler,
+    *,
+    concurrency: int = 1,
+    claim_idle: float = 0.3,
 ) -> AsyncIterator[Consumer]:
-    """Run one consumer of ``runs.plugin`` in the test; stopped (and drained) on exit."""
-    consumer = Consumer(
-        bus, runs.plugin, name, runs.handler(name), concurrency=concurrency, claim_idle=claim_idle
-    )
+    """Run one consumer of ``plugin`` in the test; stopped (and drained) on exit."""
+    consumer = Consumer(bus, plugin, name, handler, concurrency=concurrency, claim_idle=claim_idle)
     async with anyio.create_task_group() as group:
         await group.start(consumer.run)
         try:
             yield consumer
         finally:
             consumer.stop()
+
+
+def consumer_of(
+    bus: Bus, runs: Runs, name: str, *, concurrency: int = 1, claim_idle: float = 0.3
+) -> AbstractAsyncContextManager[Consumer]:
+    """A consumer of ``runs.plugin`` whose hooks ``runs`` records."""
+    return consumer_of_handler(
+        bus, runs.plugin, name, runs.handler(name), concurrency=concurrency, claim_idle=claim_idle
+    )
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
