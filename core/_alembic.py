@@ -252,9 +252,9 @@ class AlembicMigrations:
             )
         return f"{reason}; nothing of this upgrade is applied (still at {_joined(before)})"
 
-    def backward(self, batch: Batch) -> Progress:
+    def backward(self, batch: Batch, target: int | None) -> Progress:
         self._adopt_legacy_table(batch)
-        return self._downgrade(batch, self.script())
+        return self._downgrade(batch, self.script(), target)
 
     def _adopt_legacy_table(self, batch: Batch) -> None:
         """Rename this app's version table from an older version's name to today's."""
@@ -276,10 +276,12 @@ class AlembicMigrations:
             )
         log.info("app %r: version table %s renamed to %s", self.app, legacy, self.version_table)
 
-    def _downgrade(self, batch: Batch, script: ScriptDirectory) -> Progress:
+    def _downgrade(
+        self, batch: Batch, script: ScriptDirectory, target_batch: int | None
+    ) -> Progress:
         connection = batch.connection
         progress = Progress()
-        last = self.tracker.last_batch(connection)
+        last = self.tracker.last_batch(connection, target_batch)
         if last is None:
             return progress
         progress.batch, rows = last

@@ -98,9 +98,9 @@ class Migrations:
             progress.reason = failure_reason(progress, batch.transactional_ddl)
         return progress
 
-    def backward(self, batch: Batch) -> Progress:
+    def backward(self, batch: Batch, target: int | None) -> Progress:
         scripts = {script.name: script for script in self._scripts()}
-        return backward(batch, self.tracker, scripts, _downgrade)
+        return backward(batch, self.tracker, target, scripts, _downgrade)
 
     def status(self) -> dict[str, Any]:
         """``applied`` (name, batch, migrated_at), ``pending`` and ``missing`` file names."""

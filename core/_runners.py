@@ -30,7 +30,7 @@ from rapid_objection.bus import OperationResult
 from ._errors import MigrationFailed, RegistryError, SeedFailed
 from ._locks import Batch, LockNotTaken
 from ._scripts import Script, describe
-from ._tracking import Tracker
+from ._tracking import NewerBatch, Tracker
 
 NOT_TRANSACTIONAL: Final = (
     "this database commits DDL statement by statement (MySQL/MariaDB): statements of "
@@ -90,8 +90,8 @@ class Changes(Protocol):
         """The pending ones as one new batch; stops at the first that fails."""
         ...
 
-    def backward(self, batch: Batch) -> Progress:
-        """The newest batch undone in reverse; stops at the first step that fails."""
+    def backward(self, batch: Batch, target: int | None) -> Progress:
+        """Batch ``target`` (the newest when None) undone in reverse; stops at a failed step."""
         ...
 
     def status(self) -> dict[str, Any]: ...
@@ -101,11 +101,21 @@ S = TypeVar("S", bound=Changes)
 
 
 class Runner(Generic[S]):
-    """Apply a batch of ``changes`` under their lock, or undo the newest one."""
+    """Apply a batch of ``changes`` under their lock, and undo exactly that batch.
+
+    A runner remembers the batch its ``apply()`` made: its ``undo()`` undoes that batch
+    and nothing else (nothing at all when the apply found nothing pending), and once it
+    succeeded, a second ``undo()`` does nothing. A runner that applied nothing yet
+    undoes the newest batch (a maintenance ``undo()``).
+    """
 
     def __init__(self, changes: S) -> None:
         self.changes = changes
         self.log = logging.getLogger(f"rapid_objection.{changes.kind.operation}")
+        self.applied = False
+        """``apply()`` ran and succeeded: ``undo()`` undoes ``batch`` only."""
+        self.batch: int | None = None
+        """The batch ``apply()`` made and no ``undo()`` has undone yet."""
 
     def apply(self) -> OperationResult:
         """Apply the pending changes as one batch; ``MigrationFailed``/``SeedFailed`` on error."""
@@ -121,6 +131,7 @@ class Runner(Generic[S]):
         if progress.failed is not None:
             reason = progress.reason or failure_reason(progress, transactional_ddl=True)
             raise kind.failure(changes.app, progress.failed, reason) from progress.error
+        self.applied, self.batch = True, progress.batch
         for name in progress.done:
             self.log.info("app %r: %s %s (batch %s)", changes.app, kind.apply, name, progress.batch)
         return OperationResult(
@@ -141,10 +152,18 @@ class Runner(Generic[S]):
         changes, kind = self.changes, self.changes.kind
         started = time.perf_counter()
         details = {"action": kind.undo, **changes.details()}
+        if self.applied and self.batch is None:
+            # This runner's batch is undone already, or its apply had nothing to do.
+            return OperationResult(
+                operation=kind.operation,
+                success=True,
+                duration=time.perf_counter() - started,
+                details={**details, "batch": None, "durations": {}},
+            )
         try:
             with changes.lock() as batch:
-                progress = changes.backward(batch)
-        except (RegistryError, LockNotTaken, sa.exc.SQLAlchemyError) as exc:
+                progress = changes.backward(batch, self.batch)
+        except (RegistryError, LockNotTaken, NewerBatch, sa.exc.SQLAlchemyError) as exc:
             return OperationResult(
                 operation=kind.operation,
                 success=False,
@@ -161,7 +180,9 @@ class Runner(Generic[S]):
             "durations": progress.durations,
         }
         error: str | None = None
-        if progress.failed is not None:
+        if progress.failed is None:
+            self.batch = None
+        else:
             error = f"{progress.failed}: {describe(progress.error or RuntimeError('failed'))}"
             shown |= {"failed": progress.failed, "remaining": progress.remaining}
             if progress.error is not None:
@@ -217,16 +238,18 @@ def forward(
 def backward(
     batch: Batch,
     tracker: Tracker,
+    target: int | None,
     scripts: Mapping[str, Script],
     run: Callable[[sa.Connection, Script], object],
 ) -> Progress:
-    """The newest batch undone in reverse order, each script with its row in one step.
+    """Batch ``target`` (the newest when None) undone in reverse order, each script with
+    its row in one step.
 
     Stops at the first script that fails (or whose file is gone); the ones undone
     before it stay undone, it and the ones after it stay applied.
     """
     connection = batch.connection
-    last = tracker.last_batch(connection)
+    last = tracker.last_batch(connection, target)
     progress = Progress()
     if last is None:
         return progress

@@ -87,9 +87,9 @@ class Seeds:
         progress.details = {"durations": progress.durations}
         return progress
 
-    def backward(self, batch: Batch) -> Progress:
+    def backward(self, batch: Batch, target: int | None) -> Progress:
         scripts = {script.name: script for script in self._scripts()}
-        progress = backward(batch, self.tracker, scripts, _run_unseed)
+        progress = backward(batch, self.tracker, target, scripts, _run_unseed)
         progress.details = {
             "untracked": [name for name in progress.done if _seed(scripts[name]).unseed is None]
         }

@@ -40,6 +40,16 @@ class Row:
     """UTC, timezone-aware."""
 
 
+class NewerBatch(Exception):  # noqa: N818 - reads as the condition
+    """A batch newer than the one to undo is tracked (another registration applied it)."""
+
+    def __init__(self, app: str, batch: int, newest: int) -> None:
+        super().__init__(
+            f"app {app!r}: batch {newest} was applied after batch {batch} (by another "
+            f"registration); undo batch {newest} first"
+        )
+
+
 class Tracker:
     """One app's rows in a tracking table (``time_column``: ``migrated_at``, ``seeded_at``)."""
 
@@ -114,13 +124,25 @@ class Tracker:
         rows.sort(key=lambda row: (row.batch, sort_key(row.name)))
         return rows
 
-    def last_batch(self, connection: sa.Connection) -> tuple[int, list[str]] | None:
-        """The newest batch and its names in the order they were applied, or None."""
+    def last_batch(
+        self, connection: sa.Connection, batch: int | None = None
+    ) -> tuple[int, list[str]] | None:
+        """Batch ``batch`` (the newest when None) and its names in the order they were
+        applied, or None when it has no rows.
+
+        Raises ``NewerBatch`` when a batch newer than ``batch`` is tracked: undoing an
+        older batch under a newer one would pull the ground from under it.
+        """
         rows = self.rows(connection)
         if not rows:
             return None
-        batch = rows[-1].batch
-        return batch, [row.name for row in rows if row.batch == batch]
+        newest = rows[-1].batch
+        if batch is None:
+            batch = newest
+        elif newest > batch:
+            raise NewerBatch(self.app, batch, newest)
+        names = [row.name for row in rows if row.batch == batch]
+        return (batch, names) if names else None
 
     def next_batch(self, connection: sa.Connection) -> int:
         table = self.table

@@ -412,13 +412,12 @@ class TestRollback:
     def test_each_rollback_undoes_one_more_batch(self, engine: sa.Engine, scripts: Scripts) -> None:
         """Rolling back twice undoes batch 2, then batch 1; then there is nothing to undo."""
         scripts.migration("001_users.py", create_table("users"), drop_table("users"))
-        migrations = make(engine, scripts.directory)
-        migrations.apply()
+        make(engine, scripts.directory).apply()
         scripts.migration("002_orders.py", create_table("orders"), drop_table("orders"))
-        migrations.apply()
-        assert migrations.undo().items == ("002_orders.py",)
-        assert migrations.undo().items == ("001_users.py",)
-        nothing = migrations.undo()
+        make(engine, scripts.directory).apply()
+        assert make(engine, scripts.directory).undo().items == ("002_orders.py",)
+        assert make(engine, scripts.directory).undo().items == ("001_users.py",)
+        nothing = make(engine, scripts.directory).undo()
         assert nothing.success
         assert nothing.items == ()
         assert nothing.details["batch"] is None
@@ -483,6 +482,48 @@ class TestRollback:
         assert not result.success
         assert result.details["error_type"] == "ConfigError"
         assert "002_bad.py" in (result.error or "")
+
+
+class TestUndoesWhatItApplied:
+    def test_a_runner_undoes_its_own_batch_once(self, engine: sa.Engine, scripts: Scripts) -> None:
+        """After its undo succeeded, a runner's second undo leaves the older batch alone."""
+        scripts.migration("001_users.py", create_table("users"), drop_table("users"))
+        make(engine, scripts.directory).apply()
+        scripts.migration("002_orders.py", create_table("orders"), drop_table("orders"))
+        migrations = make(engine, scripts.directory)
+        migrations.apply()
+        assert migrations.undo().items == ("002_orders.py",)
+        again = migrations.undo()
+        assert again.success
+        assert again.items == ()
+        assert tracked(engine) == [("shop", "001_users.py", 1)]
+
+    def test_a_runner_that_found_nothing_pending_undoes_nothing(
+        self, engine: sa.Engine, scripts: Scripts
+    ) -> None:
+        """An apply with nothing to do leaves the batch of an earlier apply to its owner."""
+        scripts.migration("001_users.py", create_table("users"), drop_table("users"))
+        make(engine, scripts.directory).apply()
+        migrations = make(engine, scripts.directory)
+        assert migrations.apply().items == ()
+        assert migrations.undo().items == ()
+        assert tracked(engine) == [("shop", "001_users.py", 1)]
+        assert "users" in tables(engine)
+
+    def test_a_runner_never_undoes_its_batch_under_a_newer_one(
+        self, engine: sa.Engine, scripts: Scripts
+    ) -> None:
+        """A batch applied after this runner's by another one must be undone first."""
+        scripts.migration("001_users.py", create_table("users"), drop_table("users"))
+        first = make(engine, scripts.directory)
+        first.apply()
+        scripts.migration("002_orders.py", create_table("orders"), drop_table("orders"))
+        make(engine, scripts.directory).apply()
+        refused = first.undo()
+        assert not refused.success
+        assert refused.details["error_type"] == "NewerBatch"
+        assert "batch 2 was applied after batch 1" in (refused.error or "")
+        assert len(tracked(engine)) == 2
 
 
 class TestSQLite:

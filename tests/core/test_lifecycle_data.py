@@ -1,0 +1,122 @@
+"""The data layer under the registry's lifecycles: what a registration applied is what
+its unregistration undoes, under one lock per app; shutdown and registrations in flight.
+
+Every test runs on SQLite, the real PostgreSQL and the real MariaDB (``database_url``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from rapid_objection.bus._redis import forget_memory_server
+from rapid_objection.core import AppRegistry
+from tests.core.fixtures_migrations import Scripts, create_table, delete, drop_table, insert
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def registry() -> AsyncIterator[AppRegistry]:
+    """A registry on an embedded bus of its own."""
+    name = f"registry-{secrets.token_hex(4)}"
+    async with AppRegistry({"bus": {"url": f"memory://{name}", "ack_timeout": 5}}) as reg:
+        yield reg
+    forget_memory_server(name)
+
+
+@pytest.fixture
+def migrations(tmp_path: Path) -> Scripts:
+    """One migration: table ``items``."""
+    made = Scripts.at(tmp_path / "migrations")
+    made.migration("001_items.py", create_table("items"), drop_table("items"))
+    return made
+
+
+@pytest.fixture
+def seeds(tmp_path: Path) -> Scripts:
+    """One seed: item ``first``."""
+    made = Scripts.at(tmp_path / "seeds")
+    made.seed("001_first.py", insert("items", "first", via="connection"), delete("items", "first"))
+    return made
+
+
+def app_config(url: str, migrations: Scripts, seeds: Scripts | None = None) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "database": {"url": url},
+        "migrations": {"directory": str(migrations.directory)},
+    }
+    if seeds is not None:
+        config["seeds"] = {"directory": str(seeds.directory)}
+    return config
+
+
+def labels(url: str) -> list[str]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return sorted(connection.execute(sa.text("SELECT label FROM items")).scalars())
+    finally:
+        engine.dispose()
+
+
+def tables(url: str) -> set[str]:
+    engine = sa.create_engine(url)
+    try:
+        return set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+class TestUnregisterUndoesThisRegistration:
+    async def test_a_retried_unregister_leaves_older_seed_batches(
+        self,
+        registry: AppRegistry,
+        database_url: str,
+        migrations: Scripts,
+        seeds: Scripts,
+        tmp_path: Path,
+    ) -> None:
+        """Seeds undone, migrations failing: the retry undoes no older seed batch."""
+        config = app_config(database_url, migrations, seeds)
+        await registry.register_app("shop", config)
+        await registry.unregister_app("shop", rollback=False)
+        seeds.seed(
+            "002_second.py", insert("items", "second", via="connection"), delete("items", "second")
+        )
+        refuse = tmp_path / "refuse-downgrade"
+        migrations.migration(
+            "002_guard.py",
+            "pass",
+            f"if Path({str(refuse)!r}).exists():\n    raise RuntimeError('not now')",
+        )
+        refuse.touch()
+        await registry.register_app("shop", config)
+        assert labels(database_url) == ["first", "second"]
+        failed = await registry.unregister_app("shop")
+        assert not failed.success
+        assert registry.has_app("shop")
+        assert labels(database_url) == ["first"]
+        refuse.unlink()
+        retried = await registry.unregister_app("shop")
+        assert retried.success
+        assert labels(database_url) == ["first"]
+        assert seeds.calls().count("unseed 001_first.py") == 0
+
+    async def test_a_registration_that_seeded_nothing_unseeds_nothing(
+        self, registry: AppRegistry, database_url: str, migrations: Scripts, seeds: Scripts
+    ) -> None:
+        """The seeds and migrations of an earlier registration stay with their owner."""
+        config = app_config(database_url, migrations, seeds)
+        await registry.register_app("shop", config)
+        await registry.unregister_app("shop", rollback=False)
+        await registry.register_app("shop", config)
+        result = await registry.unregister_app("shop")
+        assert result.success
+        assert labels(database_url) == ["first"]
+        assert "unseed 001_first.py" not in seeds.calls()
