@@ -58,6 +58,7 @@ from ._errors import (
     GroupMissing,
     NamespaceError,
     RedriveError,
+    RegistryIdTaken,
 )
 from ._failures import FailureCount, FailureLog
 from ._history import History, HistoryEntry, Page
@@ -134,6 +135,7 @@ __all__ = [
     "Publisher",
     "RedriveError",
     "Redriven",
+    "RegistryIdTaken",
     "RegistryInfo",
     "Retention",
     "RetryLater",

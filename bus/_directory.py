@@ -26,6 +26,10 @@ def is_alive(seen: float, now: float | None = None) -> bool:
     return age < HEARTBEAT_INTERVAL * ALIVE_AFTER_HEARTBEATS
 
 
+LEASE_MS = int(HEARTBEAT_INTERVAL * ALIVE_AFTER_HEARTBEATS * 1000)
+"""How long a registry's hold on its id outlives its last heartbeat (as ``is_alive``)."""
+
+
 def worker_field(plugin: str, consumer: str) -> str:
     return f"{plugin}|{consumer}"
 
@@ -76,6 +80,29 @@ class Directory:
     async def registries(self) -> list[RegistryInfo]:
         raw = await self._redis.hgetall(self._keys.registries)
         return sorted((decode_registry(value) for value in raw.values()), key=lambda r: r.id)
+
+    async def claim_registry(self, registry: str, holder: str) -> str | None:
+        """Hold (or keep holding) id ``registry`` for ``holder`` (``host|pid``) for one
+        liveness window; returns the other live holder when there is one."""
+        key = self._keys.registry_lease(registry)
+        for _ in range(3):
+            if await self._redis.set(key, holder.encode(), ttl_ms=LEASE_MS, only_if_absent=True):
+                return None
+            current = await self._redis.get(key)
+            if current is None:
+                continue  # expired in between: try again
+            if current.decode() != holder:
+                return current.decode()
+            await self._redis.set(key, holder.encode(), ttl_ms=LEASE_MS)
+            return None
+        return None
+
+    async def release_registry(self, registry: str, holder: str) -> None:
+        """Let go of id ``registry`` unless another holder has it by now."""
+        key = self._keys.registry_lease(registry)
+        current = await self._redis.get(key)
+        if current is not None and current.decode() == holder:
+            await self._redis.delete(key)
 
     async def forget_registry(self, registry: str) -> None:
         await self._redis.hdel(self._keys.registries, registry)

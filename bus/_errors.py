@@ -63,6 +63,18 @@ class BusRefused(BusError, PermissionError):  # noqa: N818 - reads as the condit
         super().__init__(f"bus at {self.url}: {what}: {reason}")
 
 
+class RegistryIdTaken(BusError):  # noqa: N818 - reads as the condition
+    """Another live process (host or pid) already runs a registry under this id."""
+
+    def __init__(self, registry: str, holder: str) -> None:
+        self.registry = registry
+        self.holder = holder
+        super().__init__(
+            f"registry id {registry!r} is taken by a live registry at {holder} "
+            "(host|pid); give this registry another id"
+        )
+
+
 class RedriveError(BusError, ValueError):
     """A dead letter that cannot be re-driven (unknown id, or never a valid envelope)."""
 

@@ -55,6 +55,11 @@ class Keys:
         """Hash registry id -> encoded RegistryInfo (the heartbeat)."""
         return self.prefix + "registries"
 
+    def registry_lease(self, registry: str) -> str:
+        """``host|pid`` of the live registry that holds id ``registry`` (expires unless
+        its heartbeat renews it): two live processes never share one registry id."""
+        return self.prefix + "registry-lease:" + registry
+
     @property
     def load_errors(self) -> str:
         """Hash plugin -> why its last worker could not start (cleared when one does)."""

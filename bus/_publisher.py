@@ -51,7 +51,7 @@ from ._contract import (
     payload_type,
 )
 from ._directory import is_alive
-from ._errors import BusUnavailable, GroupMissing
+from ._errors import BusUnavailable, GroupMissing, RegistryIdTaken
 from ._ids import id_key
 from ._redact import redact_struct
 from ._redis import PendingEntry
@@ -137,9 +137,14 @@ class Publisher:
         self._started = time.time()
         self._refreshed = 0.0
         self._stack: AsyncExitStack | None = None
+        self._holder = f"{socket.gethostname()}|{os.getpid()}"
 
     async def __aenter__(self) -> Publisher:
         async with AsyncExitStack() as stack:
+            other = await self.bus.directory.claim_registry(self.registry_id, self._holder)
+            if other is not None:
+                # Two processes under one id would share consumer names and an ack stream.
+                raise RegistryIdTaken(self.registry_id, other)
             group = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(group.cancel_scope.cancel)
             await self.refresh_directory()
@@ -167,6 +172,7 @@ class Publisher:
         with anyio.move_on_after(2, shield=True):
             try:
                 await self.bus.directory.forget_registry(self.registry_id)
+                await self.bus.directory.release_registry(self.registry_id, self._holder)
                 if self._ephemeral:
                     # A generated id never comes back: its position and acks are litter.
                     # The stream expires soon rather than now (see ACK_STREAM_GONE_TTL_MS).
@@ -470,6 +476,13 @@ class Publisher:
             apps=tuple(sorted(self.apps)),
         )
         await self.bus.directory.beat_registry(info)
+        other = await self.bus.directory.claim_registry(self.registry_id, self._holder)
+        if other is not None:
+            log.error(
+                "registry id %s is now held by %s as well: give one of them another id",
+                self.registry_id,
+                other,
+            )
         if self._ack_position != self._saved_position:
             await self.bus.redis.hset(
                 self.bus.keys.ack_positions, self.registry_id, self._ack_position.encode()

@@ -23,6 +23,8 @@
     │   ├── BusRefused             the server refuses our credentials or a command (ACL)
     │   │                          (.url, .command, .reason; also a PermissionError)
     │   ├── GroupMissing           a consumer group that does not exist (.stream, .group)
+    │   ├── RegistryIdTaken        a registry id a live registry of another host or pid
+    │   │                          holds (.registry, .holder)
     │   └── RedriveError           a dead letter that cannot be redriven (.letter_id)
     └── PluginError                rapid_objection.plugin_workers: the plugin SDK
         ├── PluginLoadError        a plugin that cannot be imported, built, validated or
