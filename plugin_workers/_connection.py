@@ -14,14 +14,17 @@ import os
 import re
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rapid_objection._extras import create_engine
 from rapid_objection.bus import ConnectionInfo
 
 from ._errors import EngineUnavailable
 
-LiveEngines = Callable[[str], Any]
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+LiveEngines = Callable[[str], "sa.Engine"]
 """app -> the registry's live engine (inline mode); raises KeyError when it has none."""
 
 ENV_PREFIX = "RAPID_OBJECTION_DATABASE_URL_"
@@ -39,13 +42,13 @@ class Engines:
         databases = config.get("databases", {})
         self._urls: dict[str, str] = dict(databases) if isinstance(databases, Mapping) else {}
         self._live = live
-        self._engines: dict[str, Any] = {}
+        self._engines: dict[str, sa.Engine] = {}
         self._lock = threading.Lock()
 
     def url_for(self, app: str) -> str | None:
         return self._urls.get(app) or os.environ.get(credentials_variable(app))
 
-    def engine(self, app: str) -> Any:
+    def engine(self, app: str) -> sa.Engine:
         if self._live is not None:
             try:
                 return self._live(app)
@@ -71,38 +74,42 @@ class Engines:
             self._engines.clear()
 
 
-class Connection:
-    """A hook's ``connection`` argument: the ConnectionInfo's fields, plus ``engine()``."""
+class Connection(ConnectionInfo, frozen=True, dict=True):
+    """A hook's ``connection`` argument: the event's ConnectionInfo, plus ``engine()``."""
 
-    __slots__ = ("_app", "_engines", "info")
+    @classmethod
+    def of(cls, app: str, info: ConnectionInfo, engines: Engines | None) -> Connection:
+        """The ``connection`` of ``app``'s hook, carrying ``info``'s fields."""
+        connection = cls(*(getattr(info, name) for name in info.__struct_fields__))
+        # Runtime state beside the fields: a frozen Struct refuses setattr, and its
+        # __dict__ (dict=True) is what msgspec offers for state that is not encoded.
+        connection.__dict__.update(_app=app, _engines=engines, _info=info)
+        return connection
 
-    def __init__(self, app: str, info: ConnectionInfo, engines: Engines | None) -> None:
-        self._app = app
-        self._engines = engines
-        self.info = info
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.info, name)
+    @property
+    def info(self) -> ConnectionInfo:
+        """The ConnectionInfo the event carries."""
+        info: ConnectionInfo = self.__dict__["_info"]
+        return info
 
     def __repr__(self) -> str:
-        return f"<Connection {self._app!r} {self.info.url}>"
+        return f"<Connection {self.__dict__['_app']!r} {self.url}>"
 
     def __eq__(self, other: object) -> bool:
         """Equal to the ConnectionInfo it carries (and to a Connection carrying it)."""
-        if isinstance(other, Connection):
-            return self.info == other.info
-        return self.info == other if isinstance(other, ConnectionInfo) else NotImplemented
+        if isinstance(other, ConnectionInfo):
+            return self.info == (other.info if isinstance(other, Connection) else other)
+        return NotImplemented
 
     def __hash__(self) -> int:
         return hash(self.info)
 
-    async def engine(self) -> Any:
+    async def engine(self) -> sa.Engine:
         """A SQLAlchemy engine for the app (see the module docstring for which one)."""
-        if self._engines is None:
-            raise EngineUnavailable(
-                self._app, f"no engines are available for app {self._app!r} here"
-            )
+        app: str = self.__dict__["_app"]
+        engines: Engines | None = self.__dict__["_engines"]
+        if engines is None:
+            raise EngineUnavailable(app, f"no engines are available for app {app!r} here")
         import anyio
 
-        engines = self._engines
-        return await anyio.to_thread.run_sync(engines.engine, self._app)
+        return await anyio.to_thread.run_sync(engines.engine, app)

@@ -67,7 +67,7 @@ def hook_arguments(  # noqa: PLR0911 - one return per event type reads best
     app, payload = envelope.app, envelope.payload
     if hasattr(payload, "connection"):
         payload = msgspec.structs.replace(
-            payload, connection=Connection(app, payload.connection, engines)
+            payload, connection=Connection.of(app, payload.connection, engines)
         )
     match payload:
         case AppRegistrationStarted(config=config):

@@ -2,8 +2,9 @@
 
 A plugin subclasses ``PluginInterface`` and overrides the hooks it cares about; the
 hooks it leaves alone are acknowledged as ``skipped`` without being called. Hooks may
-be ``async def`` or plain ``def``. ``connection`` arguments are ``bus.ConnectionInfo``
-values (never a password); result arguments are the event's payload.
+be ``async def`` or plain ``def``. ``connection`` arguments are ``Connection`` values: a
+``bus.ConnectionInfo`` (never a password) plus ``await connection.engine()``; result
+arguments are the event's payload.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from rapid_objection.bus import (
 from ._errors import RemoteError
 
 if TYPE_CHECKING:
-    from rapid_objection.bus import ConnectionInfo
-
+    from ._connection import Connection
     from ._view import RegistryView
 
 
@@ -50,11 +50,11 @@ class PluginInterface:
     async def on_app_registration_started(self, app_name: str, config: dict[str, Any]) -> Any:
         """Before the connection is made; ``config`` is the app's (redacted) configuration."""
 
-    async def on_connection_created(self, app_name: str, connection: ConnectionInfo) -> Any:
+    async def on_connection_created(self, app_name: str, connection: Connection) -> Any:
         """A connection was made or a shared one reused (``connection.reference_count``)."""
 
     async def on_auto_operations_started(
-        self, app_name: str, connection: ConnectionInfo, config: dict[str, Any]
+        self, app_name: str, connection: Connection, config: dict[str, Any]
     ) -> Any:
         """Migrations, seeds and models are about to run."""
 
@@ -64,7 +64,7 @@ class PluginInterface:
         """Migrations, seeds and models ran; ``result.operations`` has one entry each."""
 
     async def on_app_registered(
-        self, app_name: str, connection: ConnectionInfo, config: dict[str, Any]
+        self, app_name: str, connection: Connection, config: dict[str, Any]
     ) -> Any:
         """The app is ready."""
 
@@ -74,7 +74,7 @@ class PluginInterface:
         """``unregister_app`` began; ``options`` has ``rollback`` and ``force``."""
 
     async def on_app_rollback_started(
-        self, app_name: str, connection: ConnectionInfo, options: dict[str, Any]
+        self, app_name: str, connection: Connection, options: dict[str, Any]
     ) -> Any:
         """Seeds and migrations are about to be rolled back."""
 
@@ -82,7 +82,7 @@ class PluginInterface:
         """Rollback ran; ``result.steps`` has one entry per step, in the order run."""
 
     async def on_connection_shutdown(
-        self, app_name: str, connection: ConnectionInfo, options: dict[str, Any]
+        self, app_name: str, connection: Connection, options: dict[str, Any]
     ) -> Any:
         """A connection is closing: ``options`` has shared, last_reference, registry_shutdown."""
 

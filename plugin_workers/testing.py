@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,6 +21,7 @@ from rapid_objection.bus import (
     payload_type,
 )
 
+from ._connection import Engines
 from ._dispatch import Dispatcher
 from ._worker import Worker
 
@@ -44,15 +45,26 @@ def envelope_for(
 
 
 async def call_hook(
-    plugin: object, payload: Payload, *, app: str = "app", timeout: float = 5.0
+    plugin: object,
+    payload: Payload,
+    *,
+    app: str = "app",
+    timeout: float = 5.0,
+    databases: Mapping[str, str] | None = None,
 ) -> Ack | Deferred:
     """Run ``plugin``'s hook for one event exactly as a worker would; no Redis involved.
 
-    Returns the Ack the worker would write, or ``Deferred`` when the hook raised
-    ``RetryLater``."""
+    ``databases`` maps app names to URLs, as a worker's ``databases`` table: a hook's
+    ``await connection.engine()`` then opens that database. Returns the Ack the worker
+    would write, or ``Deferred`` when the hook raised ``RetryLater``."""
     name = getattr(plugin, "name", type(plugin).__name__)
-    dispatcher = Dispatcher(plugin, str(name), "test-consumer", timeout=timeout)
-    return await dispatcher(Delivery("0-1", envelope_for(payload, app=app)))
+    engines = Engines({"databases": dict(databases)}) if databases is not None else None
+    dispatcher = Dispatcher(plugin, str(name), "test-consumer", timeout=timeout, engines=engines)
+    try:
+        return await dispatcher(Delivery("0-1", envelope_for(payload, app=app)))
+    finally:
+        if engines is not None:
+            engines.dispose()
 
 
 @asynccontextmanager
