@@ -30,6 +30,7 @@ SIGNALS: set[type[Exception]] = {RetryLater, PermanentError}
 INTERNAL = {
     "rapid_objection.core._cli._args.UsageError": "the CLI turns it into exit status 2",
     "rapid_objection.core._locks.LockNotTaken": "a runner makes it MigrationFailed, SeedFailed",
+    "rapid_objection.core._tracking.NewerBatch": "a runner makes it a failed undo result",
 }
 """Exceptions that never leave the library, with where they end."""
 REPOSITORY = Path(__file__).resolve().parent.parent
