@@ -49,7 +49,7 @@ class Bus:
 
     async def open(self) -> Bus:
         """Check that the server answers; raises ``BusUnavailable`` naming the URL."""
-        await self.redis.ping()
+        await self.redis.open()
         return self
 
     async def close(self) -> None:

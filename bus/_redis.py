@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Final
-from urllib.parse import urlsplit
+from typing import Any, Final, TypeVar
 
 import anyio
 import redis.asyncio as aioredis
@@ -20,8 +19,9 @@ from redis import exceptions as redis_errors
 
 from ._errors import BusRefused, BusUnavailable, BusUrlError, GroupMissing
 from ._redact import mask_url
+from ._topology import Topology
+from ._topology import parse as parse_topology
 
-SCHEMES: Final = ("memory", "redis", "rediss", "unix")
 KEEPALIVE_IDLE: Final = 10
 """Seconds of silence on a connection before TCP keepalive probes start."""
 
@@ -34,9 +34,79 @@ def _keepalive_options() -> dict[int, int]:
     return {getattr(socket, name): value for name, value in wanted.items() if hasattr(socket, name)}
 
 
+MAX_CONNECTIONS: Final = 64
+"""Connections per client; blocked readers hold one each, the rest serve commands."""
+
+CLUSTER_CONNECTIONS: Final = 1024
+"""Connections per cluster node: redis-py's cluster client fails past its limit instead
+of queueing, and every blocked reader holds one."""
+
+
+def _client(topology: Topology, *, cluster: bool, connections: int = MAX_CONNECTIONS) -> Any:
+    """A redis-py client for a real server, cluster or Sentinel-watched primary.
+
+    No per-command socket timeout: redis-py wraps every read in a timer for it, which
+    costs the round trip about a third (measured), and a BLOCK read must not be cut
+    short anyway (redis-py #3138). A server that vanishes without closing a TCP socket
+    is found by keepalive probes instead, within about half a minute; a Unix socket
+    has no such probes (nor needs them). RESP2 keeps reply shapes stable.
+    """
+    options: dict[str, Any] = {
+        "protocol": 2,
+        "socket_timeout": None,
+        "socket_connect_timeout": 5.0,
+    }
+    if topology.scheme != "unix":
+        options |= {"socket_keepalive": True, "socket_keepalive_options": _keepalive_options()}
+    if topology.sentinel:
+        from redis.asyncio.sentinel import Sentinel
+
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(topology.sentinels), sentinel_kwargs={"socket_connect_timeout": 5.0}
+        )
+        return sentinel.master_for(
+            topology.service,
+            redis_class=aioredis.Redis,
+            db=topology.db,
+            username=topology.username,
+            password=topology.password,
+            max_connections=connections if connections == 1 else CLUSTER_CONNECTIONS,
+            **options,
+        )
+    if cluster:
+        return aioredis.RedisCluster.from_url(
+            topology.client_url,
+            max_connections=connections if connections == 1 else CLUSTER_CONNECTIONS,
+            **options,
+        )
+    # A blocking pool: many concurrent emits queue for a connection instead of failing
+    # with "Too many connections".
+    pool = aioredis.BlockingConnectionPool.from_url(
+        topology.client_url, max_connections=connections, timeout=None, **options
+    )
+    return aioredis.Redis.from_pool(pool)  # closing the client closes the pool
+
+
+@dataclass(eq=False)
+class _Durable:
+    """The one connection (per node) that carries writes which must reach replicas.
+
+    WAIT counts the replicas that have every write made *on its connection* so far, so
+    the write and its WAIT must share one: a client of a single connection, used by one
+    task at a time."""
+
+    client: Any
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+
+
+FAILURES: Final = (redis_errors.RedisError, redis_errors.RedisClusterException, OSError)
+"""Everything redis-py raises for a failed command (its cluster errors have a root of
+their own)."""
+
 OUTAGE_ERRORS: Final[tuple[type[Exception], ...]] = (
     redis_errors.ConnectionError,  # refused, reset, LOADING (BusyLoadingError) and the like
     redis_errors.TimeoutError,
+    redis_errors.SlotNotCoveredError,  # a cluster slot without a master, for now
     OSError,
 )
 """The server cannot be reached or is not ready."""
@@ -57,9 +127,7 @@ TRANSIENT_CODES: Final = frozenset({"MISCONF", "BUSY", "NOREPLICAS", "UNBLOCKED"
 of a plain ResponseError (failed persistence, a busy script, too few replicas for
 ``min-replicas-to-write``, a blocked read whose stream went away)."""
 
-MAX_CONNECTIONS: Final = 64
-"""Connections per client; blocked readers hold one each, the rest serve commands."""
-
+_T = TypeVar("_T")
 Fields = Mapping[bytes, bytes]
 Entry = tuple[str, dict[bytes, bytes]]
 """A stream entry: its id and its fields (empty when the entry was deleted)."""
@@ -142,14 +210,7 @@ def forget_memory_server(name: str) -> None:
 
 def check_url(url: str) -> str:
     """Return the scheme of a supported bus URL or raise ``BusUrlError``."""
-    scheme = urlsplit(url).scheme
-    if scheme not in SCHEMES:
-        raise BusUrlError(url, f"scheme must be one of {', '.join(s + '://' for s in SCHEMES)}")
-    if scheme in ("redis", "rediss") and not urlsplit(url).hostname:
-        raise BusUrlError(url, "no host")
-    if scheme == "unix" and not urlsplit(url).path:
-        raise BusUrlError(url, "no socket path")
-    return scheme
+    return parse_topology(url).scheme
 
 
 def _code(exc: redis_errors.ResponseError) -> str:
@@ -173,63 +234,80 @@ def _entries(raw: Sequence[Any] | None) -> list[Entry]:
 
 
 class Redis:
-    """A typed face of one Redis server (or of the embedded fakeredis server)."""
+    """A typed face of one Redis deployment (a server, a cluster, a Sentinel-watched
+    primary) or of the embedded fakeredis server."""
 
-    def __init__(self, url: str, client: Any, memory: _MemoryServer | None) -> None:
+    def __init__(
+        self,
+        url: str,
+        client: Any,
+        memory: _MemoryServer | None,
+        topology: Topology | None = None,
+    ) -> None:
         self.url = mask_url(url)
         self._client = client
         self._memory = memory
+        self.topology = topology or parse_topology(url)
+        self._durable: _Durable | None = None
 
     @classmethod
     def connect(cls, url: str) -> Redis:
-        """Build a client for ``url``; no I/O happens until the first command."""
-        scheme = check_url(url)
-        if scheme == "memory":
+        """Build a client for ``url``; no I/O happens until ``open`` or a first command."""
+        topology = parse_topology(url)
+        if topology.embedded:
             import fakeredis
 
-            memory = _memory_server(urlsplit(url).netloc + urlsplit(url).path)
+            memory = _memory_server(topology.client_url)
             fake: Any = fakeredis.FakeAsyncRedis(
                 server=memory.server,
                 connection_pool_class=aioredis.BlockingConnectionPool,
                 max_connections=MAX_CONNECTIONS,
                 timeout=None,
             )
-            return cls(url, fake, memory)
+            return cls(url, fake, memory, topology)
         try:
-            # A blocking pool: many concurrent emits queue for a connection instead of
-            # failing with "Too many connections". RESP2 keeps reply shapes stable across
-            # redis-py versions; no socket timeout, so a BLOCK read is never cut short
-            # (redis-py #3138).
-            # No per-command socket timeout: redis-py wraps every read in a timer for
-            # it, which costs the round trip about a third (measured), and a BLOCK read
-            # must not be cut short anyway (redis-py #3138). A server that vanishes
-            # without closing a TCP socket is found by keepalive probes instead, within
-            # about half a minute; a Unix socket has no such probes (nor needs them).
-            tcp: dict[str, Any] = (
-                {"socket_keepalive": True, "socket_keepalive_options": _keepalive_options()}
-                if scheme != "unix"
-                else {}
-            )
-            pool = aioredis.BlockingConnectionPool.from_url(
-                url,
-                max_connections=MAX_CONNECTIONS,
-                timeout=None,
-                protocol=2,
-                socket_timeout=None,
-                socket_connect_timeout=5.0,
-                **tcp,
-            )
-            client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
-        except ValueError as exc:
+            client = _client(topology, cluster=bool(topology.cluster))
+        except (ValueError, redis_errors.RedisError) as exc:
             raise BusUrlError(url, str(exc)) from None
-        return cls(url, client, None)
+        return cls(url, client, None, topology)
+
+    async def open(self) -> None:
+        """Learn the server's shape (cluster or not, unless the URL said) and check that
+        it answers; raises ``BusUnavailable`` naming the URL."""
+        if self.topology.cluster is None and await self._cluster_enabled():
+            single, self._client = self._client, _client(self.topology, cluster=True)
+            await single.aclose()
+        await self.ping()
+        if self.topology.min_replicas and self._durable is None:
+            cluster = isinstance(self._client, aioredis.RedisCluster)
+            self._durable = _Durable(_client(self.topology, cluster=cluster, connections=1))
+
+    async def _cluster_enabled(self) -> bool:
+        try:
+            info = await self._client.info("cluster")
+        except redis_errors.ResponseError:
+            return False  # a server or proxy without INFO cluster is no cluster node
+        except FAILURES as exc:
+            raise self._translated(exc, "INFO") from None
+        return str(info.get("cluster_enabled", 0)) == "1"
+
+    @property
+    def cluster(self) -> bool:
+        """Whether commands go through redis-py's cluster client."""
+        return isinstance(self._client, aioredis.RedisCluster)
 
     @property
     def embedded(self) -> bool:
         return self._memory is not None
 
     async def close(self) -> None:
-        await self._client.aclose()
+        clients = [self._client] + ([self._durable.client] if self._durable else [])
+        self._durable = None
+        for client in clients:
+            await client.aclose()
+            manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+            for sentinel in getattr(manager, "sentinels", ()):
+                await sentinel.aclose()
 
     def _translated(self, exc: BaseException, command: str = "") -> BaseException:
         """The one mapping of redis-py failures, by exception class: an outage or a passing
@@ -241,13 +319,18 @@ class Redis:
             return BusUnavailable(self.url, _cause(exc))
         if isinstance(exc, redis_errors.ResponseError) and _code(exc) in TRANSIENT_CODES:
             return BusUnavailable(self.url, str(exc))
+        if isinstance(exc, redis_errors.AskError):  # MOVED or ASK reached a plain client
+            return BusUrlError(
+                self.url,
+                f"the server is a Redis Cluster node ({_cause(exc)}): leave out cluster=false",
+            )
         return exc
 
     @asynccontextmanager
     async def _errors(self) -> AsyncIterator[None]:
         try:
             yield
-        except (redis_errors.RedisError, OSError) as exc:
+        except FAILURES as exc:
             translated = self._translated(exc)
             if translated is exc:
                 raise
@@ -257,11 +340,42 @@ class Redis:
         # The hot path: a plain try/except, not the context manager (3-4 us per command).
         try:
             return await getattr(self._client, name)(*args, **kwargs)
-        except (redis_errors.RedisError, OSError) as exc:
+        except FAILURES as exc:
             translated = self._translated(exc, name.upper())
             if translated is exc:
                 raise
             raise translated from None
+
+    async def _call_on(self, client: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await getattr(client, name)(*args, **kwargs)
+        except FAILURES as exc:
+            translated = self._translated(exc, name.upper())
+            if translated is exc:
+                raise
+            raise translated from None
+
+    async def _durably(self, key: str, write: Callable[[Any], Awaitable[_T]]) -> _T:
+        """Run ``write`` with the client it is given; with ``min_replicas`` set, on the
+        durable connection followed by WAIT, so that it counts only once replicated."""
+        durable = self._durable
+        if durable is None:
+            return await write(self._client)
+        async with durable.lock:
+            result = await write(durable.client)
+            await self._replicated(durable.client, key)
+        return result
+
+    async def _replicated(self, client: Any, key: str) -> None:
+        """WAIT for ``min_replicas`` replicas of the writes made so far on ``client``."""
+        wanted, timeout = self.topology.min_replicas, self.topology.replica_timeout
+        target = {"target_nodes": client.get_node_from_key(key)} if self.cluster else {}
+        got = int(await self._call_on(client, "wait", wanted, int(timeout * 1000), **target))
+        if got < wanted:
+            raise BusUnavailable(
+                self.url,
+                f"only {got} of {wanted} replicas acknowledged the write within {timeout:g}s",
+            )
 
     # -- server ---------------------------------------------------------------------------
 
@@ -280,10 +394,12 @@ class Redis:
             return False
         try:
             # One string: redis-py then looks for no reply parser of its own ("COMMAND").
-            docs = await self._client.execute_command("COMMAND DOCS", "XREADGROUP")
+            # A cluster client needs a node for a command without a key: any will do.
+            node = {"target_nodes": self._client.get_random_node()} if self.cluster else {}
+            docs = await self._client.execute_command("COMMAND DOCS", "XREADGROUP", **node)
         except redis_errors.ResponseError:
             return False  # no COMMAND DOCS (before 7.0): certainly no CLAIM either
-        except (redis_errors.RedisError, OSError) as exc:
+        except FAILURES as exc:
             raise self._translated(exc) from None
         return b"claim" in repr(docs).lower().encode()
 
@@ -291,23 +407,36 @@ class Redis:
 
     async def xadd_many(self, key: str, entries: Sequence[Fields]) -> list[str]:
         """XADD several entries in one pipelined round trip (not a transaction)."""
-        pipeline = self._client.pipeline(transaction=False)
-        for fields in entries:
-            pipeline.xadd(key, dict(fields))
-        async with self._errors():
-            replies = await pipeline.execute()
+
+        async def write(client: Any) -> list[Any]:
+            pipeline = client.pipeline(transaction=False)
+            for fields in entries:
+                pipeline.xadd(key, dict(fields))
+            async with self._errors():
+                replies: list[Any] = await pipeline.execute()
+            return replies
+
+        replies = await self._durably(key, write)
         self._notify((key,))
         return [_text(entry_id) for entry_id in replies]
 
     async def xadd(self, key: str, fields: Fields, maxlen: int | None = None) -> str:
         """XADD one entry; ``maxlen`` trims approximately (``MAXLEN ~``)."""
-        entry_id = await self._call("xadd", key, dict(fields), maxlen=maxlen, approximate=True)
+        if self._durable is None:  # the hot path, without a closure
+            entry_id = await self._call("xadd", key, dict(fields), maxlen=maxlen, approximate=True)
+        else:
+            entry_id = await self._durably(
+                key,
+                lambda client: self._call_on(
+                    client, "xadd", key, dict(fields), maxlen=maxlen, approximate=True
+                ),
+            )
         self._notify((key,))
         return _text(entry_id)
 
     def batch(self, *, atomic: bool = True) -> Batch:
         """A pipeline; ``atomic`` wraps it in MULTI/EXEC (all keys share one slot)."""
-        return Batch(self, self._client, atomic)
+        return Batch(self, atomic)
 
     def wake(self, key: str) -> None:
         """Wake the embedded bus's blocked readers of ``key`` (a real BLOCK just times out)."""
@@ -418,8 +547,14 @@ class Redis:
             return True
         return False
 
-    async def _group_call(self, key: str, group: str, name: str, *args: Any, **kwargs: Any) -> Any:
+    async def _group_call(
+        self, key: str, group: str, name: str, *args: Any, durable: bool = False, **kwargs: Any
+    ) -> Any:
         try:
+            if durable:
+                return await self._durably(
+                    key, lambda client: self._call_on(client, name, *args, **kwargs)
+                )
             return await self._call(name, *args, **kwargs)
         except redis_errors.ResponseError as exc:
             # NOGROUP: no such group; "no such key": XINFO on a stream that is not there;
@@ -475,7 +610,16 @@ class Redis:
         if not entry_ids:
             return []
         raw = await self._group_call(
-            key, group, "xclaim", key, group, consumer, min_idle_ms, list(entry_ids), justid=True
+            key,
+            group,
+            "xclaim",
+            key,
+            group,
+            consumer,
+            min_idle_ms,
+            list(entry_ids),
+            justid=True,
+            durable=True,
         )
         return [_text(entry_id) for entry_id in raw]
 
@@ -484,7 +628,16 @@ class Redis:
     ) -> tuple[str, list[Entry], list[str]]:
         """XAUTOCLAIM: (next cursor, claimed entries, ids deleted from the stream)."""
         raw = await self._group_call(
-            key, group, "xautoclaim", key, group, consumer, min_idle_ms, start, count=count
+            key,
+            group,
+            "xautoclaim",
+            key,
+            group,
+            consumer,
+            min_idle_ms,
+            start,
+            count=count,
+            durable=True,
         )
         deleted = [_text(entry_id) for entry_id in raw[2]] if len(raw) > 2 else []
         return _text(raw[0]), _entries(raw[1]), deleted
@@ -567,9 +720,8 @@ class Batch:
     and look like success. Each ``execute`` builds a fresh pipeline from the list.
     """
 
-    def __init__(self, redis: Redis, client: Any, atomic: bool) -> None:
+    def __init__(self, redis: Redis, atomic: bool) -> None:
         self._redis = redis
-        self._client = client
         self._atomic = atomic
         self._commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         self._streams: set[str] = set()
@@ -601,10 +753,17 @@ class Batch:
         """Send every command; safe to call again after ``BusUnavailable``."""
         if not self._commands:
             return []
-        pipeline = self._client.pipeline(transaction=self._atomic)
-        for name, args, kwargs in self._commands:
-            getattr(pipeline, name)(*args, **kwargs)
-        async with self._redis._errors():
-            replies: list[Any] = await pipeline.execute()
+
+        async def write(client: Any) -> list[Any]:
+            pipeline = client.pipeline(transaction=self._atomic)
+            for name, args, kwargs in self._commands:
+                getattr(pipeline, name)(*args, **kwargs)
+            async with self._redis._errors():
+                replies: list[Any] = await pipeline.execute()
+            return replies
+
+        # Every key of a batch is of one namespace, so of one cluster slot: the first
+        # names the node whose replicas the batch waits for.
+        replies = await self._redis._durably(self._commands[0][1][0], write)
         self._redis._notify(sorted(self._streams))
         return replies

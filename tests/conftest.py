@@ -17,6 +17,8 @@ from rapid_objection.bus import Bus
 from rapid_objection.bus._redis import forget_memory_server
 from rapid_objection.bus.testing import purge
 
+from .topologies import Cluster, TopologyError, start_cluster
+
 REDIS_URL = os.environ.get("RAPID_OBJECTION_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI") == "true"
 
@@ -51,13 +53,32 @@ def redis_url() -> str:
     return REDIS_URL
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A Redis Cluster of the session's own (3 masters, 3 replicas), started on first use."""
+    try:
+        cluster = start_cluster(tmp_path_factory.mktemp("cluster"))
+    except TopologyError as exc:
+        message = f"cluster lane: {exc}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield cluster
+    finally:
+        cluster.servers.close()
+
+
+@pytest.fixture(params=["embedded", "redis", "cluster"])
 def bus_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Each bus test runs twice: on the embedded bus and on the real Redis."""
+    """Each bus test runs three times: on the embedded bus, on the real Redis and on a
+    Redis Cluster (through the URL of one node: the namespace's slot may be elsewhere)."""
     if request.param == "embedded":
         name = f"t-{secrets.token_hex(6)}"
         yield f"memory://{name}"
         forget_memory_server(name)
+    elif request.param == "cluster":
+        yield request.getfixturevalue("redis_cluster").url
     else:
         yield request.getfixturevalue("redis_url")
 
