@@ -61,6 +61,7 @@ class Servers:
 
     directory: Path
     processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    commands: dict[int, list[str]] = field(default_factory=dict)
 
     def start(self, port: int, *extra: str) -> None:
         executable = shutil.which("redis-server")
@@ -77,9 +78,21 @@ class Servers:
             "--dir", str(home),
             *extra,
         ]  # fmt: skip
-        log = (home / "server.log").open("wb")
-        self.processes[port] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        self.commands[port] = command
+        self._launch(port)
+
+    def _launch(self, port: int, *extra: str) -> None:
+        log = (self.directory / str(port) / "server.log").open("ab")
+        self.processes[port] = subprocess.Popen(
+            [*self.commands[port], *extra], stdout=log, stderr=subprocess.STDOUT
+        )
         log.close()
+        _wait_until(f"redis-server on {port}", lambda: client(port).ping())
+
+    def restart(self, port: int, *extra: str) -> None:
+        """Start a stopped server again with the same command line (and empty data),
+        plus ``extra`` arguments."""
+        self._launch(port, *extra)
 
     def kill(self, port: int) -> None:
         process = self.processes[port]
@@ -155,8 +168,6 @@ def start_cluster(directory: Path) -> Cluster:
                 "--cluster-config-file", f"nodes-{port}.conf",
                 "--cluster-node-timeout", "2000",
             )  # fmt: skip
-        for port in ports:
-            _wait_until(f"cluster node {port}", lambda port=port: client(port).ping())
         nodes = [f"127.0.0.1:{port}" for port in ports]
         create = ["redis-cli", "--cluster", "create", *nodes]
         created = subprocess.run(
@@ -239,8 +250,5 @@ def start_sentinels(directory: Path) -> Sentinels:
 
 def _sentinel_ready(port: int, count: int) -> bool:
     with client(port) as sentinel:
-        master = sentinel.execute_command("SENTINEL MASTER", "ro-primary")
-    fields = dict(zip(master[::2], master[1::2], strict=True))
-    return (
-        int(fields[b"num-slaves"]) >= 1 and int(fields[b"num-other-sentinels"]) >= count - 1
-    )
+        master = sentinel.sentinel_master("ro-primary")
+    return int(master["num-slaves"]) >= 1 and int(master["num-other-sentinels"]) >= count - 1
