@@ -10,7 +10,9 @@ that gets busier or quieter during a run does not favour one side:
    20k events in flight, published in pipelines of 100 as the bare baseline does
    (and, beside it, 10k events from 256 concurrent ``Publisher.emit`` tasks);
 3. fan-out: round trip with three required plugins, one worker process each (p50);
-4. footprint: VmRSS of an idle worker process and the import time of ``plugin_workers``.
+4. footprint: VmRSS of an idle worker process and the import time of ``plugin_workers``;
+5. durability: the round trip with ``min_replicas=1`` against 0, on a primary and a
+   replica of the benchmark's own (``bench/topology.py``).
 
 Figures are the median over the runs; a ratio is ours / baseline, taken in each run
 and then the median of those (the runs are paired). One line per scenario; the last
@@ -35,7 +37,7 @@ from typing import Any, Final, TypeVar
 import msgspec
 import redis
 
-from . import baselines, product
+from . import baselines, product, topology
 from .baselines import CpuUse, percentiles
 
 DEFAULT_URL: Final = os.environ.get("RAPID_OBJECTION_BENCH_REDIS_URL", baselines.DEFAULT_URL)
@@ -436,6 +438,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     fanout = scenario_fanout(args.url, args.runs, args.fanout)
     footprint = scenario_footprint(args.url, args.runs)
+    durability = topology.scenario_durability(args.runs, args.round_trips)
     host["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     targets_met = {
         "round_trip_p50": round_trip["ratio"]["p50"] <= MAX_LATENCY_RATIO,
@@ -456,6 +459,7 @@ def _run(args: argparse.Namespace) -> int:
         "throughput": throughput,
         "fanout": fanout,
         "footprint": footprint,
+        "durability": durability,
         "targets_met": targets_met,
     }
     print(msgspec.json.encode(report).decode(), flush=True)

@@ -206,7 +206,7 @@ class Workers:
 
         from .baselines import local_pid
 
-        client = redis.Redis.from_url(self.url)
+        client = redis.Redis.from_url(plain_url(self.url))
         try:
             return local_pid(client.info("server"))
         finally:
@@ -236,7 +236,7 @@ class Workers:
         wanted = {
             self.client_name(plugin.plugin_name + consumer) for plugin, consumer in self.specs
         }
-        client = redis.Redis.from_url(self.url)
+        client = redis.Redis.from_url(plain_url(self.url))
         try:
             deadline = time.monotonic() + READY_TIMEOUT_S
             while not wanted <= _blocked_readers(client) or not _announced(
@@ -281,6 +281,13 @@ def _announced(
     )
 
 
+def plain_url(url: str) -> str:
+    """``url`` without the bus's own options (min_replicas, ...), for a plain redis-py."""
+    from rapid_objection.bus._topology import parse
+
+    return parse(url).client_url
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -292,7 +299,7 @@ def purge_namespace(url: str, namespace: str) -> int:
     from rapid_objection.bus import Keys
 
     pattern = Keys(namespace).prefix.replace("{", "\\{").replace("}", "\\}") + "*"
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(plain_url(url))
     try:
         keys = list(client.scan_iter(match=pattern, count=500))
         return int(client.delete(*keys)) if keys else 0
