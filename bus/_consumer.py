@@ -33,6 +33,10 @@ from ._retry import Deferred, RetryPolicy
 
 __all__ = ["Consumer", "Delivery", "Handler"]
 
+MAX_DEFERRALS = 100
+"""Times one delivery may answer ``RetryLater`` before it is dead-lettered; deferrals
+do not spend the ``max_deliveries`` budget (a marker of a crashed worker is waited out)."""
+
 
 class Consumer:
     """One consumer of plugin ``plugin``'s group: reads, dispatches, acks."""
@@ -300,29 +304,36 @@ class Consumer:
     def _run_one(self, send: Sink) -> Callable[[Delivery], Awaitable[None]]:
         async def run(delivery: Delivery) -> None:
             first_error: str | None = None
+            deferrals = 0
             while True:
                 answer = await self._call(delivery)
                 if isinstance(answer, Deferred):
+                    # "Not now" is no failed delivery: it has a budget of its own.
+                    deferrals += 1
                     error = f"deferred: {answer.reason}"
                     delay = answer.delay
+                    exhausted = deferrals >= MAX_DEFERRALS
+                    again = delivery
                 elif answer.status == "error" and not answer.permanent:
                     error = f"{answer.error_type}: {answer.error}"
                     delay = self.retry.delay(delivery.attempt)
+                    exhausted = self.retry.exhausted(delivery.attempt)
+                    again = replace(delivery, attempt=delivery.attempt + 1)
                 else:
                     send.send_nowait(Done(delivery.entry_id, delivery.envelope, answer))
                     return
                 first_error = first_error or error
-                if self.retry.exhausted(delivery.attempt) or self._stopping:
-                    if self._stopping and not self.retry.exhausted(delivery.attempt):
-                        # Leave it pending: a live consumer reclaims it with its count.
-                        send.send_nowait(Done(delivery.entry_id, delivery.envelope, keep=True))
-                        return
+                if exhausted:
                     self._give_up(send, delivery, first_error, error)
+                    return
+                if self._stopping:
+                    # Leave it pending: a live consumer reclaims it with its count.
+                    send.send_nowait(Done(delivery.entry_id, delivery.envelope, keep=True))
                     return
                 if self._flush_now is not None:
                     await self._flush_now()  # what finished before must not wait on this
                 await anyio.sleep(delay)
-                delivery = replace(delivery, attempt=delivery.attempt + 1)
+                delivery = again
 
         return run
 

@@ -46,6 +46,7 @@ from ._interface import implemented_hooks
 CustomHandlers = Callable[[str], list[Callable[..., Any]]]
 
 _current: ContextVar[Delivery | None] = ContextVar("rapid_objection_delivery", default=None)
+_timeout: ContextVar[float] = ContextVar("rapid_objection_hook_timeout", default=0.0)
 
 
 def current_delivery() -> Delivery:
@@ -55,6 +56,11 @@ def current_delivery() -> Delivery:
     if delivery is None:
         raise LookupError("current_delivery() is only known inside a hook call")
     return delivery
+
+
+def current_hook_timeout() -> float:
+    """The timeout of the hook that is running (seconds); 0.0 outside a hook."""
+    return _timeout.get()
 
 
 def hook_arguments(  # noqa: PLR0911 - one return per event type reads best
@@ -210,6 +216,7 @@ class Dispatcher:
         arguments = hook_arguments(envelope, self.engines)
         started = time.perf_counter()
         token = _current.set(delivery)
+        timeout_token = _timeout.set(self.timeout)
         task = asyncio.current_task()
         assert task is not None, "a hook runs in a task"
         try:
@@ -251,7 +258,12 @@ class Dispatcher:
                 permanent=isinstance(exc, PermanentError),
             )
         finally:
+            # A hook that raised is over too: its deadline must not cancel the task (the
+            # worker's reader, with concurrency 1) later, in whatever it does next.
+            if self._watchdog.end(task):
+                task.uncancel()
             _current.reset(token)
+            _timeout.reset(timeout_token)
         result = results[0] if len(results) == 1 else results
         return replace(
             skipped,

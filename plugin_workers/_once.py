@@ -8,17 +8,23 @@ from typing import Any, Final, TypeVar
 
 import anyio
 
-from rapid_objection.bus import ONCE_TTL_MS, RetryLater
+from rapid_objection.bus import ONCE_TTL_MS, Bus, RetryLater
 
-from ._dispatch import current_delivery
+from ._dispatch import current_delivery, current_hook_timeout
 from ._view import RegistryView
 
 T = TypeVar("T")
 
 RUNNING: Final = b"running"
 DONE: Final = b"done"
-RUNNING_TTL_MS: Final = 10 * 60 * 1000
-"""A "running" marker of a worker that died mid-effect expires, so the effect can run."""
+RUNNING_MARGIN: Final = 1.0
+"""Seconds a "running" marker outlives the hook timeout between two renewals: a worker
+that dies mid-effect blocks the effect elsewhere about one hook timeout, not minutes."""
+
+
+def running_ttl_ms(hook_timeout: float) -> int:
+    """The lifetime of a "running" marker of a hook with ``hook_timeout``."""
+    return int((hook_timeout + RUNNING_MARGIN) * 1000)
 
 
 async def run_once(
@@ -36,14 +42,23 @@ async def run_once(
     delivery = current_delivery()
     bus = registry.bus
     key = bus.keys.once(registry.plugin, delivery.envelope.id, name)
-    if not await bus.redis.set(key, RUNNING, ttl_ms=RUNNING_TTL_MS, only_if_absent=True):
+    ttl_ms = running_ttl_ms(current_hook_timeout())
+    if not await bus.redis.set(key, RUNNING, ttl_ms=ttl_ms, only_if_absent=True):
         if await bus.redis.get(key) == DONE:
             return None
         raise RetryLater(1.0, f"{name!r} for event {delivery.envelope.id} is running elsewhere")
     try:
-        result = effect(*args)
-        if inspect.isawaitable(result):
-            result = await result
+        try:
+            async with anyio.create_task_group() as group:
+                # The marker lives while this worker does: renewed until the effect returns.
+                group.start_soon(_renew, bus, key, ttl_ms)
+                result = await _call(effect, args)
+                group.cancel_scope.cancel()
+        except BaseExceptionGroup as failed:
+            # The effect's own error, as the hook would have raised it without the group.
+            if len(failed.exceptions) == 1:
+                raise failed.exceptions[0] from None
+            raise
     except BaseException:
         # Shielded: a hook cancelled by its timeout must still clear its marker.
         with anyio.CancelScope(shield=True):
@@ -51,4 +66,17 @@ async def run_once(
         raise
     with anyio.CancelScope(shield=True):
         await bus.redis.set(key, DONE, ttl_ms=ONCE_TTL_MS)
+    return result
+
+
+async def _renew(bus: Bus, key: str, ttl_ms: int) -> None:
+    while True:
+        await anyio.sleep(ttl_ms / 3000)
+        await bus.redis.pexpire(key, ttl_ms)
+
+
+async def _call(effect: Callable[..., Awaitable[T] | T], args: tuple[Any, ...]) -> T:
+    result = effect(*args)
+    if inspect.isawaitable(result):
+        return await result
     return result

@@ -172,9 +172,7 @@ class TestUnixSocket:
 
 
 class TestWorkerWithoutPermission:
-    async def test_it_exits_with_one_line(
-        self, server: RedisServer, namespace: str
-    ) -> None:
+    async def test_it_exits_with_one_line(self, server: RedisServer, namespace: str) -> None:
         """``rapid-objection worker`` whose user may not write exits 1 with one line naming
         the refused command and the user, not a traceback, and no password."""
         async with server.admin() as admin:

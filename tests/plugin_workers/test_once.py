@@ -20,7 +20,7 @@ from rapid_objection.bus import (
 )
 from rapid_objection.bus.testing import drained
 from rapid_objection.plugin_workers import PluginInterface, RegistryView, current_delivery, run_once
-from rapid_objection.plugin_workers._once import RUNNING
+from rapid_objection.plugin_workers._once import RUNNING, running_ttl_ms
 from rapid_objection.plugin_workers.testing import envelope_for, running_worker
 
 pytestmark = pytest.mark.anyio
@@ -185,3 +185,53 @@ class TestRunOnce:
         with pytest.raises(LookupError, match="inside a hook"):
             await run_once(view, "email", sent.append, "shop")
         assert sent == []
+
+
+class TestCrashedRunner:
+    async def test_the_running_marker_lives_about_one_hook_timeout(self, bus: Bus) -> None:
+        """While an effect runs, its "running" marker expires about one hook timeout
+        later (not minutes), so a crash mid-effect blocks the event only that long."""
+        plugin = Mailer(stall_sends=1)
+        delivery = _delivery()
+        key = bus.keys.once("mailer", delivery.envelope.id, "email")
+        ttls: list[int] = []
+        async with (
+            running_worker(plugin, bus, timeout=2.0) as worker,
+            anyio.create_task_group() as group,
+        ):
+            group.start_soon(worker.dispatcher, delivery)
+            for _ in range(8):  # across the one-second stall: renewed, never lapsing
+                await anyio.sleep(0.15)
+                if await bus.redis.get(key) == RUNNING:
+                    ttls.append(await _pttl(bus, key))
+        assert ttls, "the marker was seen while the effect ran"
+        assert all(0 < ttl <= running_ttl_ms(2.0) for ttl in ttls)
+        assert running_ttl_ms(2.0) <= 5_000
+        assert plugin.sent == ["shop"]
+
+    async def test_an_event_whose_runner_crashed_runs_once_the_marker_lapses(
+        self, bus: Bus
+    ) -> None:
+        """The marker a crashed worker left behind defers the redelivered event until it
+        lapses; the deferrals do not spend max_deliveries, so the effect then runs once
+        and the event is acked, not dead-lettered."""
+        plugin = Mailer()
+        async with Publisher(bus, "reg-once") as publisher:
+            await bus.ensure_group("mailer")
+            envelope, _ = await publisher.publish(AppRegistered(connection=SQLITE), app="shop")
+            key = bus.keys.once("mailer", envelope.id, "email")
+            # What a worker that died mid-effect leaves: a marker of one hook timeout.
+            await bus.redis.set(key, RUNNING, ttl_ms=running_ttl_ms(1.0))
+            async with running_worker(plugin, bus, timeout=1.0, max_deliveries=2):
+                with anyio.fail_after(6):
+                    while not publisher.unclaimed_acks:
+                        await anyio.sleep(0.05)
+        [ack] = publisher.unclaimed_acks
+        assert (ack.event_id, ack.status) == (envelope.id, "ok")
+        assert plugin.sent == ["shop"]
+        assert plugin.calls >= 2
+        assert await bus.redis.xlen(bus.keys.dlq) == 0
+
+
+async def _pttl(bus: Bus, key: str) -> int:
+    return int(await bus.redis._client.pttl(key))
