@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import anyio
@@ -38,6 +39,7 @@ from rapid_objection.bus import (
     mask_url,
 )
 
+from ._app_data import AppChanges
 from ._config import AppConfig, to_dict
 from ._connections import ConnectionManager, Engines
 from ._errors import AppAlreadyRegistered
@@ -94,30 +96,14 @@ class AppRecord:
         return status
 
 
-def _runners(
-    app: str, manager: ConnectionManager, config: AppConfig
-) -> tuple[Runner | None, Runner | None]:
-    from ._alembic import AlembicMigrations
-    from ._migrations import Migrations
-    from ._runners import Runner as ChangesRunner
-    from ._seeds import Seeds
-
-    migrations: Runner | None = None
-    if config.migrations.enabled and config.migrations.alembic:
-        migrations = ChangesRunner(AlembicMigrations(app, manager.engine, config.migrations))
-    elif config.migrations.enabled and config.migrations.directory:
-        migrations = ChangesRunner(Migrations(app, manager.engine, config.migrations))
-    seeds: Runner | None = None
-    if config.seeds.enabled and config.seeds.directory:
-        seeds = ChangesRunner(Seeds(app, manager.engine, config.seeds))
-    return migrations, seeds
-
-
-async def register(ctx: AppContext, name: str, config: AppConfig) -> AppRecord:
+async def register(  # noqa: PLR0915 - the documented steps in order, read top to bottom
+    ctx: AppContext, name: str, config: AppConfig
+) -> AppRecord:
     """The registration lifecycle of one app."""
     engines = ctx.engines
     opened = False
     models: ModelSet | None = None
+    changes: AppChanges | None = None
     stage = "app_registration_started"
     claimed = False
     try:
@@ -153,7 +139,10 @@ async def register(ctx: AppContext, name: str, config: AppConfig) -> AppRecord:
             info_source=lambda: engines.info(name),
             reused=lease.reused,
         )
-        migrations, seeds = _runners(name, manager, config)
+        changes = AppChanges.of(name, manager.engine, config)
+        migrations, seeds = changes.migrations, changes.seeds
+        # One app lock across the whole registration, its rollback included.
+        await anyio.to_thread.run_sync(changes.acquire)
         operations: list[OperationResult] = []
         if migrations is not None:
             stage = "migrations"
@@ -182,6 +171,7 @@ async def register(ctx: AppContext, name: str, config: AppConfig) -> AppRecord:
         await ctx.steps.step(
             AppRegistered(connection=engines.info(name), config=to_dict(config)), name
         )
+        await anyio.to_thread.run_sync(changes.release)
         return AppRecord(
             manager=manager,
             config=config,
@@ -196,6 +186,8 @@ async def register(ctx: AppContext, name: str, config: AppConfig) -> AppRecord:
             await _report_failure(ctx, name, "register_app", stage, exc)
             if models is not None:
                 models.clear()
+            if changes is not None:
+                await anyio.to_thread.run_sync(changes.roll_back)
             if opened:
                 await _release(ctx, name, registry_shutdown=False)
             if claimed:
@@ -218,16 +210,17 @@ async def unregister(
             stage = "app_rollback_started"
             info = ctx.engines.info(name)
             await ctx.steps.step(AppRollbackStarted(connection=info, options=options), name)
-            for label, runner in (("seeds", record.seeds), ("migrations", record.migrations)):
-                if runner is None:
-                    continue
-                stage = label
-                result = await anyio.to_thread.run_sync(runner.undo)
-                steps.append(result)
-                if not result.success:
-                    errors.append(f"{label}: {result.error}")
-                    if not force:
-                        break
+            stage = "seeds"
+            changes = AppChanges(
+                record.migrations,
+                record.seeds,
+                record.manager.engine,
+                name,
+                record.config.migrations.lock_timeout,
+            )
+            results, failures = await anyio.to_thread.run_sync(partial(changes.undo, force=force))
+            steps += results
+            errors += failures
         if not errors or force:
             stage = "models"
             steps.append(_clear_models(record))

@@ -45,11 +45,14 @@ class LockNotTaken(Exception):  # noqa: N818 - reads as the condition
     Internal: the runner turns it into ``MigrationFailed``/``SeedFailed``.
     """
 
-    def __init__(self, lock: str, what: str, app: str, timeout: float) -> None:
+    def __init__(
+        self, lock: str, what: str, app: str, timeout: float, doing: str | None = None
+    ) -> None:
         self.lock = lock
+        doing = doing or f"a {what} batch"
         super().__init__(
             f"could not take the {what} lock {lock!r} within {timeout:g} s: another "
-            f"process or thread is running a {what} batch of app {app!r}"
+            f"process or thread is running {doing} of app {app!r}"
         )
 
 
@@ -68,7 +71,7 @@ _local_locks: weakref.WeakKeyDictionary[sa.Engine, dict[str, threading.Lock]] = 
 _local_guard = threading.Lock()
 
 
-def _local_lock(engine: sa.Engine, key: str) -> threading.Lock:
+def local_lock(engine: sa.Engine, key: str) -> threading.Lock:
     with _local_guard:
         return _local_locks.setdefault(engine, {}).setdefault(key, threading.Lock())
 
@@ -88,7 +91,7 @@ def advisory_key(purpose: str, app: str) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class _Wait:
+class Wait:
     """How long a lock may be waited for: the timeout and its deadline on the monotonic clock."""
 
     timeout: float
@@ -98,7 +101,7 @@ class _Wait:
         return max(0.0, self.deadline - time.monotonic())
 
 
-def _poll(attempt: Callable[[], bool], wait: _Wait) -> bool:
+def poll(attempt: Callable[[], bool], wait: Wait) -> bool:
     """Call ``attempt`` until it returns True or the deadline passes (one try at least)."""
     pause = _POLL_FIRST
     while True:
@@ -124,7 +127,7 @@ def _in_transaction(connection: sa.Connection) -> Callable[[], AbstractContextMa
     return step
 
 
-def _release(connection: sa.Connection, statement: sa.Executable) -> None:
+def release(connection: sa.Connection, statement: sa.Executable) -> None:
     try:
         connection.rollback()
         connection.execute(statement)
@@ -136,7 +139,7 @@ def _release(connection: sa.Connection, statement: sa.Executable) -> None:
 
 @contextmanager
 def _postgresql(
-    connection: sa.Connection, tracker: Tracker, purpose: str, what: str, wait: _Wait
+    connection: sa.Connection, tracker: Tracker, purpose: str, what: str, wait: Wait
 ) -> Iterator[Batch]:
     key = advisory_key(purpose, tracker.app)
 
@@ -145,18 +148,18 @@ def _postgresql(
         connection.commit()
         return bool(taken)
 
-    if not _poll(attempt, wait):
+    if not poll(attempt, wait):
         raise LockNotTaken(f"pg_advisory_lock({key})", what, tracker.app, wait.timeout)
     try:
         tracker.ensure(connection)
         yield Batch(connection, _in_transaction(connection), transactional_ddl=True)
     finally:
-        _release(connection, sa.select(sa.func.pg_advisory_unlock(key)))
+        release(connection, sa.select(sa.func.pg_advisory_unlock(key)))
 
 
 @contextmanager
 def _mysql(
-    connection: sa.Connection, tracker: Tracker, purpose: str, what: str, wait: _Wait
+    connection: sa.Connection, tracker: Tracker, purpose: str, what: str, wait: Wait
 ) -> Iterator[Batch]:
     name = lock_name(purpose, tracker.app, connection.engine.url.database)
 
@@ -165,18 +168,18 @@ def _mysql(
         connection.commit()
         return taken == 1
 
-    if not _poll(attempt, wait):
+    if not poll(attempt, wait):
         raise LockNotTaken(name, what, tracker.app, wait.timeout)
     try:
         tracker.ensure(connection)
         # DDL commits implicitly on MySQL/MariaDB: a step is atomic only for its DML.
         yield Batch(connection, _in_transaction(connection), transactional_ddl=False)
     finally:
-        _release(connection, sa.select(sa.func.release_lock(name)))
+        release(connection, sa.select(sa.func.release_lock(name)))
 
 
 @contextmanager
-def _sqlite(connection: sa.Connection, tracker: Tracker, what: str, wait: _Wait) -> Iterator[Batch]:
+def _sqlite(connection: sa.Connection, tracker: Tracker, what: str, wait: Wait) -> Iterator[Batch]:
     tracker.ensure(connection)
     previous = int(connection.exec_driver_sql("PRAGMA busy_timeout").scalar() or 0)
     waited = int(wait.left() * 1000)
@@ -208,8 +211,8 @@ def exclusive(
     ``purpose`` names the lock (``migrate``, ``seed``); ``what`` names it in the error
     (``migration``, ``seed``). Raises ``LockNotTaken`` after ``timeout`` seconds.
     """
-    wait = _Wait(timeout, time.monotonic() + timeout)
-    local = _local_lock(engine, f"{purpose}\0{tracker.app}")
+    wait = Wait(timeout, time.monotonic() + timeout)
+    local = local_lock(engine, f"{purpose}\0{tracker.app}")
     if not local.acquire(timeout=max(timeout, 0.0)):
         raise LockNotTaken(f"{purpose} lock in this process", what, tracker.app, timeout)
     try:

@@ -113,7 +113,7 @@ class Runner(Generic[S]):
         self.changes = changes
         self.log = logging.getLogger(f"rapid_objection.{changes.kind.operation}")
         self.applied = False
-        """``apply()`` ran and succeeded: ``undo()`` undoes ``batch`` only."""
+        """``apply()`` ran (even if it failed): ``undo()`` undoes ``batch`` only."""
         self.batch: int | None = None
         """The batch ``apply()`` made and no ``undo()`` has undone yet."""
 
@@ -121,6 +121,8 @@ class Runner(Generic[S]):
         """Apply the pending changes as one batch; ``MigrationFailed``/``SeedFailed`` on error."""
         changes, kind = self.changes, self.changes.kind
         started = time.perf_counter()
+        # Until a batch is known to be made, there is nothing of this runner's to undo.
+        self.applied, self.batch = True, None
         try:
             with changes.lock() as batch:
                 progress = changes.forward(batch)
@@ -128,10 +130,11 @@ class Runner(Generic[S]):
             raise kind.failure(changes.app, exc.lock, str(exc)) from None
         except sa.exc.SQLAlchemyError as exc:
             raise kind.failure(changes.app, changes.tracker.table.name, describe(exc)) from exc
+        if progress.done:
+            self.batch = progress.batch
         if progress.failed is not None:
             reason = progress.reason or failure_reason(progress, transactional_ddl=True)
             raise kind.failure(changes.app, progress.failed, reason) from progress.error
-        self.applied, self.batch = True, progress.batch
         for name in progress.done:
             self.log.info("app %r: %s %s (batch %s)", changes.app, kind.apply, name, progress.batch)
         return OperationResult(

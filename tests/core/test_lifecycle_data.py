@@ -7,16 +7,27 @@ Every test runs on SQLite, the real PostgreSQL and the real MariaDB (``database_
 from __future__ import annotations
 
 import secrets
+import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import sqlalchemy as sa
 
 from rapid_objection.bus._redis import forget_memory_server
-from rapid_objection.core import AppRegistry
-from tests.core.fixtures_migrations import Scripts, create_table, delete, drop_table, insert
+from rapid_objection.core import AppRegistry, SeedFailed
+from tests.core.fixtures_migrations import (
+    FAIL,
+    Scripts,
+    create_table,
+    delete,
+    drop_table,
+    insert,
+    until,
+    wait_for,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -120,3 +131,65 @@ class TestUnregisterUndoesThisRegistration:
         assert result.success
         assert labels(database_url) == ["first"]
         assert "unseed 001_first.py" not in seeds.calls()
+
+
+@pytest.fixture
+async def other_registry() -> AsyncIterator[AppRegistry]:
+    """A second registry (another bus): another process as far as the database can tell."""
+    name = f"registry-{secrets.token_hex(4)}"
+    async with AppRegistry({"bus": {"url": f"memory://{name}", "ack_timeout": 5}}) as reg:
+        yield reg
+    forget_memory_server(name)
+
+
+class TestOneLockPerApp:
+    async def test_nobody_registers_between_an_unregisters_seeds_and_migrations(
+        self,
+        registry: AppRegistry,
+        other_registry: AppRegistry,
+        database_url: str,
+        migrations: Scripts,
+        tmp_path: Path,
+    ) -> None:
+        """A registration waits for the whole rollback: it never seeds a schema then dropped."""
+        inside, go = tmp_path / "inside", tmp_path / "go"
+        seeds = Scripts.at(tmp_path / "seeds")
+        seeds.seed(
+            "001_first.py",
+            insert("items", "first", via="connection"),
+            f"if not Path({str(go)!r}).exists():\n"
+            + textwrap.indent(wait_for(inside, go), "    ")
+            + "\n"
+            + delete("items", "first"),
+        )
+        config = app_config(database_url, migrations, seeds)
+        await registry.register_app("shop", config)
+        registered: list[object] = []
+        async with anyio.create_task_group() as group:
+            group.start_soon(registry.unregister_app, "shop")
+            await anyio.to_thread.run_sync(until, inside)
+
+            async def register_elsewhere() -> None:
+                registered.append(await other_registry.register_app("shop", config))
+
+            group.start_soon(register_elsewhere)
+            await anyio.sleep(0.5)  # long enough for a registration that does not wait
+            go.touch()
+        assert registered
+        assert "items" in tables(database_url)
+        assert labels(database_url) == ["first"]
+
+
+class TestAFailedRegistrationRollsBack:
+    async def test_a_failing_seed_undoes_the_migrations_it_followed(
+        self, registry: AppRegistry, database_url: str, migrations: Scripts, tmp_path: Path
+    ) -> None:
+        """All or nothing: the database keeps nothing of a registration that failed."""
+        seeds = Scripts.at(tmp_path / "seeds")
+        seeds.seed("001_broken.py", FAIL)
+        with pytest.raises(SeedFailed):
+            await registry.register_app("shop", app_config(database_url, migrations, seeds))
+        assert "items" not in tables(database_url)
+        assert migrations.calls() == ["up 001_items.py", "down 001_items.py"]
+        await registry.register_app("shop", app_config(database_url, migrations))
+        assert "items" in tables(database_url)
