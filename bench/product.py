@@ -25,13 +25,8 @@ if TYPE_CHECKING:
 
     import redis
 
-    from rapid_objection.bus import (
-        AutoOperationsCompleted,
-        Bus,
-        PluginPolicy,
-        Publisher,
-        WaitResult,
-    )
+    from rapid_objection.bus import AutoOperationsCompleted, Bus, Publisher, WaitResult
+    from rapid_objection.bus._publisher import PluginPolicy
 
     from .baselines import CpuUse
 
@@ -270,7 +265,7 @@ def _announced(
     client: redis.Redis, namespace: str, specs: Sequence[tuple[type[NoopPlugin], str]]
 ) -> bool:
     """Whether every worker's manifest and heartbeat are in the directory."""
-    from rapid_objection.bus import Keys
+    from rapid_objection.bus._keys import Keys
 
     keys = Keys(namespace)
     plugins = {_text(name) for name in client.hkeys(keys.plugins)}
@@ -296,7 +291,7 @@ def purge_namespace(url: str, namespace: str) -> int:
     """Delete every key of ``namespace`` (``rapid_objection.bus.testing.purge``, synchronously)."""
     import redis
 
-    from rapid_objection.bus import Keys
+    from rapid_objection.bus._keys import Keys
 
     pattern = Keys(namespace).prefix.replace("{", "\\{").replace("}", "\\}") + "*"
     client = redis.Redis.from_url(plain_url(url))
@@ -311,7 +306,7 @@ def purge_namespace(url: str, namespace: str) -> int:
 
 
 def _policies(plugins: Sequence[type[NoopPlugin]]) -> dict[str, PluginPolicy]:
-    from rapid_objection.bus import PluginPolicy
+    from rapid_objection.bus._publisher import PluginPolicy
 
     return {plugin.plugin_name: PluginPolicy(required=True) for plugin in plugins}
 
@@ -465,10 +460,11 @@ async def _measure_pipelined(
 
     import anyio
 
-    from rapid_objection.bus import Bus, Publisher, encode
+    from rapid_objection.bus import Bus, Publisher
     from rapid_objection.bus._constants import (
         EVENT_FIELD,  # the envelope's stream field, as Bus.publish writes
     )
+    from rapid_objection.bus._contract import encode
 
     from .baselines import CpuMeter
 
@@ -527,7 +523,7 @@ async def _until_acked(publisher: Publisher, n_events: int, workers: Workers) ->
 
 async def _check_ack_records(bus: Bus, publisher: Publisher, event_ids: set[str]) -> None:
     """Every published event has exactly one ``ok`` ack record in the registry's stream."""
-    from rapid_objection.bus import decode_ack_entry
+    from rapid_objection.bus._contract import decode_ack_entry
 
     key = bus.keys.acks(publisher.registry_id)
     seen: dict[str, int] = {}

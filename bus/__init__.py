@@ -1,15 +1,12 @@
-"""The bus: the wire contract and the Redis Streams transport of rapid-objection."""
+"""The bus: the wire contract and the Redis Streams transport of rapid-objection.
+
+The names below are what plugins, the registry's users and operators use: the event
+envelope and payloads, the bus and its records, errors and signals. The machinery
+(consumer, retry policy, keys, codecs, constants) stays in the private modules.
+"""
 
 from ._bus import Bus
-from ._constants import (
-    CLAIM_IDLE,
-    DEFAULT_ACK_TIMEOUT,
-    DEFAULT_HOOK_TIMEOUT,
-    DEFAULT_MAX_DELIVERIES,
-    DEFAULT_NAMESPACE,
-    ONCE_TTL_MS,
-)
-from ._consumer import Consumer, Delivery, Handler
+from ._consumer import Delivery
 from ._contract import (
     EVENT_TYPES,
     HOOK_METHODS,
@@ -42,13 +39,8 @@ from ._contract import (
     Payload,
     RegistryInfo,
     WorkerInfo,
-    decode_ack_entry,
-    decode_envelope,
-    encode,
     new_event_id,
-    payload_type,
 )
-from ._directory import Directory, is_alive
 from ._dlq import DeadLetterEntry, DeadLetters, Redriven
 from ._errors import (
     BusError,
@@ -62,25 +54,18 @@ from ._errors import (
 )
 from ._failures import FailureCount, FailureLog
 from ._history import History, HistoryEntry, Page
-from ._keys import Keys
-from ._publisher import PluginPolicy, Publisher, default_registry_id
+from ._publisher import Publisher
 from ._redact import mask_url, redact
-from ._retention import Retention, oldest_needed, trim_events
-from ._retry import Deferred, RetryPolicy
+from ._retention import Retention
+from ._retry import Deferred
 from ._signals import PermanentError, RetryLater
 from ._status import ConsumerStatus, PluginStatus, StatusReport, collect_status
 from ._waits import Outcome, WaitResult
 
 __all__ = [
-    "CLAIM_IDLE",
-    "DEFAULT_ACK_TIMEOUT",
-    "DEFAULT_HOOK_TIMEOUT",
-    "DEFAULT_MAX_DELIVERIES",
-    "DEFAULT_NAMESPACE",
     "EVENT_TYPES",
     "HOOK_METHODS",
     "HOOK_TYPES",
-    "ONCE_TTL_MS",
     "SCHEMA_VERSIONS",
     "Ack",
     "AckStatus",
@@ -100,7 +85,6 @@ __all__ = [
     "ConnectionCreated",
     "ConnectionInfo",
     "ConnectionShutdown",
-    "Consumer",
     "ConsumerStatus",
     "Custom",
     "DeadLetter",
@@ -108,7 +92,6 @@ __all__ = [
     "DeadLetters",
     "Deferred",
     "Delivery",
-    "Directory",
     "Envelope",
     "EventType",
     "Failure",
@@ -116,11 +99,9 @@ __all__ = [
     "FailureKind",
     "FailureLog",
     "GroupMissing",
-    "Handler",
     "HealthCheck",
     "History",
     "HistoryEntry",
-    "Keys",
     "LoadError",
     "Manifest",
     "NamespaceError",
@@ -130,7 +111,6 @@ __all__ = [
     "Page",
     "Payload",
     "PermanentError",
-    "PluginPolicy",
     "PluginStatus",
     "Publisher",
     "RedriveError",
@@ -139,20 +119,11 @@ __all__ = [
     "RegistryInfo",
     "Retention",
     "RetryLater",
-    "RetryPolicy",
     "StatusReport",
     "WaitResult",
     "WorkerInfo",
     "collect_status",
-    "decode_ack_entry",
-    "decode_envelope",
-    "default_registry_id",
-    "encode",
-    "is_alive",
     "mask_url",
     "new_event_id",
-    "oldest_needed",
-    "payload_type",
     "redact",
-    "trim_events",
 ]

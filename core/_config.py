@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from rapid_objection.bus import (
+from rapid_objection.bus._constants import (
     CLAIM_IDLE,
     DEFAULT_ACK_TIMEOUT,
     DEFAULT_HOOK_TIMEOUT,

@@ -33,11 +33,11 @@ from rapid_objection.bus import (
     ConnectionCreated,
     ConnectionInfo,
     ConnectionShutdown,
-    Directory,
     OperationFailed,
     OperationResult,
     mask_url,
 )
+from rapid_objection.bus._directory import Directory
 
 from ._app_data import AppChanges
 from ._config import AppConfig, to_dict

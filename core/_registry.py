@@ -14,14 +14,9 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from rapid_objection.bus import (
-    Bus,
-    Publisher,
-    Retention,
-    default_registry_id,
-    is_alive,
-    mask_url,
-)
+from rapid_objection.bus import Bus, Publisher, Retention, mask_url
+from rapid_objection.bus._directory import is_alive
+from rapid_objection.bus._publisher import default_registry_id
 
 from ._config import (
     AppConfig,

@@ -38,9 +38,9 @@ from rapid_objection.bus import (
     HealthCheck,
     HistoryEntry,
     OperationFailed,
-    is_alive,
     new_event_id,
 )
+from rapid_objection.bus._directory import is_alive
 
 from ._errors import ReplayError
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
-from rapid_objection.bus import BusError, Payload, PluginPolicy, Publisher, WaitResult, payload_type
+from rapid_objection.bus import BusError, Payload, Publisher, WaitResult
+from rapid_objection.bus._contract import payload_type
+from rapid_objection.bus._publisher import PluginPolicy
 
 from ._config import PluginConfig
 from ._errors import PluginVeto

@@ -8,7 +8,8 @@ from typing import Any, Final, TypeVar
 
 import anyio
 
-from rapid_objection.bus import ONCE_TTL_MS, Bus, RetryLater
+from rapid_objection.bus import Bus, RetryLater
+from rapid_objection.bus._constants import ONCE_TTL_MS
 
 from ._dispatch import current_delivery, current_hook_timeout
 from ._view import RegistryView

@@ -13,19 +13,10 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from rapid_objection.bus import (
-    CLAIM_IDLE,
-    DEFAULT_HOOK_TIMEOUT,
-    DEFAULT_MAX_DELIVERIES,
-    Bus,
-    BusUnavailable,
-    Consumer,
-    GroupMissing,
-    LoadError,
-    Manifest,
-    RetryPolicy,
-    WorkerInfo,
-)
+from rapid_objection.bus import Bus, BusUnavailable, GroupMissing, LoadError, Manifest, WorkerInfo
+from rapid_objection.bus._constants import CLAIM_IDLE, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_DELIVERIES
+from rapid_objection.bus._consumer import Consumer
+from rapid_objection.bus._retry import RetryPolicy
 
 from ._connection import Engines, LiveEngines
 from ._dispatch import Dispatcher

@@ -18,8 +18,8 @@ from rapid_objection.bus import (
     Envelope,
     Payload,
     new_event_id,
-    payload_type,
 )
+from rapid_objection.bus._contract import payload_type
 
 from ._connection import Engines
 from ._dispatch import Dispatcher

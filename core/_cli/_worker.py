@@ -85,7 +85,12 @@ def _number(given: float | None, table: dict[str, Any], key: str, default: float
 
 
 def run(args: argparse.Namespace) -> int:
-    from rapid_objection.bus import CLAIM_IDLE, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_DELIVERIES, Bus
+    from rapid_objection.bus import Bus
+    from rapid_objection.bus._constants import (
+        CLAIM_IDLE,
+        DEFAULT_HOOK_TIMEOUT,
+        DEFAULT_MAX_DELIVERIES,
+    )
     from rapid_objection.plugin_workers import (
         PluginLoadError,
         Worker,

@@ -10,17 +10,9 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from rapid_objection.bus import (
-    Ack,
-    Bus,
-    Consumer,
-    Delivery,
-    Envelope,
-    Handler,
-    HealthCheck,
-    Publisher,
-)
+from rapid_objection.bus import Ack, Bus, Delivery, Envelope, HealthCheck, Publisher
 from rapid_objection.bus._constants import EVENT_FIELD
+from rapid_objection.bus._consumer import Consumer, Handler
 from rapid_objection.bus._contract import encode
 
 

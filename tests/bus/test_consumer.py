@@ -16,17 +16,16 @@ from rapid_objection.bus import (
     Ack,
     AckStatus,
     Bus,
-    Consumer,
     DeadLetter,
     Delivery,
     Envelope,
     HealthCheck,
     Publisher,
-    RetryPolicy,
-    decode_ack_entry,
-    decode_envelope,
 )
 from rapid_objection.bus._constants import EVENT_FIELD, RECORD_FIELD
+from rapid_objection.bus._consumer import Consumer
+from rapid_objection.bus._contract import decode_ack_entry, decode_envelope
+from rapid_objection.bus._retry import RetryPolicy
 
 pytestmark = pytest.mark.anyio
 

@@ -35,12 +35,10 @@ from rapid_objection.bus import (
     Payload,
     RegistryInfo,
     WorkerInfo,
-    decode_envelope,
-    encode,
     new_event_id,
-    payload_type,
 )
 from rapid_objection.bus import _contract as contract
+from rapid_objection.bus._contract import decode_envelope, encode, payload_type
 
 CROCKFORD = set("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
 NOW = 1_700_000_000.25

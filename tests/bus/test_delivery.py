@@ -12,13 +12,12 @@ from rapid_objection.bus import (
     Bus,
     ConnectionInfo,
     PermanentError,
-    PluginPolicy,
     Publisher,
     RetryLater,
-    decode_envelope,
 )
 from rapid_objection.bus._constants import EVENT_FIELD, RECORD_FIELD
-from rapid_objection.bus._contract import decode_dead_letter
+from rapid_objection.bus._contract import decode_dead_letter, decode_envelope
+from rapid_objection.bus._publisher import PluginPolicy
 from rapid_objection.plugin_workers import PluginInterface, current_delivery
 from rapid_objection.plugin_workers.testing import running_worker
 

@@ -17,9 +17,9 @@ from rapid_objection.bus import (
     Publisher,
     RegistryInfo,
     WorkerInfo,
-    is_alive,
 )
 from rapid_objection.bus._constants import ALIVE_AFTER_HEARTBEATS, HEARTBEAT_INTERVAL
+from rapid_objection.bus._directory import is_alive
 from rapid_objection.plugin_workers import PluginInterface, implemented_hooks
 from rapid_objection.plugin_workers.testing import running_worker
 

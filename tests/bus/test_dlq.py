@@ -16,9 +16,9 @@ from rapid_objection.bus import (
     Envelope,
     Publisher,
     RedriveError,
-    decode_envelope,
 )
 from rapid_objection.bus._constants import EVENT_FIELD
+from rapid_objection.bus._contract import decode_envelope
 from rapid_objection.bus.testing import drained
 from rapid_objection.plugin_workers import PluginInterface
 from rapid_objection.plugin_workers.testing import running_worker

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from rapid_objection.bus import SCHEMA_VERSIONS, Bus, HealthCheck, Publisher, encode
+from rapid_objection.bus import SCHEMA_VERSIONS, Bus, HealthCheck, Publisher
 from rapid_objection.bus import _publisher as publisher_module
 from rapid_objection.bus._constants import RECORD_FIELD
-from rapid_objection.bus._contract import decode_dead_letter
+from rapid_objection.bus._contract import decode_dead_letter, encode
 from rapid_objection.bus._heads import decode_head
 
 from .helpers import Runs, consumer_of

@@ -20,10 +20,10 @@ from rapid_objection.bus import (
     HealthCheck,
     Payload,
     Publisher,
-    encode,
     new_event_id,
 )
 from rapid_objection.bus._constants import EVENT_FIELD
+from rapid_objection.bus._contract import encode
 
 pytestmark = pytest.mark.anyio
 

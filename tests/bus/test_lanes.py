@@ -7,7 +7,9 @@ import time
 import anyio
 import pytest
 
-from rapid_objection.bus import Ack, Bus, Consumer, Delivery, decode_ack_entry
+from rapid_objection.bus import Ack, Bus, Delivery
+from rapid_objection.bus._consumer import Consumer
+from rapid_objection.bus._contract import decode_ack_entry
 
 from .helpers import add_at, burst_ids, until
 

@@ -20,12 +20,12 @@ from rapid_objection.bus import (
     FailureCount,
     HealthCheck,
     PermanentError,
-    PluginPolicy,
     Publisher,
     WaitResult,
     WorkerInfo,
-    decode_ack_entry,
 )
+from rapid_objection.bus._contract import decode_ack_entry
+from rapid_objection.bus._publisher import PluginPolicy
 from rapid_objection.bus._redis import forget_memory_server
 from rapid_objection.plugin_workers import PluginInterface, Worker
 from rapid_objection.plugin_workers.testing import running_worker

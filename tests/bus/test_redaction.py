@@ -32,10 +32,10 @@ from rapid_objection.bus import (
     OperationResult,
     Payload,
     Publisher,
-    encode,
     mask_url,
     redact,
 )
+from rapid_objection.bus._contract import encode
 from rapid_objection.bus._redis import forget_memory_server
 from rapid_objection.bus.testing import drained
 from rapid_objection.plugin_workers import PluginInterface, RegistryView

@@ -9,18 +9,10 @@ from typing import Any
 import anyio
 import pytest
 
-from rapid_objection.bus import (
-    Ack,
-    AppRegistered,
-    Bus,
-    ConnectionInfo,
-    Publisher,
-    RegistryInfo,
-    decode_ack_entry,
-    encode,
-)
+from rapid_objection.bus import Ack, AppRegistered, Bus, ConnectionInfo, Publisher, RegistryInfo
 from rapid_objection.bus import _publisher as publisher_module
 from rapid_objection.bus._constants import ACK_FIELD
+from rapid_objection.bus._contract import decode_ack_entry, encode
 from rapid_objection.plugin_workers import PluginInterface
 from rapid_objection.plugin_workers.testing import running_worker
 

@@ -8,16 +8,9 @@ import time
 import anyio
 import pytest
 
-from rapid_objection.bus import (
-    AppRegistered,
-    Bus,
-    ConnectionInfo,
-    Publisher,
-    Retention,
-    oldest_needed,
-    trim_events,
-)
+from rapid_objection.bus import AppRegistered, Bus, ConnectionInfo, Publisher, Retention
 from rapid_objection.bus import _publisher as publisher_module
+from rapid_objection.bus._retention import oldest_needed, trim_events
 
 pytestmark = pytest.mark.anyio
 

@@ -38,10 +38,9 @@ from rapid_objection.bus import (
     OperationFailed,
     OperationResult,
     Payload,
-    encode,
     new_event_id,
-    payload_type,
 )
+from rapid_objection.bus._contract import encode, payload_type
 from rapid_objection.plugin_workers import PluginInterface
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,8 @@ from typing import Any
 import anyio
 import pytest
 
-from rapid_objection.bus import AppRegistered, Bus, ConnectionInfo, PluginPolicy, Publisher
+from rapid_objection.bus import AppRegistered, Bus, ConnectionInfo, Publisher
+from rapid_objection.bus._publisher import PluginPolicy
 from rapid_objection.bus.testing import purge
 from rapid_objection.plugin_workers import PluginInterface
 from rapid_objection.plugin_workers.testing import running_worker

@@ -11,7 +11,8 @@ from typing import Any, ClassVar
 
 import anyio
 
-from rapid_objection.bus import ConnectionInfo, Keys
+from rapid_objection.bus import ConnectionInfo
+from rapid_objection.bus._keys import Keys
 from rapid_objection.plugin_workers import PluginInterface, RegistryView, current_delivery
 
 

@@ -33,7 +33,8 @@ import pytest
 import sqlalchemy as sa
 from anyio.abc import Process
 
-from rapid_objection.bus import Ack, Bus, HistoryEntry, decode_ack_entry
+from rapid_objection.bus import Ack, Bus, HistoryEntry
+from rapid_objection.bus._contract import decode_ack_entry
 from rapid_objection.core import RegistryConfig
 from rapid_objection.core._config import load_registry_config
 from rapid_objection.plugin_workers.plugins import BUNDLED

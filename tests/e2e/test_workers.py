@@ -15,12 +15,12 @@ from rapid_objection.bus import (
     AppRegistered,
     Bus,
     ConnectionInfo,
-    PluginPolicy,
     Publisher,
     StatusReport,
     WaitResult,
-    decode_ack_entry,
 )
+from rapid_objection.bus._contract import decode_ack_entry
+from rapid_objection.bus._publisher import PluginPolicy
 
 from . import run_cli
 from .conftest import WorkerPool

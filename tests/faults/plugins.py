@@ -16,7 +16,8 @@ from typing import Any, ClassVar, Literal
 
 import anyio
 
-from rapid_objection.bus import BusUnavailable, ConnectionInfo, Keys
+from rapid_objection.bus import BusUnavailable, ConnectionInfo
+from rapid_objection.bus._keys import Keys
 from rapid_objection.plugin_workers import PluginInterface, RegistryView, current_delivery
 
 Count = Literal["calls", "handled"]

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import msgspec
 
-from rapid_objection.bus import Bus, DeadLetter, decode_ack_entry, decode_envelope
+from rapid_objection.bus import Bus, DeadLetter
 from rapid_objection.bus._constants import EVENT_FIELD, RECORD_FIELD
-from rapid_objection.bus._contract import decode_dead_letter
+from rapid_objection.bus._contract import decode_ack_entry, decode_dead_letter, decode_envelope
 
 from .plugins import Count, count_key
 

@@ -22,13 +22,13 @@ from rapid_objection.bus import (
     Bus,
     BusUnavailable,
     ConnectionInfo,
-    PluginPolicy,
     Publisher,
     WaitResult,
-    encode,
-    is_alive,
 )
 from rapid_objection.bus._constants import EVENT_FIELD
+from rapid_objection.bus._contract import encode
+from rapid_objection.bus._directory import is_alive
+from rapid_objection.bus._publisher import PluginPolicy
 from rapid_objection.bus.testing import drained
 
 from .conftest import Lane, Report

@@ -15,16 +15,12 @@ from collections import Counter
 import anyio
 import pytest
 
-from rapid_objection.bus import (
-    Bus,
-    BusUnavailable,
-    PluginPolicy,
-    Publisher,
-    decode_envelope,
-    is_alive,
-)
+from rapid_objection.bus import Bus, BusUnavailable, Publisher
 from rapid_objection.bus._constants import EVENT_FIELD
+from rapid_objection.bus._contract import decode_envelope
+from rapid_objection.bus._directory import is_alive
 from rapid_objection.bus._errors import BusRefused
+from rapid_objection.bus._publisher import PluginPolicy
 from rapid_objection.bus.testing import drained
 
 from . import subprocess_env

@@ -31,8 +31,8 @@ from rapid_objection.bus import (
     OperationFailed,
     OperationResult,
     Payload,
-    payload_type,
 )
+from rapid_objection.bus._contract import payload_type
 from rapid_objection.plugin_workers import Dispatcher, PluginInterface, RemoteError, hook_arguments
 from rapid_objection.plugin_workers.testing import call_hook, envelope_for
 
