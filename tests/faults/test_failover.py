@@ -17,7 +17,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from rapid_objection.bus import Bus, BusUnavailable, PluginPolicy, Publisher
+from rapid_objection.bus import Bus, BusUnavailable, Publisher
+from rapid_objection.bus._publisher import PluginPolicy
 from rapid_objection.bus.testing import drained
 from tests.topologies import Cluster, Sentinels, TopologyError, client, start_sentinels
 
