@@ -27,6 +27,7 @@ from ._config import (
 )
 from ._connections import ConnectionManager, Engines
 from ._errors import AppAlreadyRegistered, AppNotRegistered, ConfigError, RegistryError
+from ._inflight import InFlight
 from ._lifecycle import AppContext, AppRecord, close_connection, register, unregister
 from ._listeners import Listener, Listeners
 from ._monitor import HealthMonitor, check_app
@@ -61,6 +62,7 @@ class AppRegistry:
         self._context: AppContext | None = None
         self._apps: dict[str, AppRecord] = {}
         self._registering: set[str] = set()
+        self._in_flight = InFlight()
         self._unregistering: set[str] = set()
         self._stack: AsyncExitStack | None = None
         self._group: TaskGroup | None = None
@@ -129,6 +131,9 @@ class AppRegistry:
         with anyio.move_on_after(limit, shield=True) as scope:
             if self._monitor is not None:
                 self._monitor.stop()
+            # Registrations in flight roll back before their engines are closed.
+            await self._in_flight.cancel_all()
+            apps = list(self._apps)
             for name in apps:
                 try:
                     await self._close_app(name)
@@ -148,6 +153,7 @@ class AppRegistry:
             # outside it and must be exited from the scope it was entered in.
             await stack.aclose()
         self.initialized = False
+        self._in_flight.reopen()
         self.plugins.attach(None)
         self._bus = self._steps = self._context = self._group = None
         self._monitor = None
@@ -194,7 +200,13 @@ class AppRegistry:
         self._registering.add(name)
         try:
             app_config = load_app_config(name, config)
-            record = await register(context, name, app_config)
+            with self._in_flight.track(name) as scope:
+                record = await register(context, name, app_config)
+            if scope.cancelled_caught:
+                raise RegistryError(
+                    f"the registration of app {name!r} was rolled back: the registry is "
+                    "shutting down"
+                )
             self._apps[name] = record
         finally:
             self._registering.discard(name)

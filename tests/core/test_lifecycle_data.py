@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from rapid_objection.bus._redis import forget_memory_server
-from rapid_objection.core import AppRegistry, SeedFailed
+from rapid_objection.core import AppRegistry, RegistryError, SeedFailed
 from tests.core.fixtures_migrations import (
     FAIL,
     Scripts,
@@ -25,6 +25,7 @@ from tests.core.fixtures_migrations import (
     delete,
     drop_table,
     insert,
+    server_connections,
     until,
     wait_for,
 )
@@ -193,3 +194,52 @@ class TestAFailedRegistrationRollsBack:
         assert migrations.calls() == ["up 001_items.py", "down 001_items.py"]
         await registry.register_app("shop", app_config(database_url, migrations))
         assert "items" in tables(database_url)
+
+
+class TestShutdownDuringARegistration:
+    async def test_shutdown_rolls_the_registration_back_before_closing_engines(
+        self, database_url: str, tmp_path: Path
+    ) -> None:
+        """Shutdown waits for the running batch, the registration rolls back and says why."""
+        inside, go = tmp_path / "inside", tmp_path / "go"
+        migrations = Scripts.at(tmp_path / "migrations")
+        migrations.migration(
+            "001_items.py",
+            create_table("items") + "\n" + wait_for(inside, go),
+            drop_table("items"),
+        )
+        name = f"registry-{secrets.token_hex(4)}"
+        registry = AppRegistry({"bus": {"url": f"memory://{name}", "ack_timeout": 5}})
+        raised: list[BaseException] = []
+        shut_down = anyio.Event()
+
+        async def register() -> None:
+            try:
+                await registry.register_app("shop", app_config(database_url, migrations))
+            except Exception as exc:
+                raised.append(exc)
+
+        waited: list[bool] = []
+
+        async def release_later() -> None:
+            await anyio.sleep(0.3)
+            waited.append(not shut_down.is_set())  # shutdown waits for the batch under way
+            go.touch()
+
+        try:
+            async with anyio.create_task_group() as group:
+                await registry.initialize()  # its task group nests in this one
+                group.start_soon(register)
+                await anyio.to_thread.run_sync(until, inside)
+                group.start_soon(release_later)
+                await registry.shutdown()
+                shut_down.set()
+        finally:
+            forget_memory_server(name)
+        assert waited == [True]
+        assert [type(exc) for exc in raised] == [RegistryError]
+        assert "shutting down" in str(raised[0])
+        assert migrations.calls() == ["up 001_items.py", "down 001_items.py"]
+        assert "items" not in tables(database_url)
+        assert not registry.has_app("shop")
+        assert server_connections(database_url) == 0

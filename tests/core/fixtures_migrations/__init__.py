@@ -210,3 +210,35 @@ class AlembicScripts:
     def add_column(self, column: str) -> str:
         """A revision that adds a column to the table (``batch_alter_table``)."""
         return self.revision(add_column(self.table, column), drop_column(self.table, column))
+
+
+# --- server connections --------------------------------------------------------------
+
+
+def server_connections(url: str) -> int:
+    """Sessions the server holds open on ``url``'s database, besides the one asking.
+
+    PostgreSQL: ``pg_stat_activity``; MySQL/MariaDB: the process list; SQLite has no
+    server (0).
+    """
+    import sqlalchemy as sa
+
+    parsed = sa.make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        query = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = :db AND pid <> pg_backend_pid()"
+        )
+    elif backend in ("mysql", "mariadb"):
+        query = (
+            "SELECT count(*) FROM information_schema.processlist WHERE db = :db"
+            " AND id <> CONNECTION_ID()"
+        )
+    else:
+        return 0
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        with engine.connect() as connection:
+            return int(connection.execute(sa.text(query), {"db": parsed.database}).scalar() or 0)
+    finally:
+        engine.dispose()
