@@ -28,6 +28,7 @@ from ._delivery import Done, ListSink
 from ._errors import BusUnavailable
 from ._failures import add_failure
 from ._heads import EnvelopeHead
+from ._ids import sorted_ids
 from ._redis import Batch
 
 FLUSH_GATHER = 0.001
@@ -38,6 +39,9 @@ EXPIRY_MEMORY = 1_000
 
 STOP_FLUSH_PATIENCE = 10.0
 """Seconds a stopping worker keeps trying to write its last acks while Redis is away."""
+
+UNSETTLED_SCAN = 100_000
+"""Pending rows a retried flush reads to find which of its entries are still pending."""
 
 RECONNECT_DELAY_CAP = 5.0
 """Seconds; the longest pause between attempts while Redis is away."""
@@ -100,7 +104,61 @@ class Flusher:
                 await self.flush(done)
 
     async def flush(self, done: list[Done]) -> None:
-        """Ack records, failures, dead letters and XACKs of ``done`` in one MULTI/EXEC."""
+        """Ack records, failures, dead letters and XACKs of ``done`` in one MULTI/EXEC.
+
+        Idempotent across a lost reply: a retry first asks which of its entries are
+        still pending and writes again only for those (the transaction that lost its
+        reply either ran whole, XACKs included, or not at all).
+        """
+        self._count(done)
+        batch = self._batch(done)
+        delay = 0.05
+        given_up_at = None
+        uncertain = False
+        while True:
+            try:
+                if uncertain:
+                    batch = self._batch(await self._unsettled(done))
+                await batch.execute()
+                break
+            except BusUnavailable:
+                # Nothing is lost while Redis is away: the entries stay pending until this
+                # batch lands; keep trying with capped backoff. A stopping worker gives
+                # up after a while: its entries stay pending and a live peer takes them.
+                uncertain = True
+                if self._stopping():
+                    given_up_at = given_up_at or time.monotonic() + STOP_FLUSH_PATIENCE
+                    if time.monotonic() >= given_up_at:
+                        break
+                delay = await pause(delay)
+        self._settled(done)
+
+    async def _unsettled(self, done: list[Done]) -> list[Done]:
+        """The items of ``done`` whose entries are still pending in the group (XPENDING):
+        those whose XACK, and so whose records, did not land yet."""
+        ids = sorted_ids(item.entry_id for item in done if not item.keep)
+        if not ids:
+            return []
+        rows = await self.bus.redis.xpending(
+            self.bus.keys.events,
+            self.plugin,
+            start=ids[0],
+            end=ids[-1],
+            count=UNSETTLED_SCAN,
+        )
+        pending = {row.entry_id for row in rows}
+        return [item for item in done if not item.keep and item.entry_id in pending]
+
+    def _count(self, done: list[Done]) -> None:
+        for item in done:
+            if item.dead_letter is not None:
+                self.dead_lettered += 1
+            if item.ack is not None and item.envelope is not None:
+                self.handled += 1
+                if item.ack.status == "error":
+                    self.failed += 1
+
+    def _batch(self, done: list[Done]) -> Batch:
         keys = self.bus.keys
         batch = self.bus.redis.batch()
         acks: dict[str, list[Ack]] = {}
@@ -108,15 +166,15 @@ class Flusher:
             if item.dead_letter is not None:
                 batch.xadd(keys.dlq, {RECORD_FIELD: encode(item.dead_letter)})
                 add_failure(batch, keys, self._dead_letter_failure(item.dead_letter))
-                self.dead_lettered += 1
             ack, envelope = item.ack, item.envelope
             if ack is None or envelope is None:
                 continue
-            self.handled += 1
-            if ack.status == "error":
-                self.failed += 1
-                if item.dead_letter is None and isinstance(envelope, Envelope):
-                    add_failure(batch, keys, self._error_failure(envelope, ack))
+            if (
+                ack.status == "error"
+                and item.dead_letter is None
+                and isinstance(envelope, Envelope)
+            ):
+                add_failure(batch, keys, self._error_failure(envelope, ack))
             if self._wants_record(envelope, ack):
                 acks.setdefault(keys.acks(envelope.registry), []).append(ack)
         for stream, records in acks.items():
@@ -129,22 +187,7 @@ class Flusher:
             batch.xadd(stream, fields, maxlen=ACK_STREAM_MAXLEN)
             self._refresh_expiry(batch, stream)
         batch.xack(keys.events, self.plugin, [item.entry_id for item in done if not item.keep])
-        delay = 0.05
-        given_up_at = None
-        while True:
-            try:
-                await batch.execute()
-                break
-            except BusUnavailable:
-                # Nothing is lost while Redis is away: the entries stay pending until this
-                # batch lands; keep trying with capped backoff. A stopping worker gives
-                # up after a while: its entries stay pending and a live peer takes them.
-                if self._stopping():
-                    given_up_at = given_up_at or time.monotonic() + STOP_FLUSH_PATIENCE
-                    if time.monotonic() >= given_up_at:
-                        break
-                delay = await pause(delay)
-        self._settled(done)
+        return batch
 
     def _refresh_expiry(self, batch: Batch, stream: str) -> None:
         """PEXPIRE an ack stream at most once a minute per worker (not once per flush)."""

@@ -79,9 +79,7 @@ class TestParse:
             pytest.param("redis+sentinel://s1", "/SERVICE", id="no-service"),
             pytest.param("redis+sentinel://s1/svc/x", "not a number", id="bad-db"),
             pytest.param("redis+sentinel://s1:x/svc", "port", id="bad-port"),
-            pytest.param(
-                "redis+sentinel://s1/svc?cluster=true", "not a Redis Cluster", id="both"
-            ),
+            pytest.param("redis+sentinel://s1/svc?cluster=true", "not a Redis Cluster", id="both"),
         ],
     )
     def test_a_wrong_url_is_refused_saying_why(self, url: str, words: str) -> None:
