@@ -6,8 +6,10 @@ own unless it asks to share one:
 * ``use_connection = "billing"`` reuses app billing's engine (billing must be open and
   have ``database.shared = true``);
 * ``use_connection = true`` reuses the newest shared engine;
-* ``database.shared = true`` with the same real URL (password included) as an open
-  shared engine reuses that engine.
+* ``database.shared = true`` with the same real URL (password included) and the same
+  engine settings (``connect_args``, pool settings, ``echo``) as an open shared engine
+  reuses that engine; an app whose settings differ (another ``search_path``, say) gets
+  an engine of its own.
 
 An engine is counted by the apps that use it and disposed with the last one; a disposed
 engine refuses new connections, so an app that outlives its registration fails loudly
@@ -21,6 +23,7 @@ logged, put in an error or sent on the bus.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -159,6 +162,21 @@ def _engine_arguments(url: sa.URL, db: DatabaseConfig) -> dict[str, Any]:
     return arguments
 
 
+def identity(url: sa.URL, db: DatabaseConfig) -> str:
+    """What makes two apps' engines one: the real URL and every engine setting."""
+    settings = {
+        "connect_args": db.connect_args,
+        "pool_size": db.pool_size,
+        "max_overflow": db.max_overflow,
+        "pool_timeout": db.pool_timeout,
+        "pool_recycle": db.pool_recycle,
+        "pool_pre_ping": db.pool_pre_ping,
+        "echo": db.echo,
+    }
+    shown = json.dumps(settings, sort_keys=True, default=repr)
+    return f"{url.render_as_string(hide_password=False)} {shown}"
+
+
 def _refuse(app: str) -> Any:
     def refuse(*_: Any) -> Any:
         raise sa.exc.InvalidRequestError(f"the connection of app {app!r} is closed")
@@ -223,7 +241,7 @@ class Engines:
                 self._check_free(app)
                 return self._attach(app, self._wanted(app, use_connection), reused=True)
         url = build_url(app, db)
-        key = url.render_as_string(hide_password=False)
+        key = identity(url, db)
         if db.shared:
             with self._lock:
                 self._check_free(app)

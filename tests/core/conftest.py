@@ -131,3 +131,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A URL of an empty database of its own, on SQLite and on the real PostgreSQL."""
     yield from _lane_url(request, tmp_path)
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A URL of an empty PostgreSQL database of its own (the postgresql lane only)."""
+    yield from _postgres_database(postgres_admin_url)

@@ -181,6 +181,62 @@ class TestOpen:
         other = engines.open("desk", db(database_url), None)
         assert len({id(private.engine), id(shared.engine), id(other.engine)}) == 3
 
+    def test_different_connect_args_are_different_connections(
+        self, engines: Engines, postgres_url: str
+    ) -> None:
+        """Two shared apps on one URL with their own search_path keep their own schemas."""
+        admin = sa.create_engine(postgres_url)
+        with admin.begin() as connection:
+            connection.execute(sa.text("CREATE SCHEMA billing"))
+            connection.execute(sa.text("CREATE SCHEMA shop"))
+        admin.dispose()
+        billing = engines.open(
+            "billing",
+            db(postgres_url, shared=True, connect_args={"options": "-csearch_path=billing"}),
+            None,
+        )
+        shop = engines.open(
+            "shop",
+            db(postgres_url, shared=True, connect_args={"options": "-csearch_path=shop"}),
+            None,
+        )
+        assert not shop.reused
+        with shop.engine.begin() as connection:
+            connection.execute(sa.text("CREATE TABLE orders (id integer)"))
+        with billing.engine.connect() as connection:
+            found = (
+                connection.execute(
+                    sa.text(
+                        "SELECT table_schema FROM information_schema.tables"
+                        " WHERE table_name = 'orders'"
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        assert found == ["shop"]
+
+    @pytest.mark.parametrize(
+        "settings",
+        [
+            pytest.param({"connect_args": {"timeout": 7}}, id="connect_args"),
+            pytest.param({"pool_recycle": 60.0}, id="pool_recycle"),
+            pytest.param({"pool_pre_ping": True}, id="pool_pre_ping"),
+            pytest.param({"echo": True}, id="echo"),
+        ],
+    )
+    def test_shared_only_with_the_same_settings(
+        self, engines: Engines, tmp_path: Path, settings: dict[str, Any]
+    ) -> None:
+        """An engine's connect arguments and pool settings are part of what is shared."""
+        url = f"sqlite:///{tmp_path / 'one.db'}"
+        first = engines.open("billing", db(url, shared=True), None)
+        second = engines.open("shop", db(url, shared=True, **settings), None)
+        assert not second.reused
+        assert second.engine is not first.engine
+        same = engines.open("desk", db(url, shared=True, **settings), None)
+        assert same.engine is second.engine
+
     def test_identity_is_the_real_url(self, engines: Engines, postgres_admin_url: str) -> None:
         """URLs that differ only by password are different connections (trust auth ignores it)."""
         url = sa.make_url(postgres_admin_url)
