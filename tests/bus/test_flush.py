@@ -9,16 +9,10 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
-from rapid_objection.bus import (
-    Ack,
-    Bus,
-    Consumer,
-    Delivery,
-    HealthCheck,
-    Publisher,
-    RetryPolicy,
-    decode_ack_entry,
-)
+from rapid_objection.bus import Ack, Bus, Delivery, HealthCheck, Publisher
+from rapid_objection.bus._consumer import Consumer
+from rapid_objection.bus._contract import decode_ack_entry
+from rapid_objection.bus._retry import RetryPolicy
 from rapid_objection.bus.testing import purge
 
 from .proxy import Proxy, redis_proxy
