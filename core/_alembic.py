@@ -183,7 +183,7 @@ class AlembicMigrations:
         progress, before = self._upgrade(batch, script, heads)
         progress.details = {"from": _joined(before), "to": _joined(heads)}
         if progress.failed is not None:
-            progress.reason = self._upgrade_failure(progress, before)
+            progress.reason = self._upgrade_failure(progress, before, batch.transactional_ddl)
         return progress
 
     def _upgrade(
@@ -242,15 +242,25 @@ class AlembicMigrations:
         self.tracker.forget(connection, row)
         self.tracker.record(connection, row, batch)
 
-    def _upgrade_failure(self, progress: Progress, before: tuple[str, ...]) -> str:
+    def _upgrade_failure(
+        self, progress: Progress, before: tuple[str, ...], transactional_ddl: bool
+    ) -> str:
         reason = describe(progress.error or RuntimeError("failed"))
+        if transactional_ddl:
+            return f"{reason}; nothing of this upgrade is applied (still at {_joined(before)})"
         if progress.done:
-            return (
-                f"{reason}; applied and tracked before it (batch {progress.batch}, from "
-                f"{_joined(before)}): {', '.join(progress.done)}; this database commits "
-                "DDL statement by statement (MySQL/MariaDB)"
+            reason += (
+                f"; applied and tracked before it (batch {progress.batch}, from "
+                f"{_joined(before)}): {', '.join(progress.done)}"
             )
-        return f"{reason}; nothing of this upgrade is applied (still at {_joined(before)})"
+        else:
+            reason += f"; no revision of this upgrade completed (still at {_joined(before)})"
+        return (
+            f"{reason}; this database commits DDL statement by statement (MySQL/MariaDB): "
+            f"statements of {progress.failed} that ran before the error may remain. To "
+            "recover, drop what it created (or complete it by hand and `alembic stamp` "
+            "it), fix the revision, and register again"
+        )
 
     def backward(self, batch: Batch, target: int | None) -> Progress:
         self._adopt_legacy_table(batch)

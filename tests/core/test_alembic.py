@@ -246,6 +246,22 @@ class TestLatest:
         assert tracked(sql_engine) == []
 
     @pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)
+    def test_on_mariadb_a_failed_first_revision_says_what_may_remain(
+        self, engine: sa.Engine, tmp_path: Path
+    ) -> None:
+        """DDL of the failed revision stays committed: the error says so and how to recover."""
+        scripts = AlembicScripts.at(tmp_path / "alembic", table="items")
+        scripts.revision(f"{create_table('items')}\n{FAIL}", drop_table("items"))
+        with pytest.raises(MigrationFailed) as raised:
+            make(engine, scripts).apply()
+        reason = raised.value.reason
+        assert "items" in tables(engine)  # what the revision did before its error
+        assert "nothing of this upgrade is applied" not in reason
+        assert "statements of rev1 that ran before the error may remain" in reason
+        assert "drop what it created" in reason
+        assert tracked(engine) == []
+
+    @pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)
     def test_on_mariadb_a_failed_upgrade_keeps_and_tracks_what_succeeded(
         self, engine: sa.Engine, scripts: AlembicScripts
     ) -> None:
