@@ -13,7 +13,8 @@ own unless it asks to share one:
 
 An engine is counted by the apps that use it and disposed with the last one; a disposed
 engine refuses new connections, so an app that outlives its registration fails loudly
-instead of opening connections nobody will close. An in-memory SQLite database is one
+instead of opening connections nobody will close, and a connection that was checked out
+when it was disposed is closed as soon as it is returned. An in-memory SQLite database is one
 shared connection (``StaticPool``), so every connection and session sees the same data.
 
 Everything here is synchronous (the registry runs it in a worker thread) and the table
@@ -175,6 +176,12 @@ def identity(url: sa.URL, db: DatabaseConfig) -> str:
     }
     shown = json.dumps(settings, sort_keys=True, default=repr)
     return f"{url.render_as_string(hide_password=False)} {shown}"
+
+
+def _close_on_checkin(dbapi_connection: Any, record: Any) -> None:
+    """A connection returned to a disposed engine's pool is closed, not kept."""
+    if dbapi_connection is not None:
+        record.invalidate()
 
 
 def _refuse(app: str) -> Any:
@@ -367,6 +374,9 @@ class Engines:
         return Lease(engine=entry.engine, reused=reused, shared=entry.shared, key=entry.key)
 
     def _close(self, app: str, entry: _Entry) -> None:
+        # dispose() closes the connections in the pool; one checked out now would go
+        # back into the discarded pool and stay open until garbage collection.
+        sa.event.listen(entry.engine.pool, "checkin", _close_on_checkin)
         entry.engine.dispose()
         sa.event.listen(entry.engine, "do_connect", _refuse(app))
 

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from rapid_objection.core._config import AppConfig, DatabaseConfig
 from rapid_objection.core._connections import ConnectionManager, Engines, build_url
 from rapid_objection.core._errors import AppAlreadyRegistered, ConfigError, ConnectionFailed
+from tests.core.fixtures_migrations import server_connections
 
 SECRET = "hunter2"  # noqa: S105 - a planted password that must never show
 
@@ -539,3 +540,22 @@ class TestConnectionManager:
         assert SECRET not in repr(manager)
         assert SECRET not in repr(lease)
         assert SECRET not in str(manager.status())
+
+
+class TestCheckedOutAtClose:
+    @pytest.mark.parametrize("database_url", ["postgresql", "mariadb"], indirect=True)
+    @pytest.mark.parametrize("close", ["release", "close_all"])
+    def test_a_connection_out_when_its_engine_closes_is_closed_when_returned(
+        self, engines: Engines, database_url: str, close: str
+    ) -> None:
+        """The server holds no session of an app once its connection comes back."""
+        lease = engines.open("shop", db(database_url), None)
+        connection = lease.engine.connect()
+        connection.execute(sa.text("SELECT 1"))
+        if close == "release":
+            engines.release("shop")
+        else:
+            engines.close_all()
+        assert server_connections(database_url) == 1  # still in use: left alone
+        connection.close()
+        assert server_connections(database_url) == 0
