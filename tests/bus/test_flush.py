@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterator
-
 import anyio
 import pytest
 
@@ -13,26 +10,10 @@ from rapid_objection.bus import Ack, Bus, Delivery, HealthCheck, Publisher
 from rapid_objection.bus._consumer import Consumer
 from rapid_objection.bus._contract import decode_ack_entry
 from rapid_objection.bus._retry import RetryPolicy
-from rapid_objection.bus.testing import purge
 
-from .proxy import Proxy, redis_proxy
+from .proxy import Proxy
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def proxied(redis_url: str) -> AsyncIterator[tuple[Proxy, Bus, Bus]]:
-    """A proxy in front of the real Redis; a bus through it and one straight to Redis."""
-    namespace = f"t-{secrets.token_hex(6)}"
-    async with (
-        redis_proxy(redis_url) as proxy,
-        Bus.connect(proxy.url, namespace) as through,
-        Bus.connect(redis_url, namespace) as direct,
-    ):
-        try:
-            yield proxy, through, direct
-        finally:
-            await purge(direct)
 
 
 async def run_one_event(
