@@ -61,6 +61,11 @@ class Keys:
         return self.prefix + "registry-lease:" + registry
 
     @property
+    def orphans(self) -> str:
+        """Hash group -> when retention first found it without a live consumer."""
+        return self.prefix + "orphans"
+
+    @property
     def load_errors(self) -> str:
         """Hash plugin -> why its last worker could not start (cleared when one does)."""
         return self.prefix + "load-errors"
@@ -92,4 +97,5 @@ class Keys:
             self.ack_positions,
             self.load_errors,
             self.apps,
+            self.orphans,
         )

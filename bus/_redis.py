@@ -672,6 +672,15 @@ class Redis:
             for row in raw
         ]
 
+    async def destroy_group(self, key: str, group: str) -> bool:
+        """XGROUP DESTROY; False when there was no such group."""
+        try:
+            return bool(await self._call("xgroup_destroy", key, group))
+        except redis_errors.ResponseError as exc:
+            if "no such key" in str(exc).lower() or "requires the key" in str(exc).lower():
+                return False
+            raise
+
     async def delete_consumer(self, key: str, group: str, consumer: str) -> int:
         """XGROUP DELCONSUMER; its pending entries become unclaimable, so drain first."""
         return int(await self._group_call(key, group, "xgroup_delconsumer", key, group, consumer))

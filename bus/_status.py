@@ -40,6 +40,9 @@ class PluginStatus(msgspec.Struct, frozen=True, kw_only=True):
     pending: int = 0
     lag: int | None = None
     consumers: tuple[ConsumerStatus, ...] = ()
+    orphaned_since: float | None = None
+    """Since when retention has seen the group without a live consumer (past the grace
+    period it no longer holds retention back); None while it has one."""
 
 
 class RegistryStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -67,6 +70,7 @@ async def collect_status(bus: Bus, *, recent: int = 20) -> StatusReport:
     workers = await bus.directory.workers()
     groups = {group.name: group for group in await redis.xinfo_groups(keys.events)}
     counts = await bus.failures.counts()
+    orphans = {name: float(value) for name, value in (await redis.hgetall(keys.orphans)).items()}
     per_consumer: dict[tuple[str, str | None], int] = {}
     for count in counts:
         slot = (count.plugin, count.consumer)
@@ -107,6 +111,7 @@ async def collect_status(bus: Bus, *, recent: int = 20) -> StatusReport:
                 pending=group.pending if group else 0,
                 lag=group.lag if group else None,
                 consumers=tuple(consumers),
+                orphaned_since=orphans.get(name) if group is not None else None,
             )
         )
     registries = tuple(

@@ -8,7 +8,7 @@ from importlib import import_module
 
 from ._args import Parser, UsageError, fail
 
-COMMANDS = ("worker", "status", "demo", "dlq", "run", "replay")
+COMMANDS = ("worker", "status", "demo", "dlq", "groups", "run", "replay")
 """Each is a module ``rapid_objection.core._cli._<command>`` with ``add_parser(commands)``."""
 
 
