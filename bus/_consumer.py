@@ -130,7 +130,8 @@ class Consumer:
         """Consume until ``stop()``; reports readiness once the group exists."""
         await self.bus.ensure_group(self.plugin)
         stream, receive = anyio.create_memory_object_stream[Done](max_buffer_size=math.inf)
-        async with anyio.create_task_group() as group:
+        # ``receive`` closed however the group ends (a registry's shutdown may cancel it).
+        async with receive, anyio.create_task_group() as group:
             lanes: Lanes
             send: Sink
             if self._concurrency == 1:
@@ -157,7 +158,6 @@ class Consumer:
             # a drain longer than the idle threshold would hand its tail to a peer.
             await self._settled_all()
             claimer.stop()
-        receive.close()  # the flush loop closed it already, unless the reader flushed itself
 
     async def _read_own_pending(self, lanes: Lanes, send: Sink) -> None:
         """Entries this consumer name read in a previous life and never acked come first."""

@@ -96,9 +96,7 @@ class AppRecord:
         return status
 
 
-async def register(  # noqa: PLR0915 - the documented steps in order, read top to bottom
-    ctx: AppContext, name: str, config: AppConfig
-) -> AppRecord:
+async def register(ctx: AppContext, name: str, config: AppConfig) -> AppRecord:
     """The registration lifecycle of one app."""
     engines = ctx.engines
     opened = False
@@ -183,16 +181,43 @@ async def register(  # noqa: PLR0915 - the documented steps in order, read top t
         )
     except BaseException as exc:
         with anyio.CancelScope(shield=True):
-            await _report_failure(ctx, name, "register_app", stage, exc)
-            if models is not None:
-                models.clear()
-            if changes is not None:
-                await anyio.to_thread.run_sync(changes.roll_back)
-            if opened:
-                await _release(ctx, name, registry_shutdown=False)
-            if claimed:
-                await _release_claim(ctx, name)
+            await _undo_registration(
+                ctx,
+                name,
+                stage,
+                exc,
+                models=models,
+                changes=changes,
+                opened=opened,
+                claimed=claimed,
+            )
         raise
+
+
+async def _undo_registration(
+    ctx: AppContext,
+    name: str,
+    stage: str,
+    exc: BaseException,
+    *,
+    models: ModelSet | None,
+    changes: AppChanges | None,
+    opened: bool,
+    claimed: bool,
+) -> None:
+    """A registration that failed (or was cancelled) at ``stage``: roll back what it
+    applied and release what it took."""
+    # Cancelled: the caller wants to stop now, so the cleanup awaits no acks.
+    wait = not isinstance(exc, anyio.get_cancelled_exc_class())
+    await _report_failure(ctx, name, "register_app", stage, exc)
+    if models is not None:
+        models.clear()
+    if changes is not None:
+        await anyio.to_thread.run_sync(changes.roll_back)
+    if opened:
+        await _release(ctx, name, None, registry_shutdown=False, wait=wait)
+    if claimed:
+        await _release_claim(ctx, name)
 
 
 async def unregister(
@@ -240,8 +265,7 @@ async def unregister(
                 name, False, rollback, steps, False, time.monotonic() - started, errors
             )
         stage = "connection_shutdown"
-        closed = await _release(ctx, name, registry_shutdown=False)
-        record.released = True
+        closed = await _release(ctx, name, record, registry_shutdown=False)
         await ctx.directory.release_app(name, ctx.registry_id)
         stage = "app_unregistered"
         await ctx.steps.step(AppUnregistered(options=options), name, veto=False)
@@ -272,18 +296,29 @@ async def close_connection(
 ) -> None:
     """Registry shutdown: release an app's connection (no rollback), models cleared."""
     _clear_models(record)
-    await _release(ctx, name, registry_shutdown=registry_shutdown)
+    await _release(ctx, name, record, registry_shutdown=registry_shutdown)
     try:
         await ctx.directory.release_app(name, ctx.registry_id)
     except BusError as exc:
         log.warning("could not release app %s in the directory: %s", name, exc)
 
 
-async def _release(ctx: AppContext, name: str, *, registry_shutdown: bool) -> bool:
+async def _release(
+    ctx: AppContext,
+    name: str,
+    record: AppRecord | None,
+    *,
+    registry_shutdown: bool,
+    wait: bool = True,
+) -> bool:
     """Drop ``name``'s reference; publish connection_shutdown when it was the last one
     (or on registry shutdown, for every app). Returns whether the engine was closed."""
     info: ConnectionInfo = ctx.engines.info(name)
     released = await anyio.to_thread.run_sync(ctx.engines.release, name)
+    if record is not None:
+        # At once, not after the event: a timeout while plugins answer it must not
+        # leave an app whose connection is gone looking registered.
+        record.released = True
     if released.last_reference or registry_shutdown:
         payload = ConnectionShutdown(
             connection=info,
@@ -293,7 +328,7 @@ async def _release(ctx: AppContext, name: str, *, registry_shutdown: bool) -> bo
         )
         try:
             # Shown to step listeners like every step, but never vetoed: it is closed.
-            await ctx.steps.step(payload, name, veto=False)
+            await ctx.steps.step(payload, name, veto=False, wait=wait)
         except BusError as exc:
             log.warning("connection_shutdown of %s not published: %s", name, exc)
     return released.last_reference
@@ -324,6 +359,7 @@ async def _report_failure(
         "error", {"component": "AppRegistry", "phase": stage, "app": name, "error": message}
     )
     try:
-        await ctx.steps.step(payload, name, veto=False)
+        wait = not isinstance(exc, anyio.get_cancelled_exc_class())
+        await ctx.steps.step(payload, name, veto=False, wait=wait)
     except Exception as report_error:
         log.warning("operation_failed of %s not published: %s", name, report_error)

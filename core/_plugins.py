@@ -22,13 +22,13 @@ from typing import Any, Literal
 
 import anyio
 import sqlalchemy as sa
-from anyio.abc import TaskGroup
 
 from rapid_objection.bus import Bus, collect_status
 from rapid_objection.plugin_workers import PluginLoadError, Worker, build_plugin, load_plugin_class
 
 from ._config import PluginConfig, RegistryConfig
 from ._errors import RegistryError
+from ._host import BackgroundTasks, describe
 from ._listeners import Listeners
 from ._steps import Steps
 from ._supervisor import Supervisor
@@ -61,6 +61,8 @@ class LoadedPlugin:
     supervisor: Supervisor | None = None
     loaded_at: float = field(default_factory=time.time)
     stopped: anyio.Event = field(default_factory=anyio.Event)
+    error: str | None = None
+    """Why its worker or supervisor failed after it had started (it no longer runs)."""
 
     @property
     def version(self) -> str | None:
@@ -81,6 +83,17 @@ def validate_interface(plugin_class: type[Any]) -> None:
             raise PluginLoadError(plugin_class.__name__, f"Plugin must implement {method}() method")
 
 
+async def _import(module: str) -> type[Any]:
+    """``load_plugin_class`` in a thread; a module that exits or interrupts at import
+    (``sys.exit()``) is a plugin that failed to import, not the end of the registry."""
+    try:
+        return await anyio.to_thread.run_sync(load_plugin_class, module, abandon_on_cancel=True)
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise PluginLoadError(
+            module, f"Failed to import plugin module '{module.partition(':')[0]}': {exc!r}"
+        ) from None
+
+
 async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
@@ -92,7 +105,7 @@ class PluginHost:
     bus: Bus
     steps: Steps
     """The plugins' policies (who is awaited) and the manifests' refresh."""
-    group: TaskGroup
+    tasks: BackgroundTasks
     """Where inline workers and process supervisors run."""
 
 
@@ -113,6 +126,7 @@ class PluginManager:
         self._live_engines = live_engines
         self._host: PluginHost | None = None
         self._plugins: dict[str, LoadedPlugin] = {}
+        self._stalled: set[str] = set()
         self.failed: dict[str, FailedPlugin] = {}
 
     def attach(self, host: PluginHost | None) -> None:
@@ -137,6 +151,9 @@ class PluginManager:
 
     def get_all(self) -> dict[str, Any]:
         return {name: self.get(name) for name in self._plugins}
+
+    def names(self) -> list[str]:
+        return list(self._plugins)
 
     def loaded(self, name: str) -> LoadedPlugin | None:
         """The record of a loaded plugin (its mode, worker or supervisor), or None."""
@@ -165,7 +182,8 @@ class PluginManager:
         for name, loaded in self._plugins.items():
             own = loaded.instance.get_status() if loaded.instance is not None else {}
             plugins[name] = {
-                "status": "loaded",
+                "status": "loaded" if loaded.error is None else "failed",
+                "error": loaded.error,
                 "mode": loaded.mode,
                 "version": loaded.version,
                 "required": loaded.config.required,
@@ -219,8 +237,10 @@ class PluginManager:
             await self._fail(name, str(exc), exc.phase)
         except PluginLoadError as exc:
             await self._fail(name, str(exc), "import")
-        except Exception as exc:
-            await self._fail(name, f"Plugin '{name}' failed to initialize: {exc}", "initialize")
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException as exc:  # a module's sys.exit() is a failed plugin too
+            await self._fail(name, f"Plugin '{name}' failed to initialize: {exc!r}", "initialize")
 
     async def _fail(self, name: str, message: str, phase: str) -> None:
         self.failed[name] = FailedPlugin(name, message, phase)
@@ -240,9 +260,7 @@ class PluginManager:
             )
         self._require_host().steps.set_policy(name, config)
         if config.mode == "inline":
-            plugin_class = await anyio.to_thread.run_sync(
-                load_plugin_class, config.module, abandon_on_cancel=True
-            )
+            plugin_class = await _import(config.module)
             instance = build_plugin(plugin_class, dict(config.config))
             loaded = await self._start_inline(name, instance, config)
         elif config.mode == "process":
@@ -321,8 +339,15 @@ class PluginManager:
             finally:
                 loaded.stopped.set()
 
-        await self._require_host().group.start(run)
+        await self._require_host().tasks.start(f"plugin {name}", run, self._crashed(loaded))
         return loaded
+
+    def _crashed(self, loaded: LoadedPlugin) -> Callable[[BaseException], None]:
+        def mark(exc: BaseException) -> None:
+            loaded.error = describe(exc)
+            log.error("plugin %s stopped running: %s", loaded.name, loaded.error)
+
+        return mark
 
     async def _start_processes(self, name: str, config: PluginConfig) -> LoadedPlugin:
         bus = self._require_host().bus
@@ -360,7 +385,7 @@ class PluginManager:
             finally:
                 loaded.stopped.set()
 
-        await self._require_host().group.start(run)
+        await self._require_host().tasks.start(f"plugin {name}", run, self._crashed(loaded))
         try:
             await self._await_manifest(name, None, config.module)
         except BaseException:
@@ -399,26 +424,45 @@ class PluginManager:
         if loaded is None:
             return False
         limit = timeout if timeout is not None else self.settings.shutdown_timeout
-        with anyio.move_on_after(limit, shield=True):
+        with anyio.move_on_after(limit, shield=True) as scope:
             if loaded.worker is not None:
+                loaded.worker.shutdown_timeout = limit
                 loaded.worker.stop()
                 await loaded.stopped.wait()
             elif loaded.supervisor is not None:
                 await loaded.supervisor.stop()
                 await loaded.stopped.wait()
+        if scope.cancelled_caught:
+            self._stalled.add(name)
         self._drop_policy(name)
         await self._listeners.emit(
             "plugin-unloaded", {"name": name, "plugin": name, "mode": loaded.mode}
         )
         return True
 
-    async def shutdown(self, timeout: float | None = None) -> list[str]:
-        """Unload every plugin, concurrently; returns their names."""
+    async def shutdown(self, timeout: float) -> list[str]:
+        """Unload every plugin, concurrently, within ``timeout`` seconds; returns what did
+        not stop in time (the registry's task then cancels it)."""
         names = list(self._plugins)
         async with anyio.create_task_group() as group:
             for name in names:
-                group.start_soon(self.unload, name, timeout)
-        return names
+                group.start_soon(self.unload, name, max(timeout, 0.0))
+        return [
+            f"plugin {name!r} did not stop within {timeout:g}s"
+            for name in names
+            if name in self._stalled
+        ]
+
+    def hurry(self) -> None:
+        """The shutdown deadline has passed: a plugin's shutdown() gets no more time."""
+        for loaded in self._plugins.values():
+            if loaded.worker is not None:
+                loaded.worker.shutdown_timeout = 0.0
+
+    def forget_all(self) -> None:
+        """The registry's task is gone: no plugin of it runs any more."""
+        self._plugins.clear()
+        self._stalled.clear()
 
     def _drop_policy(self, name: str) -> None:
         if self._host is not None:

@@ -12,7 +12,6 @@ from types import TracebackType
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
 
 from rapid_objection.bus import Bus, Publisher, Retention, mask_url
 from rapid_objection.bus._directory import is_alive
@@ -27,7 +26,8 @@ from ._config import (
 )
 from ._connections import ConnectionManager, Engines
 from ._errors import AppAlreadyRegistered, AppNotRegistered, ConfigError, RegistryError
-from ._inflight import InFlight
+from ._gate import Gate
+from ._host import Host, describe
 from ._lifecycle import AppContext, AppRecord, close_connection, register, unregister
 from ._listeners import Listener, Listeners
 from ._monitor import HealthMonitor, check_app
@@ -58,61 +58,49 @@ class AppRegistry:
         self.plugins = PluginManager(self.config, self.id, self._listeners, self.engines.engine)
         self.initialized = False
         self._bus: Bus | None = None
-        self._steps: Steps | None = None
         self._context: AppContext | None = None
+        self._host: Host[tuple[Bus, Steps]] | None = None
+        self._gate = Gate(self.id)
         self._apps: dict[str, AppRecord] = {}
         self._registering: set[str] = set()
-        self._in_flight = InFlight()
         self._unregistering: set[str] = set()
-        self._stack: AsyncExitStack | None = None
-        self._group: TaskGroup | None = None
         self._monitor: HealthMonitor | None = None
+        self._monitor_error: str | None = None
+        self._shutting_down: anyio.Event | None = None
+        self._last_shutdown: ShutdownResult | None = None
 
     # -- lifecycle of the registry ----------------------------------------------------------
 
     async def initialize(self) -> InitializeResult:
-        """Open the bus, start the publisher and load the configured plugins."""
-        if self.initialized:
+        """Open the bus, start the publisher and load the configured plugins.
+
+        They run in a task of the registry's own, so that ``shutdown()`` works from any
+        task. Whatever fails or is cancelled here shuts down what was started.
+        """
+        if self._host is not None:
             raise RegistryError(f"registry {self.id!r} is already initialized")
         started = time.monotonic()
-        settings = self.config.bus
-        async with AsyncExitStack() as stack:
-            bus = await stack.enter_async_context(Bus.connect(settings.url, settings.namespace))
-            for other in await bus.directory.registries():
-                if other.id == self.id and is_alive(other.seen):
-                    # Two registries under one id would share an ack stream and apps.
-                    raise RegistryError(
-                        f"a live registry with id {self.id!r} is already on {bus.url} "
-                        f"(namespace {settings.namespace!r}, pid {other.pid} on {other.host})"
-                    )
-            retention = None
-            if settings.retention_max_age is not None or settings.retention_max_len is not None:
-                retention = Retention(settings.retention_max_age, settings.retention_max_len)
-            publisher = await stack.enter_async_context(
-                Publisher(
-                    bus,
-                    self.id,
-                    ephemeral=self.config.registry.id is None,
-                    policies=policies(self.config.plugins),
-                    ack_timeout=settings.ack_timeout,
-                    retention=retention,
+        host: Host[tuple[Bus, Steps]] = Host(f"registry {self.id}", self._open)
+        self._host = host
+        try:
+            (bus, steps), tasks = await host.start()
+            self._bus = bus
+            self._context = AppContext(self.id, self.engines, bus.directory, steps, self._listeners)
+            self.plugins.attach(PluginHost(bus, steps, tasks))
+            self.initialized = True
+            self._gate.open()
+            loaded, failed = await self.plugins.load_configured()
+            await steps.refresh()
+            if self.config.registry.enable_health_monitoring:
+                monitor = HealthMonitor(
+                    steps, lambda: dict(self._apps), self.config.registry.health_check_interval
                 )
-            )
-            group = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(group.cancel_scope.cancel)
-            self._stack = stack.pop_all()
-        steps = Steps(publisher, self._listeners, self.plugins.config_of)
-        self._bus, self._steps, self._group = bus, steps, group
-        self._context = AppContext(self.id, self.engines, bus.directory, steps, self._listeners)
-        self.plugins.attach(PluginHost(bus, steps, group))
-        self.initialized = True
-        loaded, failed = await self.plugins.load_configured()
-        await steps.refresh()
-        if self.config.registry.enable_health_monitoring:
-            self._monitor = HealthMonitor(
-                steps, lambda: dict(self._apps), self.config.registry.health_check_interval
-            )
-            await group.start(self._monitor.run)
+                self._monitor, self._monitor_error = monitor, None
+                await tasks.start("health monitor", monitor.run, self._monitor_crashed)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._close(self.config.registry.shutdown_timeout)
+            raise
         return InitializeResult(
             plugin_count=len(loaded),
             loaded_plugins=loaded,
@@ -120,43 +108,97 @@ class AppRegistry:
             duration=time.monotonic() - started,
         )
 
+    async def _open(self, stack: AsyncExitStack) -> tuple[Bus, Steps]:
+        """In the registry's own task: the bus and the publisher."""
+        settings = self.config.bus
+        bus = await stack.enter_async_context(Bus.connect(settings.url, settings.namespace))
+        for other in await bus.directory.registries():
+            if other.id == self.id and is_alive(other.seen):
+                # Two registries under one id would share an ack stream and apps.
+                raise RegistryError(
+                    f"a live registry with id {self.id!r} is already on {bus.url} "
+                    f"(namespace {settings.namespace!r}, pid {other.pid} on {other.host})"
+                )
+        retention = None
+        if settings.retention_max_age is not None or settings.retention_max_len is not None:
+            retention = Retention(settings.retention_max_age, settings.retention_max_len)
+        publisher = await stack.enter_async_context(
+            Publisher(
+                bus,
+                self.id,
+                ephemeral=self.config.registry.id is None,
+                policies=policies(self.config.plugins),
+                ack_timeout=settings.ack_timeout,
+                retention=retention,
+            )
+        )
+        return bus, Steps(publisher, self._listeners, self.plugins.config_of)
+
+    def _monitor_crashed(self, exc: BaseException) -> None:
+        self._monitor_error = mask_url(describe(exc))
+
     async def shutdown(self, timeout: float | None = None) -> ShutdownResult:
-        """Close every connection (connection_shutdown, registry_shutdown), stop the
-        plugins (inline: shutdown(); processes: a graceful stop), close the bus."""
-        started = time.monotonic()
+        """Refuse new operations and cancel those in flight (each rolls back), close
+        every connection (connection_shutdown, registry_shutdown), stop the plugins
+        (inline: shutdown(); processes: a graceful stop), close the bus.
+
+        ``timeout`` (default ``shutdown_timeout``) bounds all of it. Callable from any
+        task; a second call while one runs waits for it and returns its result.
+        """
+        if self._shutting_down is not None:
+            with anyio.CancelScope(shield=True):
+                await self._shutting_down.wait()
+            assert self._last_shutdown is not None
+            return self._last_shutdown
+        if self._host is None:
+            return ShutdownResult(True, 0.0, [], [], [])
         limit = timeout if timeout is not None else self.config.registry.shutdown_timeout
+        self._shutting_down = done = anyio.Event()
+        try:
+            with anyio.CancelScope(shield=True):
+                result = self._last_shutdown = await self._close(limit)
+        finally:
+            self._shutting_down = None
+            done.set()
+        return result
+
+    async def _close(self, limit: float) -> ShutdownResult:
+        """Everything ``shutdown()`` does, under one deadline of ``limit`` seconds."""
+        started = time.monotonic()
+        deadline = anyio.current_time() + limit
         errors: list[str] = []
-        apps = list(self._apps)
-        plugins: list[str] = []
-        with anyio.move_on_after(limit, shield=True) as scope:
+        apps: list[str] = []
+        plugins = self.plugins.names()
+        with anyio.move_on_after(limit) as scope:
             if self._monitor is not None:
                 self._monitor.stop()
-            # Registrations in flight roll back before their engines are closed.
-            await self._in_flight.cancel_all()
+            # Operations in flight are cancelled and roll back before any engine closes.
+            await self._gate.close()
             apps = list(self._apps)
             for name in apps:
                 try:
                     await self._close_app(name)
                 except Exception as exc:
                     errors.append(f"app {name!r}: {mask_url(str(exc))}")
+            errors.extend(await self.plugins.shutdown(deadline - anyio.current_time()))
         if scope.cancelled_caught:
-            errors.append(f"closing the apps did not finish within {limit:g}s")
-        # Whatever the apps' events did, no engine outlives the registry.
-        await anyio.to_thread.run_sync(self.engines.close_all)
-        self._apps.clear()
-        # The plugins get their own budget: workers must stop even after a slow close.
+            errors.append(f"shutdown did not finish within {limit:g}s")
         with anyio.CancelScope(shield=True):
-            plugins = await self.plugins.shutdown(self.config.plugin_manager.shutdown_timeout)
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            # Not inside a new cancel scope: the task group in the stack was entered
-            # outside it and must be exited from the scope it was entered in.
-            await stack.aclose()
+            # Whatever the apps' events did, no engine outlives the registry.
+            await anyio.to_thread.run_sync(self.engines.close_all)
+            self._apps.clear()
+            host, self._host = self._host, None
+            if scope.cancelled_caught:
+                self.plugins.hurry()
+            if host is not None:
+                # Cancels what still runs (workers, supervisors: their processes are
+                # killed), then closes the publisher and the bus, in the task that
+                # opened them.
+                await host.stop()
+            self.plugins.attach(None)
+            self.plugins.forget_all()
         self.initialized = False
-        self._in_flight.reopen()
-        self.plugins.attach(None)
-        self._bus = self._steps = self._context = self._group = None
-        self._monitor = None
+        self._bus = self._context = self._monitor = None
         return ShutdownResult(
             success=not errors,
             duration=time.monotonic() - started,
@@ -188,30 +230,25 @@ class AppRegistry:
         of it is in progress), and otherwise the step's own error, after publishing
         operation_failed and closing what was opened.
         """
-        context = self._require_context()
         if not isinstance(name, str) or not APP_NAME.match(name):
             raise ConfigError(
                 "an app name is 1-64 letters, digits, '.', '_' or '-', starting with a "
                 f"letter or digit; got {name!r}",
                 path="apps",
             )
-        if name in self._apps or name in self._registering:
-            raise AppAlreadyRegistered(name)
-        self._registering.add(name)
-        try:
-            app_config = load_app_config(name, config)
-            with self._in_flight.track(name) as scope:
+        async with self._gate.admit(f"register_app({name!r})"):
+            context = self._require_context()
+            if name in self._apps or name in self._registering:
+                raise AppAlreadyRegistered(name)
+            self._registering.add(name)
+            try:
+                app_config = load_app_config(name, config)
                 record = await register(context, name, app_config)
-            if scope.cancelled_caught:
-                raise RegistryError(
-                    f"the registration of app {name!r} was rolled back: the registry is "
-                    "shutting down"
-                )
-            self._apps[name] = record
-        finally:
-            self._registering.discard(name)
-        context.steps.track_app(name, registered=True)
-        await self._listeners.emit("app-registered", {"app": name, "reused": record.reused})
+                self._apps[name] = record
+            finally:
+                self._registering.discard(name)
+            context.steps.track_app(name, registered=True)
+            await self._listeners.emit("app-registered", {"app": name, "reused": record.reused})
         return record.manager
 
     async def unregister_app(
@@ -223,21 +260,22 @@ class AppRegistry:
         if record is None or name in self._unregistering:
             # A second unregistration at once would roll back a second batch.
             raise AppNotRegistered(name)
-        context = self._require_context()
-        self._unregistering.add(name)
-        try:
-            with anyio.fail_after(timeout if timeout is not None else float("inf")):
-                result = await unregister(context, name, record, rollback=rollback, force=force)
-        finally:
-            self._unregistering.discard(name)
-            if record.released:
-                # Its connection is gone whatever happened after: it is not registered.
+        async with self._gate.admit(f"unregister_app({name!r})"):
+            context = self._require_context()
+            self._unregistering.add(name)
+            try:
+                with anyio.fail_after(timeout if timeout is not None else float("inf")):
+                    result = await unregister(context, name, record, rollback=rollback, force=force)
+            finally:
+                self._unregistering.discard(name)
+                if record.released:
+                    # Its connection is gone whatever happened after: it is not registered.
+                    self._apps.pop(name, None)
+                    context.steps.track_app(name, registered=False)
+            if result.success or force:
                 self._apps.pop(name, None)
                 context.steps.track_app(name, registered=False)
-        if result.success or force:
-            self._apps.pop(name, None)
-            context.steps.track_app(name, registered=False)
-            await self._listeners.emit("app-unregistered", result.as_dict())
+                await self._listeners.emit("app-unregistered", result.as_dict())
         return result
 
     async def _close_app(self, name: str) -> None:
@@ -264,9 +302,14 @@ class AppRegistry:
         record = self._apps.get(name)
         if record is None:
             raise AppNotRegistered(name)
-        return await check_app(self._require_context().steps, name, record)
+        async with self._gate.admit(f"check_health({name!r})"):
+            health = await check_app(self._require_context().steps, name, record)
+        return health
 
     async def get_status(self) -> dict[str, Any]:
+        """Apps, connections, plugins and the registry's own state (a failed background
+        task of the registry itself shows as ``failure``)."""
+        host = self._host
         return {
             "registry": self.id,
             "initialized": self.initialized,
@@ -279,6 +322,9 @@ class AppRegistry:
             "connections": self.engines.count(),
             "plugins": await self.plugins.get_status(),
             "health_monitoring": self._monitor is not None,
+            "health_monitor_error": self._monitor_error,
+            "in_flight": self._gate.in_flight,
+            "failure": None if host is None or host.failure is None else repr(host.failure),
         }
 
     # -- plugins ----------------------------------------------------------------------------
@@ -300,11 +346,15 @@ class AppRegistry:
 
         plugin_config = convert({"config": dict(config or {}), **policy}, PluginConfig)
         instance = build_plugin(plugin_class, dict(plugin_config.config))
-        loaded = await self.plugins.load_instance(instance, plugin_config)
+        async with self._gate.admit(f"load_plugin({type(instance).__name__})"):
+            loaded = await self.plugins.load_instance(instance, plugin_config)
         return loaded.instance
 
     async def unload_plugin(self, name: str) -> bool:
-        return await self.plugins.unload(name)
+        """Stop one plugin (inline: drained, then shutdown(); processes: a graceful stop)."""
+        async with self._gate.admit(f"unload_plugin({name!r})"):
+            unloaded = await self.plugins.unload(name)
+        return unloaded
 
     def get_plugin(self, name: str) -> Any:
         """The plugin object of an inline plugin, else its loaded record; or None."""

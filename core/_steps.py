@@ -40,11 +40,18 @@ class Steps:
         *,
         veto: bool = True,
         required: Iterable[str] | None = None,
+        wait: bool = True,
     ) -> WaitResult:
         """Publish one lifecycle event and await its required acks; a required plugin
         with ``on_failure = "abort"`` that failed or timed out raises ``PluginVeto``
-        (unless ``veto`` is False: a step that cannot be undone)."""
+        (unless ``veto`` is False: a step that cannot be undone).
+
+        ``wait=False`` publishes without awaiting anyone: the cleanup after a cancelled
+        operation, whose caller asked to stop now.
+        """
         await self._listeners.emit("step-started", {"app": app, "event": payload_type(payload)})
+        if not wait:
+            required = ()
         result = await self._publisher.emit(payload, app=app, required=required)
         await self._listeners.emit("step", {"app": app, "event": result.type, "result": result})
         for outcome in (*result.failed, *result.timed_out):

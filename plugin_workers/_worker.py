@@ -72,6 +72,9 @@ class Worker:
         self.config = dict(config or {})
         self.required = required
         self.max_deliveries = max_deliveries
+        self.shutdown_timeout = SHUTDOWN_TIMEOUT
+        """Seconds for the plugin's shutdown() once consuming ended; a registry that runs
+        the worker inline sets what is left of its own shutdown deadline."""
         self.engines = Engines(self.config, live_engines)
         self.view = RegistryView(
             bus, plugin=self.name, consumer=self.consumer_name, registry_id=registry_id
@@ -175,7 +178,7 @@ class Worker:
         """Shut the plugin down, drop the heartbeat and, when nothing is pending, the consumer."""
         shutdown = getattr(self.plugin, "shutdown", None)
         # Bounded: this runs shielded, and a plugin that hangs must not hang the exit.
-        with anyio.move_on_after(SHUTDOWN_TIMEOUT) as scope:
+        with anyio.move_on_after(self.shutdown_timeout) as scope:
             if shutdown is not None:
                 try:
                     result = shutdown()
@@ -185,7 +188,9 @@ class Worker:
                     log.exception("plugin %s failed to shut down", self.name)
             await anyio.to_thread.run_sync(self.engines.dispose, abandon_on_cancel=True)
         if scope.cancelled_caught:
-            log.warning("plugin %s did not shut down within %gs", self.name, SHUTDOWN_TIMEOUT)
+            log.warning(
+                "plugin %s did not shut down within %gs", self.name, self.shutdown_timeout
+            )
         with anyio.move_on_after(2):
             try:
                 await self.bus.directory.forget_worker(self.name, self.consumer_name)

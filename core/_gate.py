@@ -1,0 +1,66 @@
+"""The registry's operations in flight: admitted while it is open, drained at shutdown."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+
+from ._errors import RegistryError
+
+
+class Gate:
+    """Admits operations (register, unregister, load, unload) while the registry is open.
+
+    ``close()`` refuses new ones with a clear error and cancels those in flight: each
+    rolls back what it did (a batch already running in a worker thread finishes first:
+    a thread cannot be interrupted) and raises ``RegistryError`` in its caller.
+    """
+
+    def __init__(self, registry_id: str) -> None:
+        self.registry_id = registry_id
+        self.closed = True
+        self._running: dict[anyio.CancelScope, str] = {}
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    def open(self) -> None:
+        self.closed = False
+
+    @property
+    def in_flight(self) -> list[str]:
+        return sorted(self._running.values())
+
+    @asynccontextmanager
+    async def admit(self, operation: str) -> AsyncIterator[None]:
+        """Run the body as one operation; raises ``RegistryError`` when the registry is
+        not open, or when shutdown cancelled the operation."""
+        if self.closed:
+            raise RegistryError(
+                f"registry {self.registry_id!r} is not running (not initialized, or "
+                f"shutting down): {operation} refused"
+            )
+        scope = anyio.CancelScope()
+        self._running[scope] = operation
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        try:
+            with scope:
+                yield
+        finally:
+            del self._running[scope]
+            if not self._running:
+                self._idle.set()
+        if scope.cancelled_caught:
+            raise RegistryError(
+                f"registry {self.registry_id!r} is shutting down: {operation} was "
+                "cancelled and rolled back"
+            )
+
+    async def close(self) -> None:
+        """Refuse new operations, cancel those in flight, wait until they have rolled back."""
+        self.closed = True
+        for scope in list(self._running):
+            scope.cancel()
+        await self._idle.wait()
