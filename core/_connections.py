@@ -15,7 +15,8 @@ An engine is counted by the apps that use it and disposed with the last one; a d
 engine refuses new connections, so an app that outlives its registration fails loudly
 instead of opening connections nobody will close, and a connection that was checked out
 when it was disposed is closed as soon as it is returned. An in-memory SQLite database is one
-shared connection (``StaticPool``), so every connection and session sees the same data.
+shared connection (``TurnPool``, one thread at a time), so every connection and session
+sees the same data.
 
 Everything here is synchronous (the registry runs it in a worker thread) and the table
 is guarded by a lock. The identity key of an engine carries the password: it is never
@@ -40,6 +41,7 @@ from rapid_objection.bus import ConnectionInfo, mask_url
 
 from ._config import AppConfig, DatabaseConfig
 from ._errors import AppAlreadyRegistered, ConfigError, ConnectionFailed
+from ._memory_pool import TurnPool
 
 CONNECT_TIMEOUT: Final = 5
 """Seconds a driver waits for the server on open, unless the user set a timeout."""
@@ -150,12 +152,14 @@ def _engine_arguments(url: sa.URL, db: DatabaseConfig) -> dict[str, Any]:
         if value is not None:
             arguments[name] = value
     if is_memory_sqlite(url):
-        # One connection, used from every thread: the only way all sessions see one
-        # in-memory database.
-        arguments["poolclass"] = sa.StaticPool
+        # One connection, used from every thread, one thread at a time: the only way
+        # all sessions see one in-memory database without ending each other's
+        # transactions.
+        arguments["poolclass"] = TurnPool
         connect_args.setdefault("check_same_thread", False)
         for name in _QUEUE_ONLY:
-            arguments.pop(name, None)
+            if name != "pool_timeout":  # how long a thread waits for its turn
+                arguments.pop(name, None)
     timeout = _TIMEOUT_ARGUMENT.get((url.get_backend_name(), url.get_driver_name()))
     if timeout is not None and timeout not in connect_args and timeout not in url.query:
         connect_args[timeout] = CONNECT_TIMEOUT

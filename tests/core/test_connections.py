@@ -415,6 +415,21 @@ class TestMemorySqlite:
             assert pool.submit(from_thread).result() == 42
         assert engines.info("shop").pool_size is None
 
+    def test_one_thread_at_a_time(self, engines: Engines) -> None:
+        """Another thread waits for the connection, up to ``pool_timeout`` seconds."""
+        engine = engines.open("shop", db("sqlite://", pool_timeout=0.2), None).engine
+
+        def from_thread() -> Any:
+            with engine.connect() as connection:
+                return connection.execute(sa.text("SELECT 1")).scalar()
+
+        with engine.connect() as held, ThreadPoolExecutor(1) as pool:
+            with pytest.raises(sa.exc.TimeoutError, match="in use by another thread"):
+                pool.submit(from_thread).result()
+            assert held.execute(sa.text("SELECT 3")).scalar() == 3
+        with ThreadPoolExecutor(1) as pool:
+            assert pool.submit(from_thread).result() == 1
+
     def test_two_apps_two_databases(self, engines: Engines) -> None:
         """Two private in-memory apps do not see each other's tables."""
         first = engines.open("a", db("sqlite://"), None).engine

@@ -20,7 +20,8 @@ import pytest
 import sqlalchemy as sa
 
 from rapid_objection.bus import OperationResult
-from rapid_objection.core._config import MigrationsConfig
+from rapid_objection.core._config import DatabaseConfig, MigrationsConfig
+from rapid_objection.core._connections import Engines
 from rapid_objection.core._errors import ConfigError, MigrationFailed
 from rapid_objection.core._migrations import Migrations
 from rapid_objection.core._runners import Runner
@@ -558,6 +559,93 @@ class TestSQLite:
         before = busy_timeout()
         make(sqlite_engine, scripts.directory, lock_timeout=1.5).apply()
         assert busy_timeout() == before
+
+
+class TestSharedInMemorySQLite:
+    """The one connection of an in-memory SQLite database shared by apps and their users."""
+
+    @pytest.fixture
+    def shared(self) -> Iterator[sa.Engine]:
+        """An in-memory database as the registry opens one (``Engines``)."""
+        engines = Engines()
+        lease = engines.open("billing", DatabaseConfig(url="sqlite://", shared=True), None)
+        with lease.engine.begin() as connection:
+            connection.execute(sa.text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"))
+        yield lease.engine
+        engines.close_all()
+
+    @staticmethod
+    def slow_files(scripts: Scripts, prefix: str, count: int = 6) -> list[str]:
+        names = []
+        for number in range(1, count + 1):
+            table = f"{prefix}_{number}"
+            upgrade = f"{create_table(table)}\ntime.sleep(0.01)"
+            names.append(scripts.migration(f"{number:03}_{table}.py", upgrade).name)
+        return names
+
+    def test_a_session_in_use_meanwhile_leaves_the_batch_whole(
+        self, shared: sa.Engine, scripts: Scripts
+    ) -> None:
+        """Another thread's commits and rollbacks never end the batch: what is tracked exists."""
+        names = self.slow_files(scripts, "shop")
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def busy() -> None:
+            try:
+                while not stop.is_set():
+                    with shared.begin() as connection:
+                        connection.execute(sa.text("INSERT INTO notes (body) VALUES ('x')"))
+                    with shared.connect() as connection:
+                        connection.execute(sa.text("SELECT count(*) FROM notes"))
+                        connection.rollback()
+            except BaseException as exc:
+                errors.append(exc)
+
+        user = threading.Thread(target=busy)
+        user.start()
+        try:
+            result = make(shared, scripts.directory).apply()
+        finally:
+            stop.set()
+            user.join(timeout=30)
+        assert errors == []
+        assert list(result.items) == names
+        assert {f"shop_{number}" for number in range(1, 7)} <= tables(shared)
+
+    def test_two_sharing_apps_migrating_at_once_both_keep_their_books(
+        self, shared: sa.Engine, tmp_path: Path
+    ) -> None:
+        """Two apps' batches on one connection take turns; each file tracked has its table."""
+        shop, blog = Scripts.at(tmp_path / "shop"), Scripts.at(tmp_path / "blog")
+        self.slow_files(shop, "shop")
+        self.slow_files(blog, "blog")
+        outcomes: dict[str, object] = {}
+
+        def migrate(app: str, scripts: Scripts) -> None:
+            try:
+                outcomes[app] = make(shared, scripts.directory, app).apply().items
+            except Exception as exc:
+                outcomes[app] = exc
+
+        threads = [
+            threading.Thread(target=migrate, args=("shop", shop)),
+            threading.Thread(target=migrate, args=("blog", blog)),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert all(isinstance(items, tuple) and len(items) == 6 for items in outcomes.values())
+        assert len(tracked(shared)) == 12
+        assert {name for _, name, _ in tracked(shared)} == {
+            f"{number:03}_{prefix}_{number}.py"
+            for prefix in ("shop", "blog")
+            for number in range(1, 7)
+        }
+        assert {f"{prefix}_{n}" for prefix in ("shop", "blog") for n in range(1, 7)} <= tables(
+            shared
+        )
 
 
 class TestStatus:
