@@ -45,6 +45,13 @@ from ._interface import implemented_hooks
 
 CustomHandlers = Callable[[str], list[Callable[..., Any]]]
 
+HOOK_THREADS = 8
+"""Threads a worker's plain ``def`` hooks may occupy at once (a worker passes its
+concurrency: each app lane holds at most one, until that thread really returns)."""
+
+LATE_MARGIN = 0.05
+"""Seconds past its timeout after which an overrun hook is reported as finishing late."""
+
 _current: ContextVar[Delivery | None] = ContextVar("rapid_objection_delivery", default=None)
 _timeout: ContextVar[float] = ContextVar("rapid_objection_hook_timeout", default=0.0)
 
@@ -115,17 +122,39 @@ def wire_safe(value: Any) -> Any:
     return redact(msgspec.to_builtins(value, str_keys=True, enc_hook=repr))
 
 
-async def _call(function: Callable[..., Any], arguments: tuple[Any, ...]) -> Any:
+async def _call(
+    function: Callable[..., Any], arguments: tuple[Any, ...], threads: anyio.CapacityLimiter
+) -> Any:
     """Await an async hook; run a plain one in a thread, so that a blocking hook is held
     to its timeout and never freezes heartbeats, leases or the other apps' hooks."""
     if inspect.iscoroutinefunction(function):
         return await function(*arguments)
-    result = await anyio.to_thread.run_sync(
-        functools.partial(function, *arguments), abandon_on_cancel=True
-    )
+    result = await _in_thread(functools.partial(function, *arguments), threads)
     if inspect.isawaitable(result):
         result = await result
     return result
+
+
+async def _in_thread(call: Callable[[], Any], threads: anyio.CapacityLimiter) -> Any:
+    """Run ``call`` in a worker thread of at most ``threads``; when the hook is cancelled
+    (its timeout), wait until the thread really returns before giving up the hook: a
+    thread cannot be stopped, and the app's next event must not overlap it."""
+    loop = asyncio.get_running_loop()
+    returned = asyncio.Event()
+
+    def run() -> Any:
+        try:
+            return call()
+        finally:
+            loop.call_soon_threadsafe(returned.set)
+
+    async with threads:
+        try:
+            return await anyio.to_thread.run_sync(run, abandon_on_cancel=True)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await returned.wait()
+            raise
 
 
 class _Watchdog:
@@ -183,8 +212,10 @@ class Dispatcher:
         timeout: float,
         custom_handlers: CustomHandlers | None = None,
         engines: Engines | None = None,
+        threads: int = HOOK_THREADS,
     ) -> None:
         self.plugin = plugin
+        self._threads = anyio.CapacityLimiter(threads)
         self.engines = engines
         self.plugin_name = plugin_name
         self.consumer = consumer
@@ -225,7 +256,7 @@ class Dispatcher:
             # error, not an overrun: only the watchdog's cancellation is a HookTimeout.
             self._watchdog.begin(task, self.timeout)
             try:
-                results = [await _call(target, arguments) for target in targets]
+                results = [await _call(target, arguments, self._threads) for target in targets]
             except asyncio.CancelledError:
                 if not self._watchdog.end(task):
                     raise  # cancelled from outside: the worker is stopping
@@ -236,12 +267,19 @@ class Dispatcher:
                 if overran:
                     task.uncancel()  # the hook swallowed the cancellation and went on
             if overran:
+                duration = time.perf_counter() - started
+                error = f"hook {self._hook_name(envelope)} timed out after {self.timeout:g}s"
+                if duration > self.timeout + LATE_MARGIN:
+                    error += (
+                        f"; it returned only after {duration:.2f}s (a plain def hook's "
+                        "thread cannot be stopped: the app's next event waited for it)"
+                    )
                 return replace(
                     skipped,
                     status="error",
-                    error=f"hook {self._hook_name(envelope)} timed out after {self.timeout:g}s",
+                    error=error,
                     error_type="HookTimeout",
-                    duration=time.perf_counter() - started,
+                    duration=duration,
                     # Not retried: the registry's deadline is the hook timeout (plus a
                     # grace), so it hears of the overrun now instead of a late retry.
                     permanent=True,

@@ -86,6 +86,7 @@ class Worker:
             timeout=timeout,
             custom_handlers=self.view.handlers,
             engines=self.engines,
+            threads=max(concurrency, 1),
         )
         self.consumer = Consumer(
             bus,

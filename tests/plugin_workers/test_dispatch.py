@@ -22,6 +22,7 @@ from rapid_objection.bus import (
     AppUnregistrationStarted,
     AutoOperationsCompleted,
     AutoOperationsStarted,
+    Bus,
     ConnectionCreated,
     ConnectionInfo,
     ConnectionShutdown,
@@ -31,10 +32,11 @@ from rapid_objection.bus import (
     OperationFailed,
     OperationResult,
     Payload,
+    Publisher,
 )
 from rapid_objection.bus._contract import payload_type
 from rapid_objection.plugin_workers import Dispatcher, PluginInterface, RemoteError, hook_arguments
-from rapid_objection.plugin_workers.testing import call_hook, envelope_for
+from rapid_objection.plugin_workers.testing import call_hook, envelope_for, running_worker
 
 pytestmark = pytest.mark.anyio
 
@@ -302,11 +304,14 @@ class TestSyncHooks:
         )
 
     async def test_blocking_plain_hook_is_held_to_its_timeout(self) -> None:
-        """A plain hook that blocks past the hook timeout is acked as HookTimeout in time."""
+        """A plain hook that blocks past the hook timeout is acked as HookTimeout once its
+        thread returned (a thread cannot be stopped), saying that it returned late."""
         started = time.monotonic()
         ack = await dispatch(SyncPlugin(), HealthCheck(), timeout=0.1)
         assert (ack.status, ack.error_type) == ("error", "HookTimeout")
-        assert time.monotonic() - started < 0.3
+        assert "timed out after 0.1s" in (ack.error or "")
+        assert "returned only after" in (ack.error or "")
+        assert time.monotonic() - started >= 0.4
 
 
 class TestErrors:
@@ -454,3 +459,68 @@ class TestDispatcher:
         assert Dispatcher(SyncPlugin(), "s", "c", timeout=1).hooks == frozenset(
             {"app_registered", "app_unregistered", "health_check"}
         )
+
+
+class BlockingHealth:
+    """A plain ``def`` health hook that blocks its thread for ``seconds``; records when
+    each call started and returned, and how many ran at once."""
+
+    name = "blocking"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.spans: list[tuple[str, float, float]] = []
+        self.running = 0
+        self.most = 0
+
+    def on_health_check(self, app_name: str, health_status: dict[str, Any]) -> None:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        started = time.monotonic()
+        time.sleep(self.seconds)
+        self.running -= 1
+        self.spans.append((app_name, started, time.monotonic()))
+
+
+class TestBlockingHooksPastTheirTimeout:
+    async def test_the_apps_next_event_waits_until_the_thread_returned(self, bus: Bus) -> None:
+        """A plain def hook past its timeout keeps its app's lane until its thread really
+        returns: the next event of that app starts after it, and the overrun is acked as
+        a HookTimeout that says the hook returned late."""
+        plugin = BlockingHealth(0.5)
+        async with (
+            running_worker(plugin, bus, timeout=0.15, consumer="w-1"),
+            Publisher(bus, "reg") as publisher,
+        ):
+            await publisher.refresh_directory()
+            results = []
+            for _ in range(2):
+                results.append(
+                    await publisher.emit(
+                        HealthCheck(health={}), app="shop", required=["blocking"], timeout=3
+                    )
+                )
+            with anyio.fail_after(3):
+                while len(plugin.spans) < 2:
+                    await anyio.sleep(0.02)
+        (_, _, first_end), (_, second_start, _) = sorted(plugin.spans, key=lambda s: s[1])
+        assert second_start >= first_end
+        outcome = results[0].outcomes["blocking"]
+        assert outcome.status == "failed"
+        assert "HookTimeout" in (outcome.error or "")
+        assert "returned only after" in (outcome.error or "")
+
+    async def test_threads_per_worker_are_capped_by_its_concurrency(self, bus: Bus) -> None:
+        """Overrunning def hooks of four apps on a worker of concurrency 2: never more
+        than two threads run them at once (none is abandoned to pile up)."""
+        plugin = BlockingHealth(0.3)
+        async with (
+            running_worker(plugin, bus, timeout=0.05, concurrency=2),
+            Publisher(bus, "reg") as publisher,
+        ):
+            for app in ("a", "b", "c", "d"):
+                await publisher.publish(HealthCheck(health={}), app=app)
+            with anyio.fail_after(5):
+                while len(plugin.spans) < 4:
+                    await anyio.sleep(0.02)
+        assert plugin.most <= 2
