@@ -56,6 +56,29 @@ _TIMEOUT_ARGUMENT: Final[dict[tuple[str, str], str]] = {
     ("mariadb", "mysqldb"): "connect_timeout",
 }
 
+READ_TIMEOUT: Final = 300
+"""MySQL/MariaDB drivers: seconds a read or write of one statement may wait for the
+server before the connection is dropped (a longer statement needs ``read_timeout`` set)."""
+
+# Connect arguments that notice a server that stopped answering, per (backend, driver):
+# TCP keepalives for libpq (a dead peer is found within about a minute, even while a
+# statement waits for its answer), socket read and write timeouts for the MySQL drivers.
+_KEEPALIVES: Final = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+_MYSQL_TIMEOUTS: Final = {"read_timeout": READ_TIMEOUT, "write_timeout": READ_TIMEOUT}
+_ANSWER_ARGUMENTS: Final[dict[tuple[str, str], dict[str, int]]] = {
+    ("postgresql", "psycopg"): _KEEPALIVES,
+    ("postgresql", "psycopg2"): _KEEPALIVES,
+    ("mysql", "pymysql"): _MYSQL_TIMEOUTS,
+    ("mysql", "mysqldb"): _MYSQL_TIMEOUTS,
+    ("mariadb", "pymysql"): _MYSQL_TIMEOUTS,
+    ("mariadb", "mysqldb"): _MYSQL_TIMEOUTS,
+}
+
 # Pool arguments only a queue pool accepts (StaticPool rejects them).
 _QUEUE_ONLY: Final = ("pool_size", "max_overflow", "pool_timeout")
 
@@ -160,11 +183,25 @@ def _engine_arguments(url: sa.URL, db: DatabaseConfig) -> dict[str, Any]:
         for name in _QUEUE_ONLY:
             if name != "pool_timeout":  # how long a thread waits for its turn
                 arguments.pop(name, None)
-    timeout = _TIMEOUT_ARGUMENT.get((url.get_backend_name(), url.get_driver_name()))
+    driver = (url.get_backend_name(), url.get_driver_name())
+    timeout = _TIMEOUT_ARGUMENT.get(driver)
     if timeout is not None and timeout not in connect_args and timeout not in url.query:
         connect_args[timeout] = CONNECT_TIMEOUT
+    for name, value in _ANSWER_ARGUMENTS.get(driver, {}).items():
+        if name not in connect_args and name not in url.query:
+            connect_args[name] = value
     arguments["connect_args"] = connect_args
     return arguments
+
+
+def answer_timeout(db: DatabaseConfig) -> float:
+    """Seconds a health check waits for an answer: the connect timeout the user set,
+    else ``CONNECT_TIMEOUT``."""
+    given = db.connect_args.get("connect_timeout", db.query.get("connect_timeout"))
+    try:
+        return float(given) if given is not None else float(CONNECT_TIMEOUT)
+    except (TypeError, ValueError):
+        return float(CONNECT_TIMEOUT)
 
 
 def identity(url: sa.URL, db: DatabaseConfig) -> str:

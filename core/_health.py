@@ -1,10 +1,17 @@
-"""Health checks of an app's database: a real ``SELECT 1``, timed, with the pool's figures."""
+"""Health checks of an app's database: a real ``SELECT 1``, timed, with the pool's figures.
+
+``check_within`` bounds a check: a server that stops answering (a frozen peer keeps its
+connections open) makes it ``unhealthy`` after the timeout instead of hanging; the
+worker thread it leaves behind ends when the driver gives up (TCP keepalives, read
+timeouts: see ``_connections``).
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+import anyio
 import sqlalchemy as sa
 
 from rapid_objection.bus import mask_url
@@ -39,3 +46,18 @@ def check(app: str, engine: sa.Engine) -> dict[str, Any]:
     if error is not None:
         health["error"] = error
     return health
+
+
+async def check_within(app: str, engine: sa.Engine, timeout: float) -> dict[str, Any]:
+    """``check``, answering within ``timeout`` seconds (``unhealthy`` if the database did not)."""
+    started = time.perf_counter()
+    with anyio.move_on_after(timeout):
+        return await anyio.to_thread.run_sync(check, app, engine, abandon_on_cancel=True)
+    return {
+        "app": app,
+        "status": "unhealthy",
+        "response_time_ms": round((time.perf_counter() - started) * 1000, 3),
+        "pool": pool_figures(engine),
+        "checked_at": time.time(),
+        "error": f"TimeoutError: the database did not answer within {timeout:g} s",
+    }

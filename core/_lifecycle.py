@@ -243,7 +243,11 @@ async def unregister(
                 name,
                 record.config.migrations.lock_timeout,
             )
-            results, failures = await anyio.to_thread.run_sync(partial(changes.undo, force=force))
+            # Abandoned on a timeout (unregister_app(timeout=...)): a frozen server must
+            # not hold the caller; the thread ends when the driver gives up.
+            results, failures = await anyio.to_thread.run_sync(
+                partial(changes.undo, force=force), abandon_on_cancel=True
+            )
             steps += results
             errors += failures
         if not errors or force:

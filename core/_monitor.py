@@ -12,7 +12,8 @@ from anyio.abc import TaskStatus
 
 from rapid_objection.bus import BusError, HealthCheck
 
-from ._health import check
+from ._connections import answer_timeout
+from ._health import check_within
 from ._lifecycle import AppRecord
 from ._steps import Steps
 
@@ -25,7 +26,8 @@ AppRecords = Callable[[], Mapping[str, AppRecord]]
 async def check_app(steps: Steps, name: str, record: AppRecord) -> dict[str, Any]:
     """Check one app now; its health (with every answering plugin's dict) is returned
     and kept as the app's latest health."""
-    health = await anyio.to_thread.run_sync(check, name, record.manager.engine)
+    timeout = answer_timeout(record.config.database)
+    health = await check_within(name, record.manager.engine, timeout)
     # Every plugin that implements the hook is awaited (not only required ones): the
     # point of the event is to collect what they return.
     result = await steps.step(

@@ -383,6 +383,33 @@ class TestPool:
                 else:
                     assert raw.connect_timeout == 5
 
+    def test_a_silent_server_is_noticed_by_the_driver(
+        self, engines: Engines, database_url: str
+    ) -> None:
+        """PostgreSQL connections send TCP keepalives; MySQL ones time reads and writes out."""
+        engine = engines.open("shop", db(database_url), None).engine
+        backend = engine.url.get_backend_name()
+        if backend == "sqlite":
+            return  # no server, no socket
+        with engine.connect() as connection:
+            raw: Any = connection.connection.dbapi_connection
+            if backend == "postgresql":
+                parameters = raw.info.get_parameters()
+                assert parameters.get("keepalives") == "1"
+                assert parameters.get("keepalives_idle") == "30"
+            else:
+                assert raw._read_timeout == 300
+                assert raw._write_timeout == 300
+
+    def test_user_read_timeout_kept(self, engines: Engines, mariadb_admin_url: str) -> None:
+        """A read timeout the user set is left alone."""
+        engine = engines.open(
+            "shop", db(mariadb_admin_url, connect_args={"read_timeout": 3}), None
+        ).engine
+        with engine.connect() as connection:
+            raw: Any = connection.connection.dbapi_connection
+            assert raw._read_timeout == 3
+
     def test_user_connect_timeout_kept(self, engines: Engines, mariadb_admin_url: str) -> None:
         """A connect timeout the user set is left alone."""
         engine = engines.open(

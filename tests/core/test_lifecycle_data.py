@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import secrets
 import textwrap
-from collections.abc import AsyncIterator
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from tests.core.fixtures_migrations import (
     until,
     wait_for,
 )
+from tests.core.freezing_proxy import FreezingProxy, freezing_proxy
 
 pytestmark = pytest.mark.anyio
 
@@ -243,3 +246,49 @@ class TestShutdownDuringARegistration:
         assert "items" not in tables(database_url)
         assert not registry.has_app("shop")
         assert server_connections(database_url) == 0
+
+
+@pytest.fixture
+def frozen_later(database_url: str) -> Iterator[FreezingProxy]:
+    """A proxy in front of the lane's server, closed after 20 s at the latest (so that a
+    test of code that would hang on it fails instead of hanging)."""
+    with freezing_proxy(database_url) as proxy:
+        watchdog = threading.Timer(20, proxy.close)
+        watchdog.start()
+        yield proxy
+        watchdog.cancel()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql", "mariadb"], indirect=True)
+class TestAServerThatStopsAnswering:
+    async def test_a_health_check_reports_unhealthy_in_time(
+        self, registry: AppRegistry, database_url: str, frozen_later: FreezingProxy
+    ) -> None:
+        """A frozen server makes the check unhealthy after the connect timeout, not hang."""
+        url = frozen_later.url(database_url)
+        await registry.register_app(
+            "shop", {"database": {"url": url, "connect_args": {"connect_timeout": 1}}}
+        )
+        assert (await registry.check_health("shop"))["status"] == "healthy"
+        frozen_later.freeze()
+        started = time.monotonic()
+        health = await registry.check_health("shop")
+        assert time.monotonic() - started < 5
+        assert health["status"] == "unhealthy"
+        assert "did not answer within 1 s" in health["error"]
+
+    async def test_unregister_with_a_timeout_returns_in_time(
+        self,
+        registry: AppRegistry,
+        database_url: str,
+        migrations: Scripts,
+        frozen_later: FreezingProxy,
+    ) -> None:
+        """``unregister_app(timeout=...)`` raises TimeoutError on time; the app stays."""
+        await registry.register_app("shop", app_config(frozen_later.url(database_url), migrations))
+        frozen_later.freeze()
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await registry.unregister_app("shop", timeout=1)
+        assert time.monotonic() - started < 5
+        assert registry.has_app("shop")
