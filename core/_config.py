@@ -13,16 +13,12 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
-from rapid_objection.bus._constants import (
-    CLAIM_IDLE,
-    DEFAULT_ACK_TIMEOUT,
-    DEFAULT_HOOK_TIMEOUT,
-    DEFAULT_MAX_DELIVERIES,
-)
+from rapid_objection.bus._constants import DEFAULT_ACK_TIMEOUT
+from rapid_objection.plugin_workers._settings import WorkerSettings
 
 from ._errors import ConfigError
 
@@ -115,19 +111,19 @@ class PluginManagerSection(_Section):
     batch_size: int = 3
 
 
-class PluginConfig(_Section):
+class PluginConfig(WorkerSettings, kw_only=True, forbid_unknown_fields=True):
+    """``[plugins.<name>]``: the registry's policy for a plugin, and its worker settings
+    (``timeout``, ``max_deliveries``, ``claim_idle``, ``concurrency``: the fields of
+    ``WorkerSettings``, which its workers get as they are)."""
+
     enabled: bool = True
     module: str | None = None
     """``package.module:Class`` or an entry-point name of ``rapid_objection.plugins``."""
-    config: dict[str, Any] = {}
+    config: dict[str, Any] = msgspec.field(default_factory=dict)
     required: bool = False
     on_failure: Literal["continue", "abort"] = "continue"
-    timeout: float = DEFAULT_HOOK_TIMEOUT
-    max_deliveries: int = DEFAULT_MAX_DELIVERIES
-    claim_idle: float = CLAIM_IDLE
-    """Seconds before a live worker takes over events held by a dead one."""
     mode: Literal["inline", "process", "external"] = "inline"
-    workers: int = 1
+    workers: Annotated[int, msgspec.Meta(ge=1)] = 1
 
 
 class RegistryConfig(_Section):

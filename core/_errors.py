@@ -22,6 +22,7 @@ class ConfigError(RegistryError, ValueError):
     def __init__(self, message: str, *, path: str = "", file: str | None = None) -> None:
         self.path = path
         self.file = file
+        self.reason = message
         where = f" in {file}" if file else ""
         at = f" at {path}" if path else ""
         super().__init__(f"invalid configuration{where}{at}: {message}")

@@ -13,7 +13,6 @@ fails is reported in ``initialize()``'s result while the others load. Three run 
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import sqlalchemy as sa
 
 from rapid_objection.bus import Bus, collect_status
 from rapid_objection.plugin_workers import PluginLoadError, Worker, build_plugin, load_plugin_class
+from rapid_objection.plugin_workers._settings import WorkerTable
 
 from ._config import PluginConfig, RegistryConfig
 from ._errors import RegistryError
@@ -93,9 +93,6 @@ async def _import(module: str) -> type[Any]:
             module, f"Failed to import plugin module '{module.partition(':')[0]}': {exc!r}"
         ) from None
 
-
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,10 +230,8 @@ class PluginManager:
             await self._fail(
                 name, f"Timeout ({int(limit * 1000)}ms): load configured plugin '{name}'", "timeout"
             )
-        except PluginFailed as exc:
+        except PluginLoadError as exc:  # PluginFailed too
             await self._fail(name, str(exc), exc.phase)
-        except PluginLoadError as exc:
-            await self._fail(name, str(exc), "import")
         except anyio.get_cancelled_exc_class():
             raise
         except BaseException as exc:  # a module's sys.exit() is a failed plugin too
@@ -305,26 +300,17 @@ class PluginManager:
 
     async def _start_inline(self, name: str, instance: Any, config: PluginConfig) -> LoadedPlugin:
         validate_interface(type(instance))
-        validate = getattr(instance, "validate_configuration", None)
-        if callable(validate):
-            try:
-                await _maybe_await(validate(dict(config.config)))
-            except Exception as exc:
-                raise PluginFailed(
-                    name, f"Plugin '{name}' configuration is invalid: {exc}", "validate"
-                ) from exc
+        # The worker validates the configuration and initializes the plugin as it starts.
         bus = self._require_host().bus
         worker = Worker(
             instance,
             bus,
             consumer=f"{self.registry_id}-{name}",
+            settings=config,
             config=dict(config.config),
-            timeout=config.timeout,
             # This registry's policy makes it required here; the manifest must not
             # impose that on the other registries of the bus.
             required=False,
-            max_deliveries=config.max_deliveries,
-            claim_idle=config.claim_idle,
             registry_id=self.registry_id,
             live_engines=self._live_engines,
             name=name,
@@ -365,13 +351,7 @@ class PluginManager:
             workers=config.workers,
             bus_url=self.config.bus.url,
             namespace=bus.namespace,
-            table={
-                "name": name,
-                "config": config.config,
-                "timeout": config.timeout,
-                "max_deliveries": config.max_deliveries,
-                "claim_idle": config.claim_idle,
-            },
+            table=WorkerTable.of(name, config.config, config),
             consumer_prefix=self.registry_id,
             shutdown_timeout=self.settings.shutdown_timeout,
         )

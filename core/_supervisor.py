@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import subprocess
 import sys
-from typing import Any
 
 import anyio
 from anyio.abc import Process, TaskStatus
+
+from rapid_objection.plugin_workers._settings import WorkerTable
 
 log = logging.getLogger("rapid_objection.supervisor")
 
@@ -37,7 +37,7 @@ class Supervisor:
         workers: int,
         bus_url: str,
         namespace: str,
-        table: dict[str, Any],
+        table: WorkerTable,
         consumer_prefix: str,
         shutdown_timeout: float,
     ) -> None:
@@ -113,7 +113,7 @@ class Supervisor:
             self.consumer_name(slot),
         ]
         # The plugin's table (its config may hold secrets) goes by environment, not argv.
-        env = {**os.environ, "RAPID_OBJECTION_PLUGIN_TABLE": json.dumps(self.table)}
+        env = {**os.environ, "RAPID_OBJECTION_PLUGIN_TABLE": self.table.encode()}
         # A session of its own: a Ctrl-C at the registry's terminal is for the registry,
         # which then stops its workers itself (SIGTERM, drained), not a crash to restart.
         return await anyio.open_process(

@@ -11,6 +11,7 @@ from ._errors import EngineUnavailable, PluginError, PluginLoadError, RemoteErro
 from ._interface import PluginInterface, implemented_hooks
 from ._loader import ENTRY_POINT_GROUP, build_plugin, load_plugin_class
 from ._once import run_once
+from ._settings import WorkerSettings
 from ._view import RegistryView
 from ._worker import Worker, default_consumer_name
 
@@ -27,6 +28,7 @@ __all__ = [
     "RemoteError",
     "RetryLater",
     "Worker",
+    "WorkerSettings",
     "build_plugin",
     "credentials_variable",
     "current_delivery",

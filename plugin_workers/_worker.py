@@ -14,13 +14,13 @@ import anyio
 from anyio.abc import TaskStatus
 
 from rapid_objection.bus import Bus, BusUnavailable, GroupMissing, LoadError, Manifest, WorkerInfo
-from rapid_objection.bus._constants import CLAIM_IDLE, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_DELIVERIES
 from rapid_objection.bus._consumer import Consumer
 from rapid_objection.bus._retry import RetryPolicy
 
 from ._connection import Engines, LiveEngines
 from ._dispatch import Dispatcher
 from ._errors import PluginLoadError
+from ._settings import WorkerSettings
 from ._view import RegistryView
 
 log = logging.getLogger("rapid_objection.worker")
@@ -50,14 +50,11 @@ class Worker:
         plugin: object,
         bus: Bus,
         *,
+        settings: WorkerSettings | None = None,
         consumer: str | None = None,
-        concurrency: int = 1,
         config: dict[str, Any] | None = None,
-        timeout: float = DEFAULT_HOOK_TIMEOUT,
         required: bool = False,
-        max_deliveries: int = DEFAULT_MAX_DELIVERIES,
         registry_id: str = "",
-        claim_idle: float = CLAIM_IDLE,
         live_engines: LiveEngines | None = None,
         name: str | None = None,
     ) -> None:
@@ -71,7 +68,7 @@ class Worker:
             raise ValueError(f"consumer name {self.consumer_name!r} must be non-empty without '|'")
         self.config = dict(config or {})
         self.required = required
-        self.max_deliveries = max_deliveries
+        self.settings = settings = (settings or WorkerSettings()).worker_settings()
         self.shutdown_timeout = SHUTDOWN_TIMEOUT
         """Seconds for the plugin's shutdown() once consuming ended; a registry that runs
         the worker inline sets what is left of its own shutdown deadline."""
@@ -83,21 +80,20 @@ class Worker:
             plugin,
             self.name,
             self.consumer_name,
-            timeout=timeout,
+            timeout=settings.timeout,
             custom_handlers=self.view.handlers,
             engines=self.engines,
-            threads=max(concurrency, 1),
+            threads=settings.concurrency,
         )
         self.consumer = Consumer(
             bus,
             self.name,
             self.consumer_name,
             self.dispatcher,
-            concurrency=concurrency,
-            retry=RetryPolicy(max_deliveries=max_deliveries),
-            claim_idle=claim_idle,
+            concurrency=settings.concurrency,
+            retry=RetryPolicy(max_deliveries=settings.max_deliveries),
+            claim_idle=settings.claim_idle,
         )
-        self._concurrency = concurrency
         self._started = time.time()
 
     @property
@@ -108,7 +104,7 @@ class Worker:
             hooks=tuple(sorted(self.dispatcher.hooks)),
             required=self.required,
             timeout=self.dispatcher.timeout,
-            max_deliveries=self.max_deliveries,
+            max_deliveries=self.settings.max_deliveries,
             updated=time.time(),
         )
 
@@ -147,10 +143,12 @@ class Worker:
                 await self._leave()
 
     async def _start_plugin(self) -> None:
-        """validate_configuration (when the plugin has it), then initialize."""
+        """validate_configuration (when the plugin has it), then initialize; the only
+        place either runs, for inline plugins and worker processes alike."""
+        # The seed's troubleshooting texts (docs/writing-plugins.md).
         for method, phase, failure in (
-            ("validate_configuration", "validate", "configuration is invalid"),
-            ("initialize", "initialize", "failed to initialize"),
+            ("validate_configuration", "validate", "configuration is invalid: {}"),
+            ("initialize", "initialize", "failed to initialize: {type}: {}"),
         ):
             function = getattr(self.plugin, method, None)
             if function is None:
@@ -165,7 +163,7 @@ class Worker:
             except Exception as exc:
                 raise PluginLoadError(
                     self.name,
-                    f"Plugin '{self.name}' {failure}: {type(exc).__name__}: {exc}",
+                    f"Plugin '{self.name}' " + failure.format(exc, type=type(exc).__name__),
                     phase=phase,
                 ) from exc
 
@@ -223,7 +221,7 @@ class Worker:
                 pid=os.getpid(),
                 started=self._started,
                 seen=time.time(),
-                concurrency=self._concurrency,
+                concurrency=self.settings.concurrency,
                 in_flight=self.consumer.in_flight,
                 handled=self.consumer.handled,
                 failed=self.consumer.failed,

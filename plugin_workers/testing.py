@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import msgspec
 
 from rapid_objection.bus import (
     SCHEMA_VERSIONS,
@@ -23,6 +24,7 @@ from rapid_objection.bus._contract import payload_type
 
 from ._connection import Engines
 from ._dispatch import Dispatcher
+from ._settings import WorkerSettings
 from ._worker import Worker
 
 
@@ -69,7 +71,14 @@ async def call_hook(
 
 @asynccontextmanager
 async def running_worker(plugin: object, bus: Bus, **options: Any) -> AsyncIterator[Worker]:
-    """Run ``plugin`` as a worker on ``bus`` inside the test; stopped and drained on exit."""
+    """Run ``plugin`` as a worker on ``bus`` inside the test; stopped and drained on exit.
+
+    ``options`` are ``Worker``'s keywords, and the ``WorkerSettings`` fields (``timeout=``,
+    ``concurrency=``, ...) besides."""
+    fields = set(WorkerSettings.__struct_fields__)
+    given = {key: options.pop(key) for key in list(options) if key in fields}
+    if given:
+        options["settings"] = msgspec.convert(given, WorkerSettings)
     worker = Worker(plugin, bus, **options)
     async with anyio.create_task_group() as group:
         await group.start(worker.run)

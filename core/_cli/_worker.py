@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -11,11 +10,16 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from ._args import DEFAULT_SERVER_URL, Parser, UsageError, add_bus_options
+
+if TYPE_CHECKING:
+    from rapid_objection.plugin_workers._settings import WorkerTable
+
+    from .._config import PluginConfig
 
 ENV_PLUGIN_TABLE = "RAPID_OBJECTION_PLUGIN_TABLE"
 
@@ -28,8 +32,10 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--config", type=Path, help="TOML file with the plugin's configuration")
     add_bus_options(parser, None)
     parser.add_argument("--consumer", help="a stable consumer name (default: host-pid-random)")
-    parser.add_argument("--concurrency", type=int, default=1, help="hooks run at once (apps)")
-    parser.add_argument("--timeout", type=float, help="hook timeout in seconds")
+    parser.add_argument(
+        "--concurrency", type=int, help="hooks run at once, for different apps (default 1)"
+    )
+    parser.add_argument("--timeout", type=float, help="hook timeout in seconds (default 5)")
     parser.add_argument("--required", action="store_true", help="announce the plugin required")
     parser.add_argument(
         "--max-deliveries", type=int, help="attempts per event before dead-lettering (default 5)"
@@ -42,19 +48,23 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--config-json",
         default=os.environ.get(ENV_PLUGIN_TABLE),
-        help="the plugin's table as JSON (config, timeout, required, max_deliveries); a "
-        f"supervising registry passes it in env {ENV_PLUGIN_TABLE}, out of sight of ps",
+        help="the plugin's table as JSON (name, config, required and the worker settings), "
+        f"instead of the file's; a supervising registry passes it in env {ENV_PLUGIN_TABLE}, "
+        "out of sight of ps",
     )
     parser.set_defaults(run=run)
 
 
-def read_config(path: Path, target: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def read_config(path: Path, target: str) -> tuple[PluginConfig, dict[str, Any]]:
     """(plugin table, bus table) from a worker's TOML file.
 
     A registry file (with ``[plugins.<name>]`` tables) is accepted: the table whose
-    ``module`` is ``target`` (or the only one) is used. Any other file is the plugin's
-    configuration itself.
+    ``module`` is ``target`` (or the only one) is used, checked as the registry checks
+    it. Any other file is the plugin's configuration itself.
     """
+    from .._config import PluginConfig, convert
+    from .._errors import ConfigError
+
     try:
         data = tomllib.loads(path.read_text())
     except OSError as exc:
@@ -64,33 +74,58 @@ def read_config(path: Path, target: str) -> tuple[dict[str, Any], dict[str, Any]
     bus = data.get("bus", {})
     plugins = data.get("plugins")
     if not isinstance(plugins, dict):
-        return {"config": data}, {}
-    tables = [table for table in plugins.values() if isinstance(table, dict)]
-    chosen = [table for table in tables if table.get("module") == target] or (
-        tables if len(tables) == 1 else []
+        return PluginConfig(config=data), {}
+    tables = {key: table for key, table in plugins.items() if isinstance(table, dict)}
+    chosen = [key for key, table in tables.items() if table.get("module") == target] or (
+        list(tables) if len(tables) == 1 else []
     )
     if not chosen:
         raise UsageError(f"config file {path} has no [plugins.*] table with module = {target!r}")
-    return chosen[0], bus if isinstance(bus, dict) else {}
+    try:
+        table = convert(tables[chosen[0]], PluginConfig, prefix=f"plugins.{chosen[0]}")
+    except ConfigError as exc:
+        raise UsageError(f"config file {path}: {exc}") from None
+    return table, bus if isinstance(bus, dict) else {}
 
 
-def _number(given: float | None, table: dict[str, Any], key: str, default: float) -> float:
-    """A flag's value, else the config table's, else the default; a bad type is one line."""
-    if given is not None:
-        return given
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise UsageError(f"config: {key!r} must be a number, not {value!r}")
-    return float(value)
+def worker_table(args: argparse.Namespace) -> tuple[WorkerTable, dict[str, Any]]:
+    """(what this worker runs with, the file's bus table): the file's plugin table, or the
+    one handed as JSON, with the command line's flags over its worker settings."""
+    import msgspec
+
+    from rapid_objection.plugin_workers._settings import WorkerTable
+
+    from .._config import PluginConfig, convert
+    from .._errors import ConfigError
+
+    table, bus_table = read_config(args.config, args.plugin) if args.config else (None, {})
+    if args.config_json:
+        try:
+            handed = WorkerTable.decode(args.config_json)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise UsageError(f"--config-json: {exc}") from None
+    else:
+        base = table or PluginConfig()
+        handed = WorkerTable.of(None, base.config, base)
+    flags = {
+        "timeout": args.timeout,
+        "max_deliveries": args.max_deliveries,
+        "claim_idle": args.claim_idle,
+        "concurrency": args.concurrency,
+    }
+    given = {key: value for key, value in flags.items() if value is not None}
+    try:
+        handed = convert({**msgspec.structs.asdict(handed), **given}, WorkerTable)
+    except ConfigError as exc:
+        # Only a flag can be out of bounds here: the file and the JSON were checked.
+        raise UsageError(f"--{exc.path.replace('_', '-')}: {exc.reason}") from None
+    if table is not None and table.required:
+        handed = msgspec.structs.replace(handed, required=True)
+    return handed, bus_table
 
 
 def run(args: argparse.Namespace) -> int:
     from rapid_objection.bus import Bus
-    from rapid_objection.bus._constants import (
-        CLAIM_IDLE,
-        DEFAULT_HOOK_TIMEOUT,
-        DEFAULT_MAX_DELIVERIES,
-    )
     from rapid_objection.plugin_workers import (
         PluginLoadError,
         Worker,
@@ -98,12 +133,7 @@ def run(args: argparse.Namespace) -> int:
         load_plugin_class,
     )
 
-    table, bus_table = read_config(args.config, args.plugin) if args.config else ({}, {})
-    if args.config_json:
-        try:
-            table = {**table, **json.loads(args.config_json)}
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"--config-json is not valid JSON: {exc}") from None
+    table, bus_table = worker_table(args)
     url = args.bus_url or bus_table.get("url") or DEFAULT_SERVER_URL
     if url.startswith("memory:"):
         raise UsageError(
@@ -112,10 +142,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.consumer is not None and ("|" in args.consumer or not args.consumer.strip()):
         raise UsageError(f"--consumer {args.consumer!r} must be non-empty without '|'")
-    if args.concurrency < 1:
-        raise UsageError(f"--concurrency must be at least 1, not {args.concurrency}")
     namespace = args.namespace or bus_table.get("namespace") or "default"
-    config = dict(table.get("config", {}))
+    config = dict(table.config)
     if "" not in sys.path and os.getcwd() not in sys.path:
         # Like `python -m`: a plugin module in the working directory is importable.
         sys.path.insert(0, os.getcwd())
@@ -124,21 +152,9 @@ def run(args: argparse.Namespace) -> int:
         plugin = build_plugin(plugin_class, config)
     except PluginLoadError as exc:
         # A supervising registry may be waiting for this worker: tell it why not.
-        name = str(table.get("name") or plugin_class.__name__)
+        name = table.name or plugin_class.__name__
         anyio.run(_report, url, namespace, name, args.consumer or name, exc)
         raise
-    timeout = _number(args.timeout, table, "timeout", DEFAULT_HOOK_TIMEOUT)
-    max_deliveries = int(
-        _number(args.max_deliveries, table, "max_deliveries", DEFAULT_MAX_DELIVERIES)
-    )
-    claim_idle = _number(args.claim_idle, table, "claim_idle", CLAIM_IDLE)
-    for flag, value, least in (
-        ("--timeout", timeout, 0.001),
-        ("--max-deliveries", max_deliveries, 1),
-        ("--claim-idle", claim_idle, 0.001),
-    ):
-        if value < least:
-            raise UsageError(f"{flag} must be at least {least:g}, not {value:g}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     async def main() -> None:
@@ -146,14 +162,11 @@ def run(args: argparse.Namespace) -> int:
             worker = Worker(
                 plugin,
                 bus,
+                settings=table,
                 consumer=args.consumer,
-                concurrency=args.concurrency,
                 config=config,
-                timeout=timeout,
-                required=args.required or bool(table.get("required", False)),
-                max_deliveries=max_deliveries,
-                claim_idle=claim_idle,
-                name=table.get("name"),
+                required=args.required or table.required,
+                name=table.name,
             )
             async with anyio.create_task_group() as group:
                 group.start_soon(_stop_on_signal, worker, group.cancel_scope)

@@ -27,7 +27,7 @@ from rapid_objection.bus import (
 from rapid_objection.bus._contract import decode_ack_entry
 from rapid_objection.bus._publisher import PluginPolicy
 from rapid_objection.bus._redis import forget_memory_server
-from rapid_objection.plugin_workers import PluginInterface, Worker
+from rapid_objection.plugin_workers import PluginInterface, Worker, WorkerSettings
 from rapid_objection.plugin_workers.testing import running_worker
 
 pytestmark = pytest.mark.anyio
@@ -405,7 +405,13 @@ class TestSharedBus:
     ) -> None:
         """Two registries publishing at once both get every ack of theirs, and only theirs."""
         echo_workers = [
-            Worker(Probe("echo"), bus, consumer=f"echo-{n}", required=True, concurrency=4)
+            Worker(
+                Probe("echo"),
+                bus,
+                consumer=f"echo-{n}",
+                required=True,
+                settings=WorkerSettings(concurrency=4),
+            )
             for n in range(workers)
         ]
         results: dict[str, list[tuple[int, WaitResult]]] = {"reg-a": [], "reg-b": []}

@@ -390,8 +390,9 @@ class TestValidation:
         (failed,) = result.failed_plugins
         expected = f"Plugin 'backup-plugin' configuration is invalid: {reason}"
         assert (failed.error, failed.phase) == (expected, "validate")
-        with pytest.raises(PluginFailed, match=reason):
+        with pytest.raises(PluginLoadError, match=reason) as caught:
             await registry.load_plugin(BackupPlugin, config)
+        assert caught.value.phase == "validate"
         assert not registry.plugins.has("backup-plugin")
 
 

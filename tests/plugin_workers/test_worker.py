@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from rapid_objection.bus import AppRegistered, Bus, ConnectionInfo, Custom, HealthCheck, Publisher
-from rapid_objection.plugin_workers import PluginInterface, RegistryView, Worker
+from rapid_objection.plugin_workers import PluginInterface, RegistryView, Worker, WorkerSettings
 from rapid_objection.plugin_workers.testing import running_worker
 
 pytestmark = pytest.mark.anyio
@@ -94,7 +94,12 @@ class TestManifest:
         ("options", "required", "timeout"),
         [
             pytest.param({}, False, 5.0, id="defaults"),
-            pytest.param({"required": True, "timeout": 1.5}, True, 1.5, id="required"),
+            pytest.param(
+                {"required": True, "settings": WorkerSettings(timeout=1.5)},
+                True,
+                1.5,
+                id="required",
+            ),
         ],
     )
     async def test_manifest_reflects_plugin_and_options(
