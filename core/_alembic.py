@@ -19,24 +19,29 @@ their own revisions; distinct app names always get distinct tables (``shop-v2``,
 the upgrade and reported as a failure. An app migrated by an older version, whose table
 then had the sanitised name alone, gets its table renamed on its next batch.
 
-* Applying upgrades to the heads as one batch under the app's migration lock (the one
-  plain migrations take) and records the revision it started from as a row
-  ``alembic:<revision>`` (``alembic:base`` from an empty database) in the migrations
-  tracking table. The upgrade and its row are one transaction where DDL is
-  transactional (PostgreSQL, SQLite). On MySQL/MariaDB, which commit DDL at once,
-  Alembic runs its own transaction per revision (so that the version table stays true)
-  and the row follows; a failed upgrade keeps the revisions that succeeded, and the row
-  is written so that an undo can return. A failure raises ``MigrationFailed``
-  naming the revision that failed.
-* Undoing downgrades to the revision recorded before the newest upgrade and deletes
-  its row, in one transaction where possible.
+* Applying upgrades to every head as one batch under the app's migration lock (the one
+  plain migrations take) and records, in the migrations tracking table, the heads it
+  started from as a row ``alembic:<heads>`` (``alembic:base`` from an empty database,
+  ``alembic:a+b`` from two heads) and each revision it applied as a row
+  ``alembic:+<revision>``. A batch is a set of revisions: with branches and merges,
+  every revision reachable from the new heads and not from the old ones. The upgrade
+  and its rows are one transaction where DDL is transactional (PostgreSQL, SQLite). On
+  MySQL/MariaDB, which commit DDL at once, Alembic runs its own transaction per
+  revision (so that the version table stays true) and the rows follow; a failed
+  upgrade keeps the revisions that succeeded, and they are tracked so that an undo can
+  return; the error says that the failed revision's statements may remain. A failure
+  raises ``MigrationFailed`` naming the revision that failed.
+* Undoing downgrades exactly the batch's revisions, on every branch, newest first
+  (Alembic's own steps through ``env.py``), checks that the heads are the ones the
+  batch started from, and only then deletes its rows, in one transaction where
+  possible. A database migrated by hand since (the revisions above the starting heads
+  are not the ones recorded) is refused with a failed result.
 
 Both run through the one routine of ``_runners``: ``Runner(AlembicMigrations(...))``.
 
 ``alembic.context`` and ``alembic.op`` are process-wide proxies, so Alembic runs in one
 thread of a process at a time (a lock here; waiting for it counts against
-``lock_timeout``). Limitation: a script directory with several heads is upgraded to all
-of them, but a rollback to several heads at once is refused.
+``lock_timeout``).
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ from typing import Any, Final
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
+from alembic.runtime.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationContext, MigrationStep
 from alembic.script import ScriptDirectory
 
 from ._config import MigrationsConfig
@@ -67,7 +73,9 @@ from ._tracking import Tracker
 log = logging.getLogger("rapid_objection.migrations")
 
 ROW_PREFIX: Final = "alembic:"
-"""Tracking rows of Alembic batches: ``alembic:<revision the upgrade started from>``."""
+"""Tracking rows of Alembic batches: ``alembic:<heads the upgrade started from>``."""
+APPLIED_PREFIX: Final = "alembic:+"
+"""And one row per revision the batch applied: ``alembic:+<revision>``."""
 BASE: Final = "base"
 
 _IDENTIFIER_MAX: Final = 63
@@ -194,7 +202,7 @@ class AlembicMigrations:
         progress = Progress()
         if set(before) == set(heads):
             return progress, before
-        revisions = _between(script, "heads", before)
+        revisions = _above(script, heads, before)
         progress.batch = self.tracker.next_batch(connection)
         row = ROW_PREFIX + _joined(before)
         config = self._alembic_config(connection)
@@ -203,7 +211,7 @@ class AlembicMigrations:
                 with batch.step():
                     command.upgrade(config, "heads")
                     self._check(connection, heads)
-                    self._track(connection, row, progress.batch)
+                    self._track(connection, row, revisions, progress.batch)
             else:
                 # DDL commits at once here: Alembic, outside our transaction, commits
                 # each revision with its version, so the version table stays true.
@@ -211,7 +219,7 @@ class AlembicMigrations:
                 command.upgrade(config, "heads")
                 with batch.step():
                     self._check(connection, heads)
-                    self._track(connection, row, progress.batch)
+                    self._track(connection, row, revisions, progress.batch)
         except Exception as exc:
             progress.failed = _failed_revision(exc, script) or _joined(heads)
             progress.error = exc
@@ -221,9 +229,9 @@ class AlembicMigrations:
                 connection.rollback()
                 reached = self._current(connection)
                 if set(reached) != set(before):
+                    progress.done = _above(script, reached, before)
                     with batch.step():
-                        self._track(connection, row, progress.batch)
-                    progress.done = _between(script, reached, before)
+                        self._track(connection, row, progress.done, progress.batch)
             return progress, before
         progress.done = revisions
         return progress, before
@@ -237,10 +245,12 @@ class AlembicMigrations:
                 "table handed in config.attributes"
             )
 
-    def _track(self, connection: sa.Connection, row: str, batch: int) -> None:
-        # A row of that name is left only if the app was downgraded by hand since.
-        self.tracker.forget(connection, row)
-        self.tracker.record(connection, row, batch)
+    def _track(self, connection: sa.Connection, row: str, revisions: list[str], batch: int) -> None:
+        """The heads the batch started from, and each revision it applied."""
+        for name in (row, *(APPLIED_PREFIX + revision for revision in revisions)):
+            # A row of that name is left only if the app was downgraded by hand since.
+            self.tracker.forget(connection, name)
+            self.tracker.record(connection, name, batch)
 
     def _upgrade_failure(
         self, progress: Progress, before: tuple[str, ...], transactional_ddl: bool
@@ -295,24 +305,35 @@ class AlembicMigrations:
         if last is None:
             return progress
         progress.batch, rows = last
-        row = rows[-1]
-        target = row.removeprefix(ROW_PREFIX)
+        starts = [row for row in rows if not row.startswith(APPLIED_PREFIX)]
+        recorded = {row.removeprefix(APPLIED_PREFIX) for row in rows if row not in starts}
+        target = starts[-1].removeprefix(ROW_PREFIX) if starts else BASE
+        wanted = _split(target)
         current = self._current(connection)
         progress.details = {"from": _joined(current), "to": target}
-        revisions = list(reversed(_between(script, current, _split(target))))
+        # Newest first: every branch above the heads the batch started from.
+        revisions = list(reversed(_above(script, current, wanted)))
         config = self._alembic_config(connection)
         try:
-            if "+" in target:
-                raise RuntimeError(f"cannot roll back to several heads at once ({target})")
+            if recorded and set(revisions) != recorded:
+                raise RuntimeError(
+                    f"batch {progress.batch} applied {', '.join(sorted(recorded))}, but "
+                    f"{_joined(current)} is above {target} by {', '.join(revisions) or 'nothing'}:"
+                    " the database was migrated by hand since"
+                )
             if batch.transactional_ddl:
                 with batch.step():
-                    command.downgrade(config, target)
-                    self.tracker.forget(connection, row)
+                    _run_downgrades(config, script, revisions, target)
+                    self._check_back(connection, wanted)
+                    for row in rows:
+                        self.tracker.forget(connection, row)
             else:
                 _settle(connection)  # as in _upgrade: Alembic commits revision by revision
-                command.downgrade(config, target)
+                _run_downgrades(config, script, revisions, target)
                 with batch.step():
-                    self.tracker.forget(connection, row)
+                    self._check_back(connection, wanted)
+                    for row in rows:
+                        self.tracker.forget(connection, row)
         except Exception as exc:
             progress.failed = _failed_revision(exc, script) or target
             progress.error = exc
@@ -320,11 +341,22 @@ class AlembicMigrations:
             if not batch.transactional_ddl:
                 connection.rollback()
                 reached = self._current(connection)
-                progress.done = list(reversed(_between(script, current, reached)))
-                progress.remaining = list(reversed(_between(script, reached, _split(target))))
+                progress.done = [
+                    name for name in revisions if name not in _above(script, reached, ())
+                ]
+                progress.remaining = list(reversed(_above(script, reached, wanted)))
             return progress
         progress.done = revisions
         return progress
+
+    def _check_back(self, connection: sa.Connection, wanted: tuple[str, ...]) -> None:
+        """After a downgrade the heads are the ones the batch started from, or it failed."""
+        reached = self._current(connection)
+        if set(reached) != set(wanted):
+            raise RuntimeError(
+                f"after the downgrade, {self.version_table} holds {_joined(reached)}, not "
+                f"{_joined(wanted)}"
+            )
 
     def status(self) -> dict[str, Any]:
         """``current`` and ``head`` revisions, ``applied`` and ``pending`` ones, ``batches``."""
@@ -337,8 +369,8 @@ class AlembicMigrations:
             "current": _joined(current) if current else None,
             "head": _joined(heads) if heads else None,
             "version_table": self.version_table,
-            "applied": _between(script, current, ()),
-            "pending": _between(script, heads, current),
+            "applied": _above(script, current, ()),
+            "pending": _above(script, heads, current),
             "batches": [
                 {"name": row.name, "batch": row.batch, "migrated_at": row.at.isoformat()}
                 for row in tracked
@@ -356,14 +388,40 @@ def _split(joined: str) -> tuple[str, ...]:
     return () if joined == BASE else tuple(joined.split("+"))
 
 
-def _between(
+def _above(
     script: ScriptDirectory, upper: str | tuple[str, ...], lower: tuple[str, ...]
 ) -> list[str]:
-    """Revisions above ``lower`` up to and including ``upper``, oldest first."""
+    """Revisions applied at heads ``upper`` but not at heads ``lower``, oldest first.
+
+    Sets of ancestors, so that branches and merges count whole: every branch below
+    ``upper`` that ``lower`` does not reach.
+    """
     if not upper:
         return []
-    found = script.iterate_revisions(upper, lower or BASE)
-    return [revision.revision for revision in reversed(list(found))]
+    reached = [revision.revision for revision in script.iterate_revisions(upper, BASE)]
+    below = (
+        {revision.revision for revision in script.iterate_revisions(lower, BASE)}
+        if lower
+        else set()
+    )
+    return [revision for revision in reversed(reached) if revision not in below]
+
+
+def _run_downgrades(
+    config: Config, script: ScriptDirectory, revisions: list[str], target: str
+) -> None:
+    """Downgrade exactly ``revisions`` (newest first) through the script directory's env.py."""
+
+    def steps(_heads: object, _context: object) -> list[MigrationStep]:
+        return [
+            MigrationStep.downgrade_from_script(script.revision_map, script.get_revision(name))
+            for name in revisions
+        ]
+
+    with EnvironmentContext(
+        config, script, fn=steps, as_sql=False, starting_rev=None, destination_rev=target
+    ):
+        script.run_env()
 
 
 def _failed_revision(exc: BaseException, script: ScriptDirectory) -> str | None:

@@ -77,12 +77,21 @@ def versions(engine: sa.Engine, table: str) -> list[str]:
         return list(found.scalars())
 
 
+BATCH_ONE = [
+    ("shop", "alembic:+rev1", 1),
+    ("shop", "alembic:+rev2", 1),
+    ("shop", "alembic:base", 1),
+]
+"""The rows of an upgrade from base over rev1 and rev2: one per revision, one of the start."""
+
+
 def tracked(engine: sa.Engine) -> list[tuple[str, str, int]]:
     with engine.connect() as connection:
-        rows = connection.execute(
-            sa.text("SELECT app, name, batch FROM ro_migrations ORDER BY app, batch")
-        ).all()
-    return [(app, name, batch) for app, name, batch in rows]
+        rows = connection.execute(sa.text("SELECT app, name, batch FROM ro_migrations")).all()
+    # Sorted here: server collations order '+' apart from letters differently.
+    return sorted(
+        ((app, name, batch) for app, name, batch in rows), key=lambda row: (row[0], row[2], row[1])
+    )
 
 
 class TestVersionTable:
@@ -194,13 +203,17 @@ class TestLatest:
     def test_records_the_revision_it_started_from(
         self, engine: sa.Engine, scripts: AlembicScripts
     ) -> None:
-        """Each upgrade is a batch whose tracking row names its starting revision."""
+        """Each upgrade is a batch: a row of its starting heads and one per revision applied."""
         migrations = make(engine, scripts)
         migrations.apply()
         scripts.revision(create_table("extra"), drop_table("extra"))
         result = migrations.apply()
         assert result.items == ("rev3",)
-        assert tracked(engine) == [("shop", "alembic:base", 1), ("shop", "alembic:rev2", 2)]
+        assert tracked(engine) == [
+            *BATCH_ONE,
+            ("shop", "alembic:+rev3", 2),
+            ("shop", "alembic:rev2", 2),
+        ]
 
     def test_is_idempotent(self, engine: sa.Engine, scripts: AlembicScripts) -> None:
         """At head, a second call changes and records nothing."""
@@ -210,7 +223,7 @@ class TestLatest:
         assert again.success
         assert again.items == ()
         assert again.details["batch"] is None
-        assert tracked(engine) == [("shop", "alembic:base", 1)]
+        assert tracked(engine) == BATCH_ONE
 
     def test_two_apps_on_one_database_keep_separate_versions(
         self, engine: sa.Engine, tmp_path: Path
@@ -272,7 +285,7 @@ class TestLatest:
             migrations.apply()
         assert raised.value.migration == "rev3"
         assert versions(engine, "alembic_version_shop") == ["rev2"]
-        assert tracked(engine) == [("shop", "alembic:base", 1)]
+        assert tracked(engine) == BATCH_ONE
         assert migrations.undo().items == ("rev2", "rev1")
         assert "items" not in tables(engine)
 
@@ -325,7 +338,81 @@ class TestRollback:
         assert result.details["failed"] == "rev3"
         assert versions(sql_engine, "alembic_version_shop") == ["rev3"]
         assert "extra" in tables(sql_engine)
-        assert tracked(sql_engine) == [("shop", "alembic:base", 1)]
+        assert tracked(sql_engine) == [*BATCH_ONE[:2], ("shop", "alembic:+rev3", 1), BATCH_ONE[2]]
+
+
+class TestBranchesAndMerges:
+    """Script directories with branches and merges: a batch is the set of revisions it ran."""
+
+    @pytest.fixture
+    def tree(self, tmp_path: Path) -> AlembicScripts:
+        """``r1``, then branch ``a`` (table ``ta``) on it."""
+        made = AlembicScripts.at(tmp_path / "tree", table="t1")
+        made.on("r1", None, "t1")
+        made.on("a", "r1", "ta")
+        return made
+
+    def test_an_upgrade_of_one_more_branch_is_undone_alone(
+        self, engine: sa.Engine, tree: AlembicScripts
+    ) -> None:
+        """From ``a``, branch ``b`` is applied, reported, recorded, and undone back to ``a``."""
+        make(engine, tree).apply()
+        tree.on("b", "r1", "tb")
+        migrations = make(engine, tree)
+        assert migrations.apply().items == ("b",)
+        assert tracked(engine)[-2:] == [("shop", "alembic:+b", 2), ("shop", "alembic:a", 2)]
+        result = migrations.undo()
+        assert result.success
+        assert result.items == ("b",)
+        assert versions(engine, "alembic_version_shop") == ["a"]
+        assert "tb" not in tables(engine)
+        assert "ta" in tables(engine)
+        assert [batch for _, _, batch in tracked(engine)] == [1, 1, 1]
+
+    def test_a_merge_is_undone_with_the_branch_it_brought(
+        self, engine: sa.Engine, tree: AlembicScripts
+    ) -> None:
+        """From ``a``, branch ``b`` and merge ``m`` are applied; undoing returns to ``a``."""
+        make(engine, tree).apply()
+        tree.on("b", "r1", "tb")
+        tree.on("m", ("a", "b"), None)
+        migrations = make(engine, tree)
+        assert migrations.apply().items == ("b", "m")
+        result = migrations.undo()
+        assert result.success
+        assert result.items == ("m", "b")
+        assert versions(engine, "alembic_version_shop") == ["a"]
+        assert "tb" not in tables(engine)
+
+    def test_an_upgrade_from_two_heads_returns_to_both(
+        self, engine: sa.Engine, tree: AlembicScripts
+    ) -> None:
+        """From heads ``a`` and ``b``, a merge is applied and undone back to both heads."""
+        tree.on("b", "r1", "tb")
+        make(engine, tree).apply()
+        tree.on("m", ("a", "b"), None)
+        migrations = make(engine, tree)
+        assert migrations.apply().items == ("m",)
+        result = migrations.undo()
+        assert result.success
+        assert result.details["to"] == "a+b"
+        assert sorted(versions(engine, "alembic_version_shop")) == ["a", "b"]
+        assert {"ta", "tb"} <= tables(engine)
+
+    def test_an_undo_never_reports_success_short_of_the_recorded_heads(
+        self, engine: sa.Engine, tree: AlembicScripts
+    ) -> None:
+        """A database migrated by hand since the batch is refused; the batch stays tracked."""
+        make(engine, tree).apply()
+        tree.on("b", "r1", "tb")
+        migrations = make(engine, tree)
+        migrations.apply()
+        with engine.begin() as connection:  # someone took branch b away by hand
+            connection.execute(sa.text("DELETE FROM alembic_version_shop WHERE version_num = 'b'"))
+        result = migrations.undo()
+        assert not result.success
+        assert "migrated by hand" in (result.error or "")
+        assert [batch for _, _, batch in tracked(engine)][-1] == 2
 
 
 class TestStatus:
@@ -343,4 +430,4 @@ class TestStatus:
         assert after["current"] == "rev2"
         assert after["applied"] == ["rev1", "rev2"]
         assert after["pending"] == []
-        assert [entry["name"] for entry in after["batches"]] == ["alembic:base"]
+        assert [entry["name"] for entry in after["batches"]] == [name for _, name, _ in BATCH_ONE]

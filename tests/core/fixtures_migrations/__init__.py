@@ -203,6 +203,20 @@ class AlembicScripts:
         self.revisions.append(revision)
         return revision
 
+    def on(self, revision: str, down: str | tuple[str, ...] | None, table: str | None) -> str:
+        """Revision ``revision`` after ``down`` (a tuple merges branches) that creates
+        ``table`` (None: a merge that runs nothing)."""
+        upgrade, downgrade = (create_table(table), drop_table(table)) if table else ("pass", "pass")
+        source = _REVISION.format(
+            revision=revision,
+            down=down,
+            upgrade=textwrap.indent(upgrade, "    "),
+            downgrade=textwrap.indent(downgrade, "    "),
+        )
+        (self.directory / "versions" / f"{revision}_step.py").write_text(source)
+        self.revisions.append(revision)
+        return revision
+
     def create_table(self) -> str:
         """A revision that creates the table."""
         return self.revision(create_table(self.table), drop_table(self.table))
