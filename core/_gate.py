@@ -7,7 +7,19 @@ from contextlib import asynccontextmanager
 
 import anyio
 
+from rapid_objection.plugin_workers import current_delivery
+
 from ._errors import RegistryError
+
+
+def _hook_of_this_registry(registry_id: str) -> str | None:
+    """The event type of the inline hook running in this task, when this registry
+    published it (the hook's own ack is what this registry would wait for)."""
+    try:
+        envelope = current_delivery().envelope
+    except LookupError:
+        return None
+    return envelope.type if envelope.registry == registry_id else None
 
 
 class Gate:
@@ -36,6 +48,14 @@ class Gate:
     async def admit(self, operation: str) -> AsyncIterator[None]:
         """Run the body as one operation; raises ``RegistryError`` when the registry is
         not open, or when shutdown cancelled the operation."""
+        hook = _hook_of_this_registry(self.registry_id)
+        if hook is not None:
+            # The registry awaits this hook's ack before it goes on: waiting here for an
+            # operation that publishes and awaits again would hang until the hook timeout.
+            raise RegistryError(
+                f"{operation} refused: called from inside a {hook} hook of registry "
+                f"{self.registry_id!r}, which waits for that hook to return"
+            )
         if self.closed:
             raise RegistryError(
                 f"registry {self.registry_id!r} is not running (not initialized, or "

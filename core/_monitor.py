@@ -23,11 +23,16 @@ AppRecords = Callable[[], Mapping[str, AppRecord]]
 """The apps registered now (a fresh mapping on each call)."""
 
 
-async def check_app(steps: Steps, name: str, record: AppRecord) -> dict[str, Any]:
+async def check_app(
+    steps: Steps, name: str, record: AppRecord, apps: AppRecords | None = None
+) -> dict[str, Any]:
     """Check one app now; its health (with every answering plugin's dict) is returned
-    and kept as the app's latest health."""
+    and kept as the app's latest health. With ``apps``, an app that left meanwhile (it
+    was unregistered during the check) gets no health_check event."""
     timeout = answer_timeout(record.config.database)
     health = await check_within(name, record.manager.engine, timeout)
+    if apps is not None and apps().get(name) is not record:
+        return health
     # Every plugin that implements the hook is awaited (not only required ones): the
     # point of the event is to collect what they return.
     result = await steps.step(
@@ -49,19 +54,44 @@ class HealthMonitor:
         self.apps = apps
         self.interval = interval
         self._stop = anyio.Event()
+        self._done = anyio.Event()
+        self._scope: anyio.CancelScope | None = None
+        self._started = False
 
     def stop(self) -> None:
         self._stop.set()
 
+    async def close(self) -> None:
+        """Stop, cancel a check under way, and return once the monitor has ended: no
+        health_check follows what shutdown publishes next."""
+        self._stop.set()
+        if self._scope is not None:
+            self._scope.cancel()
+        if self._started:
+            await self._done.wait()
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._started = True
         task_status.started()
+        try:
+            with anyio.CancelScope() as self._scope:
+                await self._loop()
+        finally:
+            self._done.set()
+
+    async def _loop(self) -> None:
         while not self._stop.is_set():
             with anyio.move_on_after(self.interval):
                 await self._stop.wait()
             if self._stop.is_set():
                 return
-            for name, record in self.apps().items():
+            # Looked up again before each app: one unregistered during this round is
+            # not checked (its last event was app_unregistered).
+            for name in list(self.apps()):
+                record = self.apps().get(name)
+                if record is None or self._stop.is_set():
+                    continue
                 try:
-                    await check_app(self.steps, name, record)
+                    await check_app(self.steps, name, record, self.apps)
                 except BusError as exc:
                     log.warning("health check of %s not published: %s", name, exc)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ import anyio
 import sqlalchemy as sa
 
 from rapid_objection.bus import Bus, collect_status
+from rapid_objection.bus._directory import is_alive
 from rapid_objection.plugin_workers import PluginLoadError, Worker, build_plugin, load_plugin_class
 from rapid_objection.plugin_workers._settings import WorkerTable
 
@@ -124,6 +126,7 @@ class PluginManager:
         self._host: PluginHost | None = None
         self._plugins: dict[str, LoadedPlugin] = {}
         self._stalled: set[str] = set()
+        self._loading: set[str] = set()
         self.failed: dict[str, FailedPlugin] = {}
 
     def attach(self, host: PluginHost | None) -> None:
@@ -218,7 +221,7 @@ class PluginManager:
         try:
             await self._load_with_timeout(name, config, limit)
         finally:
-            if name not in self._plugins:
+            if name not in self._plugins and name not in self._loading:
                 # A plugin that did not load must not be awaited on every hook.
                 self._drop_policy(name)
 
@@ -247,24 +250,23 @@ class PluginManager:
 
     async def load(self, name: str, config: PluginConfig) -> LoadedPlugin:
         """Load one plugin in its mode; raises PluginFailed / PluginLoadError."""
-        if name in self._plugins:
-            raise PluginFailed(name, f"Plugin '{name}' is already loaded", "load")
         if not config.module:
             raise PluginFailed(
                 name, f"Plugin '{name}' missing required 'module' property", "config"
             )
-        self._require_host().steps.set_policy(name, config)
-        if config.mode == "inline":
-            plugin_class = await _import(config.module)
-            instance = build_plugin(plugin_class, dict(config.config))
-            loaded = await self._start_inline(name, instance, config)
-        elif config.mode == "process":
-            loaded = await self._start_processes(name, config)
-        else:
-            loaded = LoadedPlugin(name, "external", config)
-            await self._await_manifest(name, self.settings.load_timeout, config.module)
-        self.failed.pop(name, None)
-        self._plugins[name] = loaded
+        with self._reserve(name):
+            await self._await_policy(name, config)
+            if config.mode == "inline":
+                plugin_class = await _import(config.module)
+                instance = build_plugin(plugin_class, dict(config.config))
+                loaded = await self._start_inline(name, instance, config)
+            elif config.mode == "process":
+                loaded = await self._start_processes(name, config)
+            else:
+                loaded = LoadedPlugin(name, "external", config)
+                await self._await_manifest(name, self.settings.load_timeout, config.module)
+            self.failed.pop(name, None)
+            self._plugins[name] = loaded
         await self._require_host().steps.refresh()  # its manifest now decides what it awaits
         await self._listeners.emit(
             "plugin-loaded",
@@ -275,28 +277,46 @@ class PluginManager:
     async def load_instance(self, instance: Any, config: PluginConfig) -> LoadedPlugin:
         """Run an already-built plugin object inline (``AppRegistry.load_plugin``)."""
         name = getattr(instance, "name", None) or type(instance).__name__
-        if name in self._plugins:
-            raise PluginFailed(name, f"Plugin '{name}' is already loaded", "load")
-        self._require_host().steps.set_policy(name, config)
         limit = self.settings.load_timeout
-        try:
-            with anyio.fail_after(limit):
-                loaded = await self._start_inline(name, instance, config)
-        except TimeoutError:
-            self._drop_policy(name)
-            raise PluginFailed(
-                name, f"Timeout ({int(limit * 1000)}ms): load plugin '{name}'", "timeout"
-            ) from None
-        except BaseException:
-            self._drop_policy(name)  # not awaited on every hook after all
-            raise
-        self._plugins[name] = loaded
+        with self._reserve(name):
+            try:
+                with anyio.fail_after(limit):
+                    await self._await_policy(name, config)
+                    loaded = await self._start_inline(name, instance, config)
+            except TimeoutError:
+                self._drop_policy(name)
+                raise PluginFailed(
+                    name, f"Timeout ({int(limit * 1000)}ms): load plugin '{name}'", "timeout"
+                ) from None
+            except BaseException:
+                self._drop_policy(name)  # not awaited on every hook after all
+                raise
+            self._plugins[name] = loaded
         await self._require_host().steps.refresh()
         await self._listeners.emit(
             "plugin-loaded",
             {"name": name, "plugin": name, "mode": "inline", "version": loaded.version},
         )
         return loaded
+
+    @contextmanager
+    def _reserve(self, name: str) -> Iterator[None]:
+        """Hold ``name`` while it loads: a second load of it at once is refused, instead
+        of both succeeding and the first instance running on, orphaned."""
+        if name in self._plugins or name in self._loading:
+            raise PluginFailed(name, f"Plugin '{name}' is already loaded", "load")
+        self._loading.add(name)
+        try:
+            yield
+        finally:
+            self._loading.discard(name)
+
+    async def _await_policy(self, name: str, config: PluginConfig) -> None:
+        """Await ``name`` from now on, its consumer group first: an event published
+        while it loads then waits in the group for its first worker."""
+        host = self._require_host()
+        await host.bus.ensure_group(name)
+        host.steps.set_policy(name, config)
 
     async def _start_inline(self, name: str, instance: Any, config: PluginConfig) -> LoadedPlugin:
         validate_interface(type(instance))
@@ -381,7 +401,8 @@ class PluginManager:
         since = time.time()
         with anyio.move_on_after(limit if limit is not None else float("inf")) as scope:
             while True:
-                if await bus.directory.workers(name):
+                # Only a live worker: a dead one's record stays until it is cleaned up.
+                if any(is_alive(w.seen) for w in await bus.directory.workers(name)):
                     break
                 error = await bus.directory.load_error(name)
                 if error is not None and error.time >= since:
@@ -403,6 +424,8 @@ class PluginManager:
         loaded = self._plugins.pop(name, None)
         if loaded is None:
             return False
+        # No step waits for a plugin that is leaving, even while it drains.
+        self._drop_policy(name)
         limit = timeout if timeout is not None else self.settings.shutdown_timeout
         with anyio.move_on_after(limit, shield=True) as scope:
             if loaded.worker is not None:
@@ -414,7 +437,6 @@ class PluginManager:
                 await loaded.stopped.wait()
         if scope.cancelled_caught:
             self._stalled.add(name)
-        self._drop_policy(name)
         await self._listeners.emit(
             "plugin-unloaded", {"name": name, "plugin": name, "mode": loaded.mode}
         )

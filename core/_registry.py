@@ -171,7 +171,7 @@ class AppRegistry:
         plugins = self.plugins.names()
         with anyio.move_on_after(limit) as scope:
             if self._monitor is not None:
-                self._monitor.stop()
+                await self._monitor.close()
             # Operations in flight are cancelled and roll back before any engine closes.
             await self._gate.close()
             apps = list(self._apps)

@@ -402,3 +402,73 @@ class TestLoadingCatchesEverything:
         assert failed.error == f"Failed to import plugin module '{module}': SystemExit(3)"
         assert registry.initialized
         assert (await registry.shutdown()).success
+
+
+class HealthRecorder(PluginInterface):
+    """Records health checks and app_unregistered per app; a check of "a" takes 0.3 s."""
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        super().__init__("health-recorder", "1.0.0")
+        self.seen: list[tuple[str, str]] = []
+        self.checking_a = anyio.Event()
+
+    async def on_health_check(self, app_name: str, health_status: dict[str, Any]) -> None:
+        self.seen.append(("health_check", app_name))
+        if app_name == "a":
+            self.checking_a.set()
+            await anyio.sleep(0.3)
+
+    async def on_app_unregistered(self, app_name: str, options: Any) -> None:
+        self.seen.append(("app_unregistered", app_name))
+
+    async def on_connection_shutdown(self, app_name: str, connection: Any, options: Any) -> None:
+        self.seen.append(("connection_shutdown", app_name))
+
+
+class TestHealthMonitorFollowsTheApps:
+    async def test_no_health_check_after_an_apps_last_event(
+        self, make_registry: MakeRegistry, tmp_path: Path
+    ) -> None:
+        """An app unregistered while the monitor checks another one is not checked in
+        that round; after shutdown's connection_shutdown no app gets a health check."""
+        registry = make_registry(
+            registry={"enable_health_monitoring": True, "health_check_interval": 0.1}
+        )
+        await registry.initialize()
+        plugin: HealthRecorder = await registry.load_plugin(HealthRecorder, timeout=3)
+        await registry.refresh_plugins()
+        published: list[tuple[str, str]] = []
+        registry.on("step-started", lambda step: published.append((step["event"], step["app"])))
+        await registry.register_app("a", app(tmp_path, "a"))
+        await registry.register_app("b", app(tmp_path, "b"))
+        with anyio.fail_after(5):
+            await plugin.checking_a.wait()
+        await registry.unregister_app("b")
+        await anyio.sleep(0.5)
+        await registry.shutdown()
+        after_b = published[published.index(("app_unregistered", "b")) :]
+        assert ("health_check", "b") not in after_b
+        closed = published.index(("connection_shutdown", "a"))
+        assert ("health_check", "a") not in published[closed:]
+        assert ("health_check", "a") in published[:closed]
+
+
+class TestListenersAreTimeLimited:
+    async def test_a_stuck_listener_does_not_hang_shutdown(
+        self, make_registry: MakeRegistry
+    ) -> None:
+        """A plugin-unloaded listener that never returns does not keep shutdown(timeout=1)
+        from returning."""
+        registry = make_registry()
+        await registry.initialize()
+        await registry.load_plugin(SlowStart, {"sleep": 0})
+
+        async def stuck(payload: dict[str, Any]) -> None:
+            await anyio.sleep_forever()
+
+        registry.on("plugin-unloaded", stuck)
+        started = time.monotonic()
+        with anyio.fail_after(10):
+            await registry.shutdown(timeout=1)
+        assert time.monotonic() - started < 2.0
+        assert not registry.initialized
