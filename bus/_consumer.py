@@ -23,13 +23,13 @@ from ._constants import CLAIM_IDLE, EVENT_FIELD, READ_BATCH, READ_BLOCK_MS
 from ._contract import Ack, DeadLetter, decode_envelope
 from ._delivery import Delivery, Done, Handler, ListSink, Sink
 from ._errors import BusUnavailable, GroupMissing
-from ._flush import Flusher, pause
+from ._flush import Flusher
 from ._heads import EnvelopeHead, decode_head
 from ._ids import sorted_ids
 from ._lanes import InlineLanes, Lanes, TaskLanes
 from ._redact import mask_url
 from ._redis import Entry
-from ._retry import Deferred, RetryPolicy
+from ._retry import Deferred, Outage, RetryPolicy
 
 __all__ = ["Consumer", "Delivery", "Handler"]
 
@@ -188,7 +188,7 @@ class Consumer:
 
     async def _read_loop(self, lanes: Lanes, send: Sink) -> None:
         redis, key = self.bus.redis, self.bus.keys.events
-        delay = 0.05
+        outage = Outage()
         while not self._stopping:
             while self._held >= self._capacity and not self._stopping:
                 # Backpressure: slow hooks stop the reading, not the memory.
@@ -206,13 +206,13 @@ class Consumer:
                         key, self.plugin, self.consumer, count=wanted, block_ms=self._block_ms
                     )
                 self._read_scope = None
-                delay = 0.05
+                outage.over()
             except GroupMissing:
                 entries = []
                 await self.bus.ensure_group(self.plugin)
             except BusUnavailable:
                 entries = []
-                delay = await pause(delay)
+                await outage.pause()
             self._held += len(entries)
             for entry_id, fields in entries:
                 self._accept(entry_id, fields, 1, lanes, send)

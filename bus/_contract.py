@@ -224,6 +224,20 @@ def new_event_id(now: float | None = None) -> str:
     return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
 
 
+def event_id_time(event_id: str) -> float | None:
+    """The Unix time ``new_event_id`` made ``event_id`` at, to the millisecond; None if it
+    is not such an id."""
+    if len(event_id) != 26:
+        return None
+    millis = 0
+    for char in event_id[:10]:  # the first 10 characters are the 48 bits of milliseconds
+        digit = _CROCKFORD.find(char.upper())
+        if digit < 0:
+            return None
+        millis = millis * 32 + digit
+    return millis / 1000
+
+
 # --- acks, failures and the directory --------------------------------------------------
 
 

@@ -7,7 +7,6 @@ XACK or the other way round.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Awaitable, Callable
 
@@ -30,6 +29,7 @@ from ._failures import add_failure
 from ._heads import EnvelopeHead
 from ._ids import sorted_ids
 from ._redis import Batch
+from ._retry import Outage
 
 FLUSH_GATHER = 0.001
 """Seconds a flush waits for the other hooks of a read batch that are still running."""
@@ -42,16 +42,6 @@ STOP_FLUSH_PATIENCE = 10.0
 
 UNSETTLED_SCAN = 100_000
 """Pending rows a retried flush reads to find which of its entries are still pending."""
-
-RECONNECT_DELAY_CAP = 5.0
-"""Seconds; the longest pause between attempts while Redis is away."""
-
-
-async def pause(delay: float) -> float:
-    """Sleep with full jitter; return the next, doubled and capped, delay."""
-    await anyio.sleep(random.uniform(0, delay))
-    return min(delay * 2, RECONNECT_DELAY_CAP)
-
 
 class Flusher:
     """Writes what one consumer finished, and tells it which entries are settled."""
@@ -112,7 +102,7 @@ class Flusher:
         """
         self._count(done)
         batch = self._batch(done)
-        delay = 0.05
+        outage = Outage()
         given_up_at = None
         uncertain = False
         while True:
@@ -130,7 +120,7 @@ class Flusher:
                     given_up_at = given_up_at or time.monotonic() + STOP_FLUSH_PATIENCE
                     if time.monotonic() >= given_up_at:
                         break
-                delay = await pause(delay)
+                await outage.pause()
         self._settled(done)
 
     async def _unsettled(self, done: list[Done]) -> list[Done]:

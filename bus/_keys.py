@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 from dataclasses import dataclass
 
 from ._constants import KEY_PREFIX
+
+
+def unique_name() -> str:
+    """Host, pid and a random suffix: unique per call, and readable in ``status``; the
+    default registry id and the default consumer name of a worker."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
 @dataclass(frozen=True, slots=True)

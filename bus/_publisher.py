@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import socket
 import time
 from collections import deque
@@ -53,9 +52,11 @@ from ._contract import (
 from ._directory import is_alive
 from ._errors import BusUnavailable, GroupMissing, RegistryIdTaken
 from ._ids import id_key
+from ._keys import unique_name
 from ._redact import redact_struct
 from ._redis import PendingEntry
 from ._retention import Retention, trim_events
+from ._retry import Outage
 from ._waits import Outcome, WaitResult
 
 log = logging.getLogger("rapid_objection.bus")
@@ -76,11 +77,6 @@ class PluginPolicy:
     """None: as the plugin's manifest says; True: awaited even before any worker ran."""
     timeout: float | None = None
     """The plugin's hook timeout, which is also its ack deadline (plus ``ACK_GRACE``)."""
-
-
-def default_registry_id() -> str:
-    """Host, pid and a random suffix: several registries in one process stay apart."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
 @dataclass
@@ -115,7 +111,7 @@ class Publisher:
         ephemeral: bool | None = None,
     ) -> None:
         self.bus = bus
-        self.registry_id = registry_id or default_registry_id()
+        self.registry_id = registry_id or unique_name()
         self._ephemeral = registry_id is None if ephemeral is None else ephemeral
         self.policies = dict(policies or {})
         self.ack_timeout = ack_timeout
@@ -403,17 +399,16 @@ class Publisher:
             self._ack_position = newest[0][0] if newest else "0-0"
         self._saved_position = self._ack_position
         task_status.started()
-        delay = 0.05
+        outage = Outage()
         while True:
             try:
                 entries = await redis.xread(
                     self._ack_key, self._ack_position, count=READ_BATCH, block_ms=READ_BLOCK_MS
                 )
-                delay = 0.05
+                outage.over()
             except BusUnavailable as exc:
                 log.warning("ack reader of registry %s: %s", self.registry_id, exc)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await outage.pause()
                 continue
             for entry_id, fields in entries:
                 self._ack_position = entry_id

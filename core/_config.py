@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
-from rapid_objection.bus._constants import DEFAULT_ACK_TIMEOUT
+from rapid_objection.bus._constants import DEFAULT_ACK_TIMEOUT, DEFAULT_NAMESPACE
 from rapid_objection.plugin_workers._settings import WorkerSettings
 
 from ._errors import ConfigError
@@ -98,7 +98,7 @@ class RegistrySection(_Section):
 
 class BusSection(_Section):
     url: str = "memory://"
-    namespace: str = "default"
+    namespace: str = DEFAULT_NAMESPACE
     ack_timeout: float = DEFAULT_ACK_TIMEOUT
     retention_max_age: float | None = None
     retention_max_len: int | None = None

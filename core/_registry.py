@@ -15,7 +15,7 @@ import anyio
 
 from rapid_objection.bus import Bus, Publisher, Retention, mask_url
 from rapid_objection.bus._directory import is_alive
-from rapid_objection.bus._publisher import default_registry_id
+from rapid_objection.bus._keys import unique_name
 
 from ._config import (
     AppConfig,
@@ -52,7 +52,7 @@ class AppRegistry:
         self, config: RegistryConfig | Mapping[str, Any] | str | Path | None = None
     ) -> None:
         self.config = load_registry_config(config)
-        self.id = self.config.registry.id or default_registry_id()
+        self.id = self.config.registry.id or unique_name()
         self.engines = Engines()
         self._listeners = Listeners()
         self.plugins = PluginManager(self.config, self.id, self._listeners, self.engines.engine)

@@ -11,12 +11,10 @@ import sys
 import anyio
 from anyio.abc import Process, TaskStatus
 
-from rapid_objection.plugin_workers._settings import WorkerTable
+from rapid_objection.bus._retry import RESTART, Outage
+from rapid_objection.plugin_workers._settings import ENV_WORKER_TABLE, WorkerTable
 
 log = logging.getLogger("rapid_objection.supervisor")
-
-RESTART_DELAY_CAP = 30.0
-"""Seconds; the longest pause before restarting a worker that keeps crashing."""
 
 STABLE_AFTER = 30.0
 """Seconds a worker must run before a crash no longer counts towards the backoff."""
@@ -67,7 +65,7 @@ class Supervisor:
             task_status.started()
 
     async def _keep(self, slot: int) -> None:
-        delay = 0.5
+        crashes = Outage(RESTART)
         while not self._stopping:
             started = anyio.current_time()
             process = await self._spawn(slot)
@@ -86,7 +84,8 @@ class Supervisor:
             if self._stopping:
                 return
             if anyio.current_time() - started > STABLE_AFTER:
-                delay = 0.5
+                crashes.over()
+            delay = crashes.next_delay()
             self.restarts += 1
             log.warning(
                 "worker %s of plugin %s exited with %s; restarting in %.1fs",
@@ -96,7 +95,6 @@ class Supervisor:
                 delay,
             )
             await anyio.sleep(delay)
-            delay = min(delay * 2, RESTART_DELAY_CAP)
 
     async def _spawn(self, slot: int) -> Process:
         command = [
@@ -113,7 +111,7 @@ class Supervisor:
             self.consumer_name(slot),
         ]
         # The plugin's table (its config may hold secrets) goes by environment, not argv.
-        env = {**os.environ, "RAPID_OBJECTION_PLUGIN_TABLE": self.table.encode()}
+        env = {**os.environ, ENV_WORKER_TABLE: self.table.encode()}
         # A session of its own: a Ctrl-C at the registry's terminal is for the registry,
         # which then stops its workers itself (SIGTERM, drained), not a crash to restart.
         return await anyio.open_process(

@@ -13,7 +13,7 @@ from ._loader import ENTRY_POINT_GROUP, build_plugin, load_plugin_class
 from ._once import run_once
 from ._settings import WorkerSettings
 from ._view import RegistryView
-from ._worker import Worker, default_consumer_name
+from ._worker import Worker
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -32,7 +32,6 @@ __all__ = [
     "build_plugin",
     "credentials_variable",
     "current_delivery",
-    "default_consumer_name",
     "hook_arguments",
     "implemented_hooks",
     "load_plugin_class",

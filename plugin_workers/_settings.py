@@ -9,11 +9,15 @@ flags, and taken by ``Worker``. msgspec checks the bounds wherever it is decoded
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import msgspec
 
 from rapid_objection.bus._constants import CLAIM_IDLE, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_DELIVERIES
+
+ENV_WORKER_TABLE: Final = "RAPID_OBJECTION_PLUGIN_TABLE"
+"""The environment variable through which a supervising registry hands a worker process
+its ``WorkerTable`` (out of sight of ``ps``: the plugin's config may hold secrets)."""
 
 
 class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

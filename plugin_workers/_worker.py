@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import secrets
 import socket
 import time
 from typing import Any
@@ -14,7 +13,9 @@ import anyio
 from anyio.abc import TaskStatus
 
 from rapid_objection.bus import Bus, BusUnavailable, GroupMissing, LoadError, Manifest, WorkerInfo
+from rapid_objection.bus._constants import HEARTBEAT_INTERVAL
 from rapid_objection.bus._consumer import Consumer
+from rapid_objection.bus._keys import unique_name
 from rapid_objection.bus._retry import RetryPolicy
 
 from ._connection import Engines, LiveEngines
@@ -27,14 +28,6 @@ log = logging.getLogger("rapid_objection.worker")
 
 SHUTDOWN_TIMEOUT = 15.0
 """Seconds a plugin's shutdown() (and closing its engines) may take when a worker stops."""
-
-HEARTBEAT_INTERVAL = 1.0
-"""Seconds between heartbeats; ``status`` calls a worker dead after five missed."""
-
-
-def default_consumer_name() -> str:
-    """Host, pid and a random suffix: unique per process, readable in ``status``."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
 def plugin_name(plugin: object) -> str:
@@ -62,7 +55,7 @@ class Worker:
         self.bus = bus
         # The name under which the registry configured the plugin wins over its own.
         self.name = name or plugin_name(plugin)
-        self.consumer_name = consumer or default_consumer_name()
+        self.consumer_name = consumer or unique_name()
         if "|" in self.consumer_name or not self.consumer_name.strip():
             # "|" separates plugin, consumer and kind in the directory and the counters.
             raise ValueError(f"consumer name {self.consumer_name!r} must be non-empty without '|'")

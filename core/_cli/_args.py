@@ -7,6 +7,8 @@ import os
 import sys
 from typing import NoReturn
 
+from rapid_objection.bus._constants import DEFAULT_NAMESPACE
+
 ENV_BUS_URL = "RAPID_OBJECTION_BUS_URL"
 ENV_NAMESPACE = "RAPID_OBJECTION_NAMESPACE"
 DEFAULT_SERVER_URL = "redis://127.0.0.1:6379/0"
@@ -32,7 +34,7 @@ def add_bus_options(parser: argparse.ArgumentParser, default_url: str | None) ->
     parser.add_argument(
         "--namespace",
         default=os.environ.get(ENV_NAMESPACE),
-        help=f"the bus namespace (env {ENV_NAMESPACE}; default: default)",
+        help=f"the bus namespace (env {ENV_NAMESPACE}; default: {DEFAULT_NAMESPACE})",
     )
 
 

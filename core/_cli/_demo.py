@@ -23,8 +23,8 @@ from rich.table import Table
 
 from ._args import Parser
 
-DEFAULT_URL: Final = "memory://demo"
-DEFAULT_NAMESPACE: Final = "demo"
+DEMO_BUS_URL: Final = "memory://demo"
+DEMO_NAMESPACE: Final = "demo"
 APPS: Final = ("shop", "blog")
 
 
@@ -32,8 +32,8 @@ def add_parser(commands: Any) -> None:
     parser: Parser = commands.add_parser(
         "demo", help="two apps' lifecycles with the bundled plugins on the embedded bus"
     )
-    parser.add_argument("--bus-url", default=DEFAULT_URL, help=f"default {DEFAULT_URL}")
-    parser.add_argument("--namespace", default=DEFAULT_NAMESPACE)
+    parser.add_argument("--bus-url", default=DEMO_BUS_URL, help=f"default {DEMO_BUS_URL}")
+    parser.add_argument("--namespace", default=DEMO_NAMESPACE)
     parser.add_argument(
         "--directory", type=Path, help="where the databases, audit and backups go (default: temp)"
     )

@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 
 from rapid_objection.bus import Bus
+from rapid_objection.bus._constants import DEFAULT_NAMESPACE
 from rapid_objection.bus._directory import is_alive
 from rapid_objection.bus._retention import drop_group
 
@@ -30,7 +31,7 @@ def add_parser(commands: Any) -> None:
 
 def run_drop(args: argparse.Namespace) -> int:
     async def main() -> bool:
-        async with Bus.connect(args.bus_url, args.namespace or "default") as bus:
+        async with Bus.connect(args.bus_url, args.namespace or DEFAULT_NAMESPACE) as bus:
             workers = await bus.directory.workers(args.name)
             if not args.force and any(is_alive(worker.seen) for worker in workers):
                 fail(

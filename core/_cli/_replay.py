@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from rapid_objection.bus import EVENT_TYPES, Bus, Envelope, HistoryEntry
+from rapid_objection.bus._constants import DEFAULT_NAMESPACE
 
 from .._errors import ReplayError
 from .._replay import Selection, parse_time, provenance, redeliver, select, summary
@@ -137,7 +138,7 @@ def _table(title: str, entries: Sequence[HistoryEntry]) -> Table:
 
 
 async def _list(args: argparse.Namespace, selection: Selection) -> int:
-    async with Bus.connect(args.bus_url, args.namespace or "default") as bus:
+    async with Bus.connect(args.bus_url, args.namespace or DEFAULT_NAMESPACE) as bus:
         if args.format == "jsonl":
             async for entry in select(bus, selection):
                 print(_jsonl(entry.entry_id, entry.envelope))
@@ -150,7 +151,7 @@ async def _list(args: argparse.Namespace, selection: Selection) -> int:
 
 
 async def _redeliver(args: argparse.Namespace, selection: Selection) -> int:
-    async with Bus.connect(args.bus_url, args.namespace or "default") as bus:
+    async with Bus.connect(args.bus_url, args.namespace or DEFAULT_NAMESPACE) as bus:
         replay = await redeliver(bus, args.to_plugin, selection, execute=args.execute)
     plugin = replay.plugin
     count = len(replay.redeliveries)

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from rapid_objection.bus._constants import DEFAULT_NAMESPACE
+from rapid_objection.plugin_workers._settings import ENV_WORKER_TABLE
+
 from ._args import DEFAULT_SERVER_URL, Parser, UsageError, add_bus_options
 
 if TYPE_CHECKING:
@@ -21,7 +24,6 @@ if TYPE_CHECKING:
 
     from .._config import PluginConfig
 
-ENV_PLUGIN_TABLE = "RAPID_OBJECTION_PLUGIN_TABLE"
 
 
 def add_parser(commands: Any) -> None:
@@ -47,9 +49,9 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument(
         "--config-json",
-        default=os.environ.get(ENV_PLUGIN_TABLE),
+        default=os.environ.get(ENV_WORKER_TABLE),
         help="the plugin's table as JSON (name, config, required and the worker settings), "
-        f"instead of the file's; a supervising registry passes it in env {ENV_PLUGIN_TABLE}, "
+        f"instead of the file's; a supervising registry passes it in env {ENV_WORKER_TABLE}, "
         "out of sight of ps",
     )
     parser.set_defaults(run=run)
@@ -142,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.consumer is not None and ("|" in args.consumer or not args.consumer.strip()):
         raise UsageError(f"--consumer {args.consumer!r} must be non-empty without '|'")
-    namespace = args.namespace or bus_table.get("namespace") or "default"
+    namespace = args.namespace or bus_table.get("namespace") or DEFAULT_NAMESPACE
     config = dict(table.config)
     if "" not in sys.path and os.getcwd() not in sys.path:
         # Like `python -m`: a plugin module in the working directory is importable.

@@ -27,6 +27,7 @@ from sqlalchemy.dialects.mysql import MEDIUMTEXT
 
 from rapid_objection._extras import create_engine
 from rapid_objection.bus import Envelope, mask_url
+from rapid_objection.bus._contract import event_id_time
 from rapid_objection.plugin_workers import PluginInterface, RegistryView, current_delivery
 
 if TYPE_CHECKING:
@@ -279,22 +280,6 @@ class AuditStore:
         self.close()
 
 
-_CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
-def id_time(event_id: str) -> float | None:
-    """The Unix time an event id (a ULID) was made at, to the millisecond; None if not a ULID."""
-    if len(event_id) != 26:
-        return None
-    millis = 0
-    for char in event_id[:10]:  # the first 10 characters are the 48 bits of milliseconds
-        digit = _CROCKFORD.find(char.upper())
-        if digit < 0:
-            return None
-        millis = millis * 32 + digit
-    return millis / 1000
-
-
 def audit_row(
     envelope: Envelope, *, consumer: str, attempt: int, plugin: str, acks: bool
 ) -> dict[str, Any]:
@@ -308,7 +293,7 @@ def audit_row(
     event_id, when = envelope.id, envelope.time
     if envelope.replaces is not None:
         event_id = envelope.replaces
-        when = id_time(envelope.replaces) or envelope.time
+        when = event_id_time(envelope.replaces) or envelope.time
     return {
         "time": when,
         "registry": envelope.registry,

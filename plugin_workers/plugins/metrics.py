@@ -32,6 +32,7 @@ from rapid_objection.bus import (
     StatusReport,
     collect_status,
 )
+from rapid_objection.bus._failures import NO_CONSUMER
 from rapid_objection.plugin_workers import PluginInterface, RegistryView, current_delivery
 
 try:  # the [metrics] extra
@@ -74,8 +75,6 @@ LATENCY_BUCKETS: Final = (
     60.0,
 )
 """Seconds; a hook is normally delivered within milliseconds, a backlog takes longer."""
-NO_CONSUMER: Final = "-"
-"""The ``consumer`` label of a failure no consumer held (``no_consumer``)."""
 
 
 class MetricsConfig(msgspec.Struct, frozen=True, kw_only=True):
