@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -34,6 +36,20 @@ def plugin_name(plugin: object) -> str:
     name = getattr(plugin, "name", None)
     return name if isinstance(name, str) and name else type(plugin).__name__
 
+
+
+async def _call(function: Callable[..., Any], *arguments: Any) -> None:
+    """Call a plugin's lifecycle method: a coroutine function on the event loop, a plain
+    ``def`` in a worker thread (as hooks are), so that a blocking one cannot stall the
+    loop and a load or shutdown timeout still fires (the thread is then abandoned)."""
+    if inspect.iscoroutinefunction(function):
+        await function(*arguments)
+        return
+    result = await anyio.to_thread.run_sync(
+        functools.partial(function, *arguments), abandon_on_cancel=True
+    )
+    if inspect.isawaitable(result):
+        await result
 
 class Worker:
     """Runs one plugin instance as one consumer of its group until stopped."""
@@ -150,9 +166,7 @@ class Worker:
                 (self.config,) if method == "validate_configuration" else (self.view, self.config)
             )
             try:
-                result = function(*arguments)
-                if inspect.isawaitable(result):
-                    await result
+                await _call(function, *arguments)
             except Exception as exc:
                 raise PluginLoadError(
                     self.name,
@@ -173,9 +187,7 @@ class Worker:
         with anyio.move_on_after(self.shutdown_timeout) as scope:
             if shutdown is not None:
                 try:
-                    result = shutdown()
-                    if inspect.isawaitable(result):
-                        await result
+                    await _call(shutdown)
                 except Exception:
                     log.exception("plugin %s failed to shut down", self.name)
             await anyio.to_thread.run_sync(self.engines.dispose, abandon_on_cancel=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -33,6 +34,25 @@ class Late(PluginInterface):
 
     async def on_app_registration_started(self, app_name: str, config: Any) -> None:
         self.seen.append(app_name)
+
+
+class BlockingStart:
+    """A plugin whose plain ``def initialize`` blocks for two seconds."""
+
+    name = "blocking-start"
+    version = "1.0.0"
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        self.config = config or {}
+
+    def initialize(self, registry: Any, config: dict[str, Any]) -> None:
+        time.sleep(2)
+
+    def shutdown(self) -> None:
+        """Nothing to release."""
+
+    def get_status(self) -> dict[str, Any]:
+        return {}
 
 
 class SlowLeaver(PluginInterface):
@@ -171,6 +191,62 @@ class TestLoading:
             took = time.monotonic() - started
         assert took < 1.5
         assert all("slow-leaver" not in required for required in awaited)
+
+
+class Validated(PluginInterface):
+    """Counts the calls of its validate_configuration."""
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        super().__init__("validated", "1.0.0")
+        self.validations = 0
+
+    async def validate_configuration(self, config: dict[str, Any]) -> bool:
+        self.validations += 1
+        return True
+
+
+class TestValidatedOnce:
+    async def test_an_inline_plugin_is_validated_once(self, registry: AppRegistry) -> None:
+        """As docs/writing-plugins.md says: the worker calls validate_configuration once,
+        before initialize; the registry does not call it a second time."""
+        plugin: Validated = await registry.load_plugin(Validated, {"level": "low"})
+        assert plugin.validations == 1
+
+
+class TestPlainDefLifecycle:
+    async def test_a_blocking_plain_def_initialize_cannot_outlast_the_load_timeout(
+        self,
+    ) -> None:
+        """A plain ``def initialize`` runs in a thread: with a 0.5 s load timeout, a
+        2 s blocking initialize fails the load after about 0.5 s, and the event loop
+        keeps running meanwhile."""
+        name = f"loading-{secrets.token_hex(4)}"
+        registry = AppRegistry(
+            {"bus": {"url": f"memory://{name}"}, "plugin_manager": {"load_timeout": 0.5}}
+        )
+        ticks: list[float] = []
+
+        async def tick() -> None:
+            while True:
+                ticks.append(time.monotonic())
+                await anyio.sleep(0.05)
+
+        try:
+            await registry.initialize()
+            async with anyio.create_task_group() as group:
+                group.start_soon(tick)
+                started = time.monotonic()
+                with pytest.raises(PluginFailed, match=r"Timeout \(500ms\)"):
+                    await registry.load_plugin(BlockingStart)
+                took = time.monotonic() - started
+                group.cancel_scope.cancel()
+            assert took < 1.5
+            gaps = [later - earlier for earlier, later in itertools.pairwise(ticks)]
+            assert max(gaps) < 0.5
+        finally:
+            with anyio.CancelScope(shield=True):
+                await registry.shutdown()
+            forget_memory_server(name)
 
 
 class TestReentry:
