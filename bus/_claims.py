@@ -48,7 +48,7 @@ class Claimant(Protocol):
 
     def room(self) -> int: ...
 
-    def offer(self, entries: list[Entry], attempts: dict[str, int]) -> None: ...
+    async def offer(self, entries: list[Entry], attempts: dict[str, int]) -> None: ...
 
 
 class Claimer:
@@ -148,7 +148,7 @@ class Claimer:
             count=len(entries) + len(consumer.in_flight_ids()),
             consumer=consumer.consumer,
         )
-        consumer.offer(entries, {row.entry_id: row.deliveries for row in pending})
+        await consumer.offer(entries, {row.entry_id: row.deliveries for row in pending})
         self.reclaimed += len(entries)
         return len(entries)
 

@@ -27,11 +27,15 @@ from ._flush import Flusher
 from ._heads import EnvelopeHead, decode_head
 from ._ids import sorted_ids
 from ._lanes import InlineLanes, Lanes, TaskLanes
+from ._order import AppOrder
 from ._redact import mask_url
 from ._redis import Entry
 from ._retry import Deferred, Outage, RetryPolicy
 
 __all__ = ["Consumer", "Delivery", "Handler"]
+
+RECHECK_MS = 10
+"""Milliseconds between two looks at the group while entries wait for order."""
 
 MAX_DEFERRALS = 100
 """Times one delivery may answer ``RetryLater`` before it is dead-lettered; deferrals
@@ -75,6 +79,9 @@ class Consumer:
         self._reading: set[str] = set()
         self._lanes: Lanes | None = None
         self._send: Sink | None = None
+        self._order = AppOrder(
+            bus.redis, bus.keys.events, plugin, consumer, self._reading.__contains__
+        )
         self.flusher = Flusher(
             bus, plugin, consumer, stopping=lambda: self._stopping, settled=self._settled
         )
@@ -105,19 +112,25 @@ class Consumer:
 
     def room(self) -> int:
         """How many more entries this consumer may take on right now."""
-        return 0 if self._stopping else max(0, self._capacity - self._held)
+        # Entries held back for order do not count: taking over the older entry they
+        # wait for must stay possible however many of them there are.
+        active = self._held - len(self._order)
+        return 0 if self._stopping else max(0, self._capacity - active)
 
-    def offer(self, entries: list[Entry], attempts: dict[str, int]) -> None:
+    async def offer(self, entries: list[Entry], attempts: dict[str, int]) -> None:
         """Take over claimed entries (at most ``room()``); ``attempts`` from XPENDING."""
         if self._lanes is None or self._send is None:
             raise RuntimeError("Consumer.offer() called before run()")
         if self._stopping:
             return  # claimed just as the reader stopped: left pending, a live peer takes it
-        for entry_id, fields in entries:
-            if entry_id in self._reading:
-                continue  # already in hand here; its lease lapsed but it is not lost
-            self._held += 1
-            self._accept(entry_id, fields, attempts.get(entry_id, 2), self._lanes, self._send)
+        async with self._order.lock:
+            taken = []
+            for entry_id, fields in entries:
+                if entry_id in self._reading:
+                    continue  # already in hand here; its lease lapsed but it is not lost
+                self._held += 1
+                taken.append(self._accept(entry_id, fields, attempts.get(entry_id, 2), self._send))
+            await self._admit_locked([delivery for delivery in taken if delivery is not None])
 
     def stop(self) -> None:
         """Stop reading; what was read is still handled and acked before ``run`` returns."""
@@ -153,6 +166,9 @@ class Consumer:
             async with stream:
                 await self._read_own_pending(lanes, send)
                 await self._read_loop(lanes, send)
+                for delivery in self._order.give_back():
+                    # Held back for order and never run: a live peer takes them.
+                    send.send_nowait(Done(delivery.entry_id, delivery.envelope, keep=True))
                 await lanes.wait_idle()
             # Leases are renewed until the last flush is over, not until the stop began:
             # a drain longer than the idle threshold would hand its tail to a peer.
@@ -181,9 +197,12 @@ class Consumer:
                 consumer=self.consumer,
             )
             attempts = {row.entry_id: row.deliveries for row in pending}
-            for entry_id, fields in entries:
-                self._held += 1
-                self._accept(entry_id, fields, attempts.get(entry_id, 2), lanes, send)
+            self._held += len(entries)
+            taken = [
+                self._accept(entry_id, fields, attempts.get(entry_id, 2), send)
+                for entry_id, fields in entries
+            ]
+            await self._admit([delivery for delivery in taken if delivery is not None])
             await lanes.settle()
 
     async def _read_loop(self, lanes: Lanes, send: Sink) -> None:
@@ -191,19 +210,26 @@ class Consumer:
         outage = Outage()
         while not self._stopping:
             while self._held >= self._capacity and not self._stopping:
-                # Backpressure: slow hooks stop the reading, not the memory.
+                # Backpressure: slow hooks stop the reading, not the memory. What waits
+                # for order is looked at again meanwhile (it may be all that is held).
                 self._room_freed = anyio.Event()
-                await self._room_freed.wait()
+                with anyio.move_on_after(RECHECK_MS / 1000 if self._order.waiting else math.inf):
+                    await self._room_freed.wait()
+                if self._order.waiting:
+                    await self._admit([])
+                    await lanes.settle()
             wanted = min(self._batch, self._capacity - self._held)
             if wanted <= 0:
                 break
             entries = []
+            # While entries wait for an older one of their app elsewhere, look again soon.
+            block_ms = min(self._block_ms, RECHECK_MS) if self._order.waiting else self._block_ms
             try:
                 # stop() cancels a blocked read at once; anything the server handed over
                 # in that instant stays pending under this name and is reclaimed.
                 with anyio.CancelScope() as self._read_scope:
                     entries = await redis.xreadgroup(
-                        key, self.plugin, self.consumer, count=wanted, block_ms=self._block_ms
+                        key, self.plugin, self.consumer, count=wanted, block_ms=block_ms
                     )
                 self._read_scope = None
                 outage.over()
@@ -214,18 +240,35 @@ class Consumer:
                 entries = []
                 await outage.pause()
             self._held += len(entries)
-            for entry_id, fields in entries:
-                self._accept(entry_id, fields, 1, lanes, send)
+            taken = [self._accept(entry_id, fields, 1, send) for entry_id, fields in entries]
+            new = [delivery for delivery in taken if delivery is not None]
+            if new or self._order.waiting:
+                await self._admit(new)
             await lanes.settle()  # also what a claim offered in the meantime
+
+    async def _admit(self, new: list[Delivery]) -> None:
+        """Hand the lanes what may run now; the rest waits for an older one of its app."""
+        async with self._order.lock:
+            await self._admit_locked(new)
+
+    async def _admit_locked(self, new: list[Delivery]) -> None:
+        assert self._lanes is not None
+        try:
+            runnable = await self._order.admit(new)
+        except (BusUnavailable, GroupMissing):
+            self._order.waiting.extend(new)  # checked again on the next round
+            return
+        for delivery in runnable:
+            self._lanes.put(delivery)
 
     def _accept(
         self,
         entry_id: str,
         fields: dict[bytes, bytes],
         attempt: int,
-        lanes: Lanes,
         send: Sink,
-    ) -> None:
+    ) -> Delivery | None:
+        """The delivery to run for an entry read, or None when it was settled at once."""
         self._reading.add(entry_id)
         data = fields.get(EVENT_FIELD, b"")
         try:
@@ -240,17 +283,17 @@ class Consumer:
                 send.send_nowait(self._unreadable(entry_id, head, data, attempt, reason))
             else:
                 send.send_nowait(Done(entry_id, None))  # another plugin's: XACK only
-            return
+            return None
         if envelope.target is not None and envelope.target != self.plugin:
             send.send_nowait(Done(entry_id, envelope))  # meant for another plugin: XACK only
-            return
+            return None
         if attempt > self.retry.max_deliveries:
             # Delivered more often than the budget without an ack: its handler keeps
             # killing the worker. Do not call it again.
             reason = f"delivered {attempt} times without an ack (the worker died handling it)"
             self._give_up(send, Delivery(entry_id, envelope, attempt, data), reason, reason)
-            return
-        lanes.put(Delivery(entry_id, envelope, attempt, data))
+            return None
+        return Delivery(entry_id, envelope, attempt, data)
 
     def _poison(self, entry_id: str, data: bytes, reason: str) -> DeadLetter:
         now = time.time()

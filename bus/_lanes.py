@@ -16,6 +16,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._delivery import Delivery
+from ._ids import id_key
 
 INLINE_FLUSH_AFTER = 0.005
 """Seconds a finished hook's ack may wait for the rest of its read batch."""
@@ -50,7 +51,9 @@ class TaskLanes:
         app = delivery.envelope.app
         queue = self._queues.get(app)
         if queue is not None:
-            queue.append(delivery)
+            # The head may be running already; behind it, the app's events stay in
+            # stream order even when an older one arrives late (a reclaim).
+            _insert_in_order(queue, delivery, first=1)
             return
         self._queues[app] = queue = deque((delivery,))
         self._group.start_soon(self._drain, app, queue)
@@ -93,7 +96,7 @@ class InlineLanes:
         self._queue: deque[Delivery] = deque()
 
     def put(self, delivery: Delivery) -> None:
-        self._queue.append(delivery)
+        _insert_in_order(self._queue, delivery, first=0)
 
     async def settle(self) -> None:
         """Run everything queued, in order; acks go out in one flush at the end, or as
@@ -126,3 +129,17 @@ class InlineLanes:
 
     async def wait_idle(self) -> None:
         await self.settle()
+
+
+def _insert_in_order(queue: deque[Delivery], delivery: Delivery, *, first: int) -> None:
+    """Append ``delivery``, or put it before the first queued newer event of its app."""
+    app, key = delivery.envelope.app, id_key(delivery.entry_id)
+    if len(queue) <= first or id_key(queue[-1].entry_id) < key:
+        queue.append(delivery)  # the usual case: read in stream order
+        return
+    for index in range(first, len(queue)):
+        queued = queue[index]
+        if queued.envelope.app == app and id_key(queued.entry_id) > key:
+            queue.insert(index, delivery)
+            return
+    queue.append(delivery)

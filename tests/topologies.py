@@ -211,9 +211,7 @@ class Sentinels:
 
     def current_primary(self) -> int:
         with client(self.sentinels[0]) as sentinel:
-            _, port = sentinel.execute_command(
-                "SENTINEL GET-MASTER-ADDR-BY-NAME", self.service
-            )
+            _, port = sentinel.execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", self.service)
         return int(port)
 
 
