@@ -10,6 +10,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 
+import anyio
 import pytest
 import redis
 
@@ -87,6 +88,17 @@ def bus_url(request: pytest.FixtureRequest) -> Iterator[str]:
 def namespace() -> str:
     """A namespace of its own per test: the isolation on the shared real Redis."""
     return f"t-{secrets.token_hex(6)}"
+
+
+@pytest.fixture
+async def redis_bus(redis_url: str, namespace: str) -> AsyncIterator[Bus]:
+    """A bus on the real Redis in the test's own namespace, purged afterwards."""
+    async with Bus.connect(redis_url, namespace) as opened:
+        try:
+            yield opened
+        finally:
+            with anyio.CancelScope(shield=True):
+                await purge(opened)
 
 
 @pytest.fixture

@@ -41,8 +41,8 @@ from rapid_objection.bus import Bus
 from rapid_objection.bus.testing import purge
 from rapid_objection.core._cli import build_parser
 from rapid_objection.core._config import RegistryConfig, load_registry_config
+from tests.e2e import REPO_ROOT, subprocess_env
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCS = REPO_ROOT / "docs"
 CLI = str(Path(sys.executable).with_name("rapid-objection"))
 
@@ -140,14 +140,6 @@ def shown_output(name: str, block: Block) -> list[str]:
         for line in following[index + 1].text.splitlines()
         if line.strip() and "..." not in line and not line.startswith("$")
     ]
-
-
-def subprocess_env(*paths: Path) -> dict[str, str]:
-    """The environment of a doc's program: no ``RAPID_OBJECTION_*`` of the caller's shell."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAPID_OBJECTION_")}
-    env["PYTHONPATH"] = os.pathsep.join([*map(str, paths), str(REPO_ROOT)])
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def assert_in_order(expected: list[str], printed: str) -> None:

@@ -15,10 +15,9 @@ import pytest
 
 from rapid_objection.bus import AppRegistered, Bus, ConnectionInfo, Publisher
 from rapid_objection.bus._publisher import PluginPolicy
-from rapid_objection.bus.testing import purge
 from rapid_objection.plugin_workers import PluginInterface
 from rapid_objection.plugin_workers.testing import running_worker
-from tests.e2e import REPO_ROOT, run_cli, subprocess_env
+from tests.e2e import REPO_ROOT, one_line_error, run_cli, subprocess_env
 
 pytestmark = pytest.mark.anyio
 
@@ -39,16 +38,6 @@ class Probe(PluginInterface):
 
 
 @pytest.fixture
-async def redis_bus(redis_url: str, namespace: str) -> AsyncIterator[Bus]:
-    async with Bus.connect(redis_url, namespace) as opened:
-        try:
-            yield opened
-        finally:
-            with anyio.CancelScope(shield=True):
-                await purge(opened)
-
-
-@pytest.fixture
 def consumer() -> str:
     """A consumer name as long as the default ``host-pid-xxxx`` ones."""
     return f"probe-worker-{secrets.token_hex(6)}"
@@ -65,16 +54,6 @@ async def live(bus: Bus, consumer: str) -> AsyncIterator[None]:
         event = AppRegistered(connection=ConnectionInfo(dialect="sqlite"))
         assert (await publisher.emit(event, app="shop", timeout=5)).ok
         yield
-
-
-def one_line_error(code: int, out: str, err: str) -> str:
-    """Check the shape every expected failure has, and return its one line."""
-    assert code != 0
-    assert "Traceback" not in out + err
-    assert out == ""
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 class TestStatus:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -21,7 +20,6 @@ from rapid_objection.bus import (
 )
 from rapid_objection.bus._constants import EVENT_FIELD
 from rapid_objection.bus._contract import decode_envelope
-from rapid_objection.bus.testing import purge
 from rapid_objection.plugin_workers import PluginInterface
 from rapid_objection.plugin_workers.testing import running_worker
 from tests.e2e import REPO_ROOT, subprocess_env
@@ -40,16 +38,6 @@ class AlwaysFails(PluginInterface):
         self, app_name: str, connection: ConnectionInfo, config: dict[str, Any]
     ) -> None:
         raise RuntimeError("the backup disk is full")
-
-
-@pytest.fixture
-async def redis_bus(redis_url: str, namespace: str) -> AsyncIterator[Bus]:
-    async with Bus.connect(redis_url, namespace) as opened:
-        try:
-            yield opened
-        finally:
-            with anyio.CancelScope(shield=True):
-                await purge(opened)
 
 
 @pytest.fixture

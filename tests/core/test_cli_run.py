@@ -19,7 +19,7 @@ from anyio.abc import Process
 from rapid_objection.bus import Bus, ConnectionInfo, Envelope, HealthCheck
 from rapid_objection.bus.testing import purge
 from rapid_objection.plugin_workers import PluginInterface
-from tests.e2e import CLI, REPO_ROOT, run_cli, subprocess_env
+from tests.e2e import CLI, REPO_ROOT, one_line_error, run_cli, subprocess_env
 
 pytestmark = pytest.mark.anyio
 
@@ -131,15 +131,6 @@ async def running(tmp_path: Path, *args: str) -> AsyncIterator[Run]:
             await process.aclose()
             for file in files:
                 file.close()
-
-
-def one_line_error(code: int, out: str, err: str) -> str:
-    assert code != 0
-    assert "Traceback" not in out + err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("rapid-objection")
-    return lines[0]
 
 
 class TestServe:
@@ -327,7 +318,9 @@ class TestBusFlags:
     ) -> None:
         """A bus that does not answer: one line naming its address, not its password."""
         config = registry_file(tmp_path, "")
-        line = one_line_error(*await run_cli("run", str(config), "--bus-url", SECRET_URL))
+        line = one_line_error(
+            *await run_cli("run", str(config), "--bus-url", SECRET_URL), quiet=False
+        )
         assert "127.0.0.1:1" in line
         assert "hunter2" not in line
 
@@ -358,7 +351,7 @@ class TestConfigErrors:
         if content is not None:
             path.write_text(content)
         code, out, err = await run_cli("run", str(path))
-        line = one_line_error(code, out, err)
+        line = one_line_error(code, out, err, quiet=False)
         assert code == 2
         assert out == ""
         assert str(path) in line
@@ -372,11 +365,11 @@ class TestConfigErrors:
     async def test_a_wrong_command_line_is_one_line(self, argv: list[str]) -> None:
         """A mistake on the command line: one line, exit 2."""
         code, out, err = await run_cli(*argv)
-        one_line_error(code, out, err)
+        one_line_error(code, out, err, quiet=False)
         assert code == 2
 
     async def test_a_bad_namespace_flag_is_one_line(self, tmp_path: Path) -> None:
         """``--namespace`` with a character the key scheme reserves: one line."""
         config = registry_file(tmp_path, "")
-        line = one_line_error(*await run_cli("run", str(config), "--namespace", "a:b"))
+        line = one_line_error(*await run_cli("run", str(config), "--namespace", "a:b"), quiet=False)
         assert "a:b" in line

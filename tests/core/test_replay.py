@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -27,7 +26,7 @@ from rapid_objection.bus import (
     Payload,
     Publisher,
 )
-from rapid_objection.bus.testing import drained, purge
+from rapid_objection.bus.testing import drained
 from rapid_objection.core._errors import ReplayError
 from rapid_objection.core._replay import (
     Selection,
@@ -324,16 +323,6 @@ class TestSummary:
 
 
 # --- the command line, against the real Redis --------------------------------------------
-
-
-@pytest.fixture
-async def redis_bus(redis_url: str, namespace: str) -> AsyncIterator[Bus]:
-    async with Bus.connect(redis_url, namespace) as opened:
-        try:
-            yield opened
-        finally:
-            with anyio.CancelScope(shield=True):
-                await purge(opened)
 
 
 async def replay_cli(bus: Bus, url: str, *args: str) -> tuple[int, str, str]:

@@ -19,14 +19,32 @@ CLI = str(Path(sys.executable).with_name("rapid-objection"))
 """The ``rapid-objection`` console script installed next to this interpreter."""
 
 
-def subprocess_env() -> dict[str, str]:
+def subprocess_env(*first: Path) -> dict[str, str]:
+    """This environment for a child process: ``first`` and the repository importable
+    (for ``tests.e2e.plugins``), output unbuffered, no ``RAPID_OBJECTION_*`` of the
+    caller's shell."""
     env = {
         name: value for name, value in os.environ.items() if not name.startswith("RAPID_OBJECTION_")
     }
-    paths = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    inherited = filter(None, env.get("PYTHONPATH", "").split(os.pathsep))
+    paths = [*map(str, first), str(REPO_ROOT), *inherited]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def one_line_error(code: int, out: str, err: str, *, quiet: bool = True) -> str:
+    """Check the shape every expected failure of the command line has (non-zero exit,
+    one line on stderr naming the program, no traceback; with ``quiet``, nothing on
+    stdout) and return its line."""
+    assert code != 0
+    assert "Traceback" not in out + err
+    if quiet:
+        assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("rapid-objection")
+    return lines[0]
 
 
 async def run_cli(*args: str, timeout: float = 30.0) -> tuple[int, str, str]:

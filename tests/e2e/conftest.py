@@ -14,7 +14,6 @@ import pytest
 from anyio.abc import Process
 
 from rapid_objection.bus import Bus, GroupMissing
-from rapid_objection.bus.testing import purge
 
 from . import CLI, REPO_ROOT, subprocess_env
 from .plugins import Recorder
@@ -129,17 +128,6 @@ class WorkerPool:
         for worker in self.processes:
             worker.signal(signal.SIGKILL)
             await worker.reap()
-
-
-@pytest.fixture
-async def redis_bus(redis_url: str, namespace: str) -> AsyncIterator[Bus]:
-    """A bus on the real Redis in the test's own namespace, purged afterwards."""
-    async with Bus.connect(redis_url, namespace) as opened:
-        try:
-            yield opened
-        finally:
-            with anyio.CancelScope(shield=True):
-                await purge(opened)
 
 
 @pytest.fixture

@@ -7,9 +7,7 @@ processes: hostnames ``redis`` and ``postgres`` become the local servers, the mo
 files a temporary directory, and the registry file a copy on a fresh namespace and a
 fresh PostgreSQL database. The app must register with every plugin acknowledging.
 
-The file is read with a small parser of the YAML it is written in (block mappings and
-sequences, flow sequences, quoted and plain scalars, folded and literal blocks); a test
-checks that docker-compose reads exactly the same.
+The file is read with PyYAML; a test checks that docker-compose reads exactly the same.
 """
 
 from __future__ import annotations
@@ -31,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import pytest
 import sqlalchemy as sa
+import yaml
 from anyio.abc import Process
 
 from rapid_objection.bus import Ack, Bus, HistoryEntry
@@ -61,239 +60,10 @@ STOP_TIMEOUT = 45.0
 """Seconds a process gets after SIGTERM (the registry's compose stop_grace_period)."""
 
 
-# --- a parser of the YAML that compose.yaml is written in ---------------------------------
-
-
-class YamlSubsetError(ValueError):
-    """YAML outside the subset this parser reads; keep compose.yaml inside it."""
-
-
-_INT = re.compile(r"[-+]?\d+")
-_FLOAT = re.compile(r"[-+]?(\d+\.\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-def _strip_comment(text: str) -> str:
-    """The line without a trailing ``# comment`` (outside quotes)."""
-    quote = ""
-    for index, char in enumerate(text):
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char == "#" and (index == 0 or text[index - 1] in " \t"):
-            return text[:index].rstrip()
-    return text.rstrip()
-
-
-def _scalar(text: str) -> Any:  # noqa: PLR0911 - one return per YAML type
-    """A plain or quoted scalar, typed as YAML 1.1 (PyYAML, docker-compose) types it."""
-    if text.startswith('"'):
-        return json.loads(text)
-    if text.startswith("'"):
-        if not text.endswith("'") or len(text) < 2:
-            raise YamlSubsetError(f"unterminated quoted scalar: {text}")
-        return text[1:-1].replace("''", "'")
-    if text in ("", "~", "null", "Null", "NULL"):
-        return None
-    lowered = text.lower()
-    if lowered in ("true", "yes", "on"):
-        return True
-    if lowered in ("false", "no", "off"):
-        return False
-    if _INT.fullmatch(text):
-        return int(text)
-    if _FLOAT.fullmatch(text):
-        return float(text)
-    if text[0] in "&*!|>[{@`" or text.startswith(("- ", "? ", ": ")):
-        raise YamlSubsetError(f"not a plain scalar this parser reads: {text}")
-    return text
-
-
-def _flow_sequence(text: str) -> list[Any]:
-    """``[a, "b", 'c']`` on one line: scalars only."""
-    if not text.endswith("]"):
-        raise YamlSubsetError(f"a flow sequence must close on its line: {text}")
-    items: list[str] = []
-    current, quote = "", ""
-    for char in text[1:-1]:
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char == ",":
-            items.append(current.strip())
-            current = ""
-            continue
-        elif char in "[]{}":
-            raise YamlSubsetError(f"nested flow collections are outside the subset: {text}")
-        current += char
-    if current.strip():
-        items.append(current.strip())
-    return [_scalar(item) for item in items]
-
-
-class YamlSubset:
-    """Reads block mappings and sequences of scalars, flow sequences on one line, plain
-    and quoted scalars, ``>``/``|`` blocks (with ``-`` chomping) and comments."""
-
-    def __init__(self, text: str) -> None:
-        self.lines = text.splitlines()
-        self.pos = 0
-
-    @classmethod
-    def load(cls, text: str) -> Any:
-        parser = cls(text)
-        value = parser._node(0)
-        if parser._content() is not None:
-            raise YamlSubsetError(f"unexpected indentation at line {parser.pos + 1}")
-        return value
-
-    def _content(self) -> int | None:
-        """The index of the next line with content (not blank, not only a comment)."""
-        index = self.pos
-        while index < len(self.lines):
-            if _strip_comment(self.lines[index]).strip():
-                return index
-            index += 1
-        return None
-
-    def _indent(self, index: int) -> int:
-        line = self.lines[index]
-        if "\t" in line[: len(line) - len(line.lstrip())]:
-            raise YamlSubsetError(f"a tab in the indentation of line {index + 1}")
-        return len(line) - len(line.lstrip(" "))
-
-    def _text(self, index: int) -> str:
-        return _strip_comment(self.lines[index]).strip()
-
-    def _node(self, indent: int) -> Any:
-        index = self._content()
-        if index is None or self._indent(index) < indent:
-            return None
-        text = self._text(index)
-        if text == "-" or text.startswith("- "):
-            return self._sequence(self._indent(index))
-        return self._mapping(self._indent(index))
-
-    def _sequence(self, indent: int) -> list[Any]:
-        items: list[Any] = []
-        while (index := self._content()) is not None and self._indent(index) == indent:
-            text = self._text(index)
-            if not (text == "-" or text.startswith("- ")):
-                break
-            rest = text[1:].strip()
-            self.pos = index + 1
-            if not rest:
-                items.append(self._node(indent + 1))
-            elif re.match(r"[^'\"\[]\S*:( |$)", rest):
-                raise YamlSubsetError(f"a mapping inside a sequence item, line {index + 1}")
-            else:
-                items.append(self._value(rest, indent))
-        return items
-
-    def _mapping(self, indent: int) -> dict[str, Any]:
-        mapping: dict[str, Any] = {}
-        while (index := self._content()) is not None and self._indent(index) == indent:
-            text = self._text(index)
-            if text.startswith("- "):
-                raise YamlSubsetError(f"a sequence item among mapping keys, line {index + 1}")
-            key, colon, rest = text.partition(":")
-            if not colon or (rest and not rest.startswith(" ")):
-                raise YamlSubsetError(f"not a 'key: value' line: {index + 1}")
-            key = _scalar(key.strip())
-            if not isinstance(key, str) or key in mapping:
-                raise YamlSubsetError(f"a repeated or non-text key at line {index + 1}")
-            self.pos = index + 1
-            rest = rest.strip()
-            if rest:
-                mapping[key] = self._value(rest, indent)
-                continue
-            following = self._content()
-            if (
-                following is not None
-                and self._indent(following) == indent
-                and self._text(following).startswith("- ")
-            ):  # a sequence at the key's own indentation
-                mapping[key] = self._sequence(indent)
-                continue
-            mapping[key] = self._node(indent + 1)
-        return mapping
-
-    def _value(self, text: str, indent: int) -> Any:
-        if text[0] in ">|":
-            return self._block(text, indent)
-        if text.startswith("["):
-            return _flow_sequence(text)
-        return _scalar(text)
-
-    def _block(self, header: str, indent: int) -> str:
-        if header not in (">", ">-", "|", "|-"):
-            raise YamlSubsetError(f"block scalar header {header!r} is outside the subset")
-        lines: list[str] = []
-        while self.pos < len(self.lines):
-            line = self.lines[self.pos]
-            if line.strip() and self._indent(self.pos) <= indent:
-                break
-            lines.append(line)
-            self.pos += 1
-        while lines and not lines[-1].strip():
-            lines.pop()
-        body = [line.strip() for line in lines]
-        if header.startswith(">"):
-            text = ""
-            for line in body:
-                text += ("\n" if not line else (" " if text and text[-1] != "\n" else "")) + line
-        else:
-            margin = min((len(x) - len(x.lstrip()) for x in lines if x.strip()), default=0)
-            text = "\n".join(line[margin:] for line in lines)
-        return text if header.endswith("-") else text + "\n"
-
-
 def load_compose() -> dict[str, Any]:
-    data = YamlSubset.load(COMPOSE.read_text())
+    data = yaml.safe_load(COMPOSE.read_text())
     assert isinstance(data, dict)
     return data
-
-
-class TestYamlSubset:
-    @pytest.mark.parametrize(
-        ("text", "expected"),
-        [
-            ("a: 1\nb: x\n", {"a": 1, "b": "x"}),
-            ("a:\n  - x\n  - 'y z'\n", {"a": ["x", "y z"]}),
-            ("a:\n- x\n- y\n", {"a": ["x", "y"]}),
-            ('a: ["CMD", b, 3]\n', {"a": ["CMD", "b", 3]}),
-            ("a: yes\nb: 'yes'\nc:\nd: ~\n", {"a": True, "b": "yes", "c": None, "d": None}),
-            ("a:  # note\n  b: c:d  # more\n", {"a": {"b": "c:d"}}),
-            ("a: >-\n  one\n  two\n\n  three\nb: 1\n", {"a": "one two\nthree", "b": 1}),
-            ("a: |\n  one\n    two\n", {"a": "one\n  two\n"}),
-            ('a: "x # not a comment"\n', {"a": "x # not a comment"}),
-        ],
-        ids=[
-            "scalars",
-            "sequence",
-            "sequence-at-key-indent",
-            "flow",
-            "yaml-1.1-types",
-            "comments",
-            "folded",
-            "literal",
-            "hash-in-quotes",
-        ],
-    )
-    def test_reads_the_subset(self, text: str, expected: Any) -> None:
-        """The constructs compose.yaml uses read as PyYAML reads them."""
-        assert YamlSubset.load(text) == expected
-
-    @pytest.mark.parametrize(
-        "text",
-        ["a: &x 1\n", "a: *x\n", "a: [[1]]\n", "a:\n  - b: 1\n", "a: 1\n  b: 2\n", "a: {b: 1}\n"],
-        ids=["anchor", "alias", "nested-flow", "mapping-in-sequence", "indent", "flow-map"],
-    )
-    def test_refuses_anything_else(self, text: str) -> None:
-        """YAML outside the subset is refused rather than misread."""
-        with pytest.raises(YamlSubsetError):
-            YamlSubset.load(text)
 
 
 # --- docker-compose -----------------------------------------------------------------------
@@ -332,11 +102,11 @@ class TestComposeFile:
         assert "services:" in await compose_config(docker_compose, "-f", str(COMPOSE))
 
     @pytest.mark.anyio
-    async def test_the_parser_reads_what_docker_compose_reads(
+    async def test_pyyaml_reads_what_docker_compose_reads(
         self, docker_compose: str, tmp_path: Path
     ) -> None:
-        """What this module's parser reads, given to docker-compose as JSON, is the
-        same configuration as the YAML file itself."""
+        """What PyYAML reads, given to docker-compose as JSON, is the same configuration
+        as the YAML file itself."""
         as_json = tmp_path / "compose.json"
         as_json.write_text(json.dumps(load_compose()))
         project = ("--project-directory", str(COMPOSE.parent))

@@ -11,21 +11,6 @@ lost=N``, repeated in the terminal summary so that it shows with or without ``-s
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
-
-
-def subprocess_env() -> dict[str, str]:
-    """This environment for a child process: the repository importable (for
-    ``tests.faults.plugins``), output unbuffered, no ``RAPID_OBJECTION_*`` of the caller."""
-    env = {
-        name: value for name, value in os.environ.items() if not name.startswith("RAPID_OBJECTION_")
-    }
-    paths = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env

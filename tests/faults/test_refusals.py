@@ -22,8 +22,8 @@ from rapid_objection.bus._directory import is_alive
 from rapid_objection.bus._errors import BusRefused
 from rapid_objection.bus._publisher import PluginPolicy
 from rapid_objection.bus.testing import drained
+from tests.e2e import subprocess_env
 
-from . import subprocess_env
 from .conftest import Report
 from .plugins import Recorder
 from .server import RedisServer

@@ -21,8 +21,9 @@ from anyio.abc import Process
 
 from rapid_objection.bus import Bus, GroupMissing
 from rapid_objection.plugin_workers.testing import running_worker
+from tests.e2e import REPO_ROOT, subprocess_env
 
-from . import PYTHON, REPO_ROOT, subprocess_env
+from . import PYTHON
 from .plugins import Recorder
 
 READY_TIMEOUT = 20.0
