@@ -85,6 +85,16 @@ def validate_interface(plugin_class: type[Any]) -> None:
             raise PluginLoadError(plugin_class.__name__, f"Plugin must implement {method}() method")
 
 
+def _state(loaded: LoadedPlugin) -> str:
+    """loaded; failed (no longer runs); restarting (a supervised worker is down)."""
+    if loaded.error is not None:
+        return "failed"
+    supervisor = loaded.supervisor
+    if supervisor is not None and len(supervisor.pids) < supervisor.workers:
+        return "restarting"
+    return "loaded"
+
+
 async def _import(module: str) -> type[Any]:
     """``load_plugin_class`` in a thread; a module that exits or interrupts at import
     (``sys.exit()``) is a plugin that failed to import, not the end of the registry."""
@@ -182,7 +192,7 @@ class PluginManager:
         for name, loaded in self._plugins.items():
             own = loaded.instance.get_status() if loaded.instance is not None else {}
             plugins[name] = {
-                "status": "loaded" if loaded.error is None else "failed",
+                "status": _state(loaded),
                 "error": loaded.error,
                 "mode": loaded.mode,
                 "version": loaded.version,
@@ -192,6 +202,8 @@ class PluginManager:
                 "plugin": own,
                 "consumers": consumers.get(name, []),
             }
+            if loaded.supervisor is not None:
+                plugins[name]["processes"] = loaded.supervisor.status()
         for name, failure in self.failed.items():
             plugins[name] = {"status": "failed", "error": failure.error, "phase": failure.phase}
         counts = {
@@ -387,14 +399,16 @@ class PluginManager:
 
         await self._require_host().tasks.start(f"plugin {name}", run, self._crashed(loaded))
         try:
-            await self._await_manifest(name, None, config.module)
+            await self._await_manifest(name, None, config.module, supervisor)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await supervisor.stop()
             raise
         return loaded
 
-    async def _await_manifest(self, name: str, limit: float | None, module: str) -> None:
+    async def _await_manifest(
+        self, name: str, limit: float | None, module: str, supervisor: Supervisor | None = None
+    ) -> None:
         """Wait until a worker of ``name`` has announced itself, or reported why it could
         not start (a poll of the directory, a few times a second, only while loading)."""
         bus = self._require_host().bus
@@ -407,6 +421,15 @@ class PluginManager:
                 error = await bus.directory.load_error(name)
                 if error is not None and error.time >= since:
                     raise PluginFailed(name, error.error, error.phase)
+                if supervisor is not None and supervisor.last_exit_reason is not None:
+                    # It ended before announcing itself (sys.exit() in initialize, a
+                    # crash): no use waiting for the load timeout.
+                    raise PluginFailed(
+                        name,
+                        f"Plugin '{name}' worker {supervisor.last_exit_reason} before it "
+                        "announced itself",
+                        "initialize",
+                    )
                 await anyio.sleep(MANIFEST_POLL)
         if scope.cancelled_caught:
             raise PluginFailed(

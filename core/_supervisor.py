@@ -7,17 +7,28 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Any
 
 import anyio
 from anyio.abc import Process, TaskStatus
 
-from rapid_objection.bus._retry import RESTART, Outage
+from rapid_objection.bus._retry import RESTART, Backoff, Outage
 from rapid_objection.plugin_workers._settings import ENV_WORKER_TABLE, WorkerTable
 
 log = logging.getLogger("rapid_objection.supervisor")
 
 STABLE_AFTER = 30.0
 """Seconds a worker must run before a crash no longer counts towards the backoff."""
+
+
+def exit_reason(code: int) -> str:
+    """A process's return code in words (a negative one is the signal that killed it)."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
 
 
 class Supervisor:
@@ -48,8 +59,14 @@ class Supervisor:
         self.consumer_prefix = consumer_prefix
         self.shutdown_timeout = shutdown_timeout
         self.restarts = 0
+        self.backoff: Backoff = RESTART
+        self.last_exit_code: int | None = None
+        self.last_exit_reason: str | None = None
+        """How the last worker that ended on its own ended: "exited with status 3",
+        "killed by SIGKILL"."""
         self._processes: dict[int, Process] = {}
         self._stopping = False
+        self._stopped = anyio.Event()
 
     def consumer_name(self, slot: int) -> str:
         return f"{self.consumer_prefix}-{self.plugin}-{slot}"
@@ -58,6 +75,16 @@ class Supervisor:
     def pids(self) -> list[int]:
         return [process.pid for process in self._processes.values()]
 
+    def status(self) -> dict[str, Any]:
+        """Live pids against the number wanted, restarts, and the last exit and its reason."""
+        return {
+            "pids": self.pids,
+            "workers": self.workers,
+            "restarts": self.restarts,
+            "last_exit_code": self.last_exit_code,
+            "last_exit_reason": self.last_exit_reason,
+        }
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as group:
             for slot in range(self.workers):
@@ -65,7 +92,7 @@ class Supervisor:
             task_status.started()
 
     async def _keep(self, slot: int) -> None:
-        crashes = Outage(RESTART)
+        crashes = Outage(self.backoff)
         while not self._stopping:
             started = anyio.current_time()
             process = await self._spawn(slot)
@@ -83,18 +110,24 @@ class Supervisor:
             del self._processes[slot]
             if self._stopping:
                 return
+            self.last_exit_code = code
+            self.last_exit_reason = exit_reason(code)
             if anyio.current_time() - started > STABLE_AFTER:
                 crashes.over()
+            crashes.backoff = self.backoff
             delay = crashes.next_delay()
             self.restarts += 1
             log.warning(
-                "worker %s of plugin %s exited with %s; restarting in %.1fs",
+                "worker %s of plugin %s %s; restarting in %.1fs",
                 self.consumer_name(slot),
                 self.plugin,
-                code,
+                self.last_exit_reason,
                 delay,
             )
-            await anyio.sleep(delay)
+            # stop() ends the pause at once: a crash-looping plugin stops without
+            # waiting out its backoff.
+            with anyio.move_on_after(delay):
+                await self._stopped.wait()
 
     async def _spawn(self, slot: int) -> Process:
         command = [
@@ -126,6 +159,7 @@ class Supervisor:
     async def stop(self) -> None:
         """SIGTERM every worker (they drain in-flight hooks), SIGKILL what outlives the timeout."""
         self._stopping = True
+        self._stopped.set()
         processes = list(self._processes.values())
         for process in processes:
             if process.returncode is None:

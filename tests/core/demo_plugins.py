@@ -7,6 +7,7 @@ inline in the tests of `rapid-objection run`, on the embedded bus.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -199,3 +200,15 @@ class MonitoringPlugin(PluginInterface):
         self.health_checks.pop(app_name, None)
         self.failures.pop(app_name, None)
         return {"tracked_apps": len(self.registration_ms)}
+
+
+class QuitterPlugin(PluginInterface):
+    """Ends its worker process inside initialize with ``config["status"]`` (default 7),
+    as a plugin that calls ``sys.exit()`` there would, without any cleanup."""
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        super().__init__("quitter", "1.0.0")
+        self.config = config or {}
+
+    async def initialize(self, registry: RegistryView, config: dict[str, Any]) -> None:
+        os._exit(int(config.get("status", 7)))
