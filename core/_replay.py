@@ -1,6 +1,6 @@
 """Replay: the event history selected by time, app and type, and re-delivered to one plugin.
 
-The stream is the audit history (DESIGN §1). ``select`` reads it back; ``redeliver``
+The stream is the audit history (docs/operations.md). ``select`` reads it back; ``redeliver``
 publishes, for each selected event, a copy meant for one plugin only: a new id and time,
 ``replay=True``, ``target=<plugin>`` and ``replaces=<original id>``. Every other plugin's
 workers acknowledge such a copy without calling anything. Nothing is published unless

@@ -9,7 +9,7 @@ seconds); the registry merges the dict into the app's health, under
 that any other plugin can ``registry.on(...)``.
 
 The seed collects per-app figures on a ``setInterval`` timer. A plugin has no task of its
-own to run a timer in (STYLE §8: no loose tasks), so the interval is checked on each
+own to run a timer in (structured concurrency: no loose tasks), so the interval is checked on each
 hook instead, which is when there is something new to collect.
 
 Configuration::

@@ -1,4 +1,4 @@
-"""Redaction: no password or secret-looking value ever reaches the bus (DESIGN §3)."""
+"""Redaction: no password or secret-looking value ever reaches the bus (docs/architecture.md, "Redaction")."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Database lanes of the data-layer tests: SQLite, a real PostgreSQL and a real MariaDB.
 
 ``database_url`` runs a test on every lane; ``sql_url`` on SQLite and PostgreSQL only
-(the behaviours DESIGN §6 promises on those two). PostgreSQL and MariaDB lanes get a
+(the behaviours docs/architecture.md promises on those two). PostgreSQL and MariaDB lanes get a
 fresh database per test, dropped afterwards. Outside CI a lane whose server does not
 answer is skipped with one line; with ``CI=true`` it fails instead.
 """

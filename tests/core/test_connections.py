@@ -1,4 +1,4 @@
-"""Connections (DESIGN §6): URLs, shared and reference-counted engines, each app's face."""
+"""Connections: URLs, shared and reference-counted engines, each app's face."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Health checks (DESIGN §5): a real SELECT 1, timed, with pool figures; never raising."""
+"""Health checks: a real SELECT 1, timed, with pool figures; never raising."""
 
 from __future__ import annotations
 

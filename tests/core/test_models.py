@@ -1,4 +1,4 @@
-"""Models (DESIGN §6): each app's own declarative classes, shared ones by choice."""
+"""Models: each app's own declarative classes, shared ones by choice."""
 
 from __future__ import annotations
 
