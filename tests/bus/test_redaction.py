@@ -1,4 +1,7 @@
-"""Redaction: no password or secret-looking value ever reaches the bus (docs/architecture.md, "Redaction")."""
+"""Redaction: no password or secret-looking value ever reaches the bus.
+
+As docs/architecture.md ("Redaction: no secret on the bus") promises.
+"""
 
 from __future__ import annotations
 

@@ -62,7 +62,7 @@ ROLLBACK_RESULT = AppRollbackCompleted(
     steps=(OperationResult(operation="seeds", success=True),), success=True
 )
 
-# (payload, the arguments the hook receives after app_name), one per hook, as docs/hooks.md lists them.
+# (payload, the arguments the hook receives after app_name), one per hook (docs/hooks.md).
 HOOK_CASES: list[tuple[Payload, tuple[Any, ...]]] = [
     (AppRegistrationStarted(config=CONFIG), (CONFIG,)),
     (ConnectionCreated(connection=CONNECTION, reused=True), (CONNECTION,)),
