@@ -8,6 +8,7 @@ so on ``memory://`` a reader waits on an in-process notification instead.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -17,87 +18,11 @@ import anyio
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
+from . import _redis_clients as clients
 from ._errors import BusRefused, BusUnavailable, BusUrlError, GroupMissing
 from ._redact import mask_url
 from ._topology import Topology
 from ._topology import parse as parse_topology
-
-KEEPALIVE_IDLE: Final = 10
-"""Seconds of silence on a connection before TCP keepalive probes start."""
-
-
-def _keepalive_options() -> dict[int, int]:
-    """Probe after 10 s idle, every 5 s, give up after 3: a dead peer in about 25 s."""
-    import socket
-
-    wanted = {"TCP_KEEPIDLE": KEEPALIVE_IDLE, "TCP_KEEPINTVL": 5, "TCP_KEEPCNT": 3}
-    return {getattr(socket, name): value for name, value in wanted.items() if hasattr(socket, name)}
-
-
-MAX_CONNECTIONS: Final = 64
-"""Connections per client; blocked readers hold one each, the rest serve commands."""
-
-CLUSTER_CONNECTIONS: Final = 1024
-"""Connections per cluster node: redis-py's cluster client fails past its limit instead
-of queueing, and every blocked reader holds one."""
-
-
-def _client(topology: Topology, *, cluster: bool, connections: int = MAX_CONNECTIONS) -> Any:
-    """A redis-py client for a real server, cluster or Sentinel-watched primary.
-
-    No per-command socket timeout: redis-py wraps every read in a timer for it, which
-    costs the round trip about a third (measured), and a BLOCK read must not be cut
-    short anyway (redis-py #3138). A server that vanishes without closing a TCP socket
-    is found by keepalive probes instead, within about half a minute; a Unix socket
-    has no such probes (nor needs them). RESP2 keeps reply shapes stable.
-    """
-    options: dict[str, Any] = {
-        "protocol": 2,
-        "socket_timeout": None,
-        "socket_connect_timeout": 5.0,
-    }
-    if topology.scheme != "unix":
-        options |= {"socket_keepalive": True, "socket_keepalive_options": _keepalive_options()}
-    if topology.sentinel:
-        from redis.asyncio.sentinel import Sentinel
-
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            list(topology.sentinels), sentinel_kwargs={"socket_connect_timeout": 5.0}
-        )
-        return sentinel.master_for(
-            topology.service,
-            redis_class=aioredis.Redis,
-            db=topology.db,
-            username=topology.username,
-            password=topology.password,
-            max_connections=connections if connections == 1 else CLUSTER_CONNECTIONS,
-            **options,
-        )
-    if cluster:
-        return aioredis.RedisCluster.from_url(
-            topology.client_url,
-            max_connections=connections if connections == 1 else CLUSTER_CONNECTIONS,
-            **options,
-        )
-    # A blocking pool: many concurrent emits queue for a connection instead of failing
-    # with "Too many connections".
-    pool = aioredis.BlockingConnectionPool.from_url(
-        topology.client_url, max_connections=connections, timeout=None, **options
-    )
-    return aioredis.Redis.from_pool(pool)  # closing the client closes the pool
-
-
-@dataclass(eq=False)
-class _Durable:
-    """The one connection (per node) that carries writes which must reach replicas.
-
-    WAIT counts the replicas that have every write made *on its connection* so far, so
-    the write and its WAIT must share one: a client of a single connection, used by one
-    task at a time."""
-
-    client: Any
-    lock: anyio.Lock = field(default_factory=anyio.Lock)
-
 
 FAILURES: Final = (redis_errors.RedisError, redis_errors.RedisClusterException, OSError)
 """Everything redis-py raises for a failed command (its cluster errors have a root of
@@ -115,7 +40,7 @@ TRANSIENT_ERRORS: Final[tuple[type[Exception], ...]] = (
     redis_errors.OutOfMemoryError,  # OOM: maxmemory reached under noeviction
     redis_errors.ReadOnlyError,  # READONLY: a write reached a replica (failover under way)
     redis_errors.TryAgainError,  # TRYAGAIN: a slot moving during resharding
-    redis_errors.ClusterDownError,  # CLUSTERDOWN and MASTERDOWN (its subclass)
+    redis_errors.ClusterError,  # CLUSTERDOWN, MASTERDOWN, and redirections that did not settle
 )
 """Refusals the server lifts on its own: an outage to back off from, not a bug.
 
@@ -248,7 +173,9 @@ class Redis:
         self._client = client
         self._memory = memory
         self.topology = topology or parse_topology(url)
-        self._durable: _Durable | None = None
+        self._durable: clients.Durable | None = None
+        self._masters: clients.NodeClients | None = None
+        """On a cluster: plain clients to the masters, for batches (see _redis_clients)."""
 
     @classmethod
     def connect(cls, url: str) -> Redis:
@@ -261,12 +188,12 @@ class Redis:
             fake: Any = fakeredis.FakeAsyncRedis(
                 server=memory.server,
                 connection_pool_class=aioredis.BlockingConnectionPool,
-                max_connections=MAX_CONNECTIONS,
+                max_connections=clients.MAX_CONNECTIONS,
                 timeout=None,
             )
             return cls(url, fake, memory, topology)
         try:
-            client = _client(topology, cluster=bool(topology.cluster))
+            client = clients.build(topology, cluster=bool(topology.cluster))
         except (ValueError, redis_errors.RedisError) as exc:
             raise BusUrlError(url, str(exc)) from None
         return cls(url, client, None, topology)
@@ -275,12 +202,18 @@ class Redis:
         """Learn the server's shape (cluster or not, unless the URL said) and check that
         it answers; raises ``BusUnavailable`` naming the URL."""
         if self.topology.cluster is None and await self._cluster_enabled():
-            single, self._client = self._client, _client(self.topology, cluster=True)
+            single, self._client = self._client, clients.build(self.topology, cluster=True)
             await single.aclose()
         await self.ping()
-        if self.topology.min_replicas and self._durable is None:
-            cluster = isinstance(self._client, aioredis.RedisCluster)
-            self._durable = _Durable(_client(self.topology, cluster=cluster, connections=1))
+        topology = self.topology
+        if self.cluster and self._masters is None:
+            self._masters = clients.NodeClients(topology, clients.MAX_CONNECTIONS)
+        if topology.min_replicas and self._durable is None:
+            self._durable = (
+                clients.Durable(None, clients.NodeClients(topology, 1))
+                if self.cluster
+                else clients.Durable(clients.build(topology, cluster=False, connections=1), None)
+            )
 
     async def _cluster_enabled(self) -> bool:
         try:
@@ -301,13 +234,21 @@ class Redis:
         return self._memory is not None
 
     async def close(self) -> None:
-        clients = [self._client] + ([self._durable.client] if self._durable else [])
-        self._durable = None
-        for client in clients:
-            await client.aclose()
-            manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
-            for sentinel in getattr(manager, "sentinels", ()):
-                await sentinel.aclose()
+        durable, self._durable = self._durable, None
+        if durable is not None:
+            await durable.close()
+        masters, self._masters = self._masters, None
+        if masters is not None:
+            await masters.close()
+        if self.cluster:
+            # redis-py's cluster client closes the nodes of its node map, but its parser
+            # of COMMAND GETKEYS keeps a node object of its own, which after a failover
+            # is no longer in that map (seen with redis-py 8.1): close it too.
+            parser_node = getattr(self._client.commands_parser, "node", None)
+            if parser_node is not None:
+                with contextlib.suppress(*FAILURES):
+                    await parser_node.disconnect()
+        await clients.close(self._client)
 
     def _translated(self, exc: BaseException, command: str = "") -> BaseException:
         """The one mapping of redis-py failures, by exception class: an outage or a passing
@@ -356,21 +297,40 @@ class Redis:
             raise translated from None
 
     async def _durably(self, key: str, write: Callable[[Any], Awaitable[_T]]) -> _T:
-        """Run ``write`` with the client it is given; with ``min_replicas`` set, on the
-        durable connection followed by WAIT, so that it counts only once replicated."""
-        durable = self._durable
-        if durable is None:
+        """Run ``write`` with a client that reaches ``key``'s server: with ``min_replicas``
+        the durable connection, followed by WAIT, so that it counts only once replicated;
+        on a cluster a plain client of the slot's master; else the bus's client."""
+        return await self._on_master(key, write, durable=True)
+
+    async def _on_master(
+        self, key: str, write: Callable[[Any], Awaitable[_T]], *, durable: bool
+    ) -> _T:
+        wait = self._durable if durable else None
+        if wait is None and self._masters is None:
             return await write(self._client)
-        async with durable.lock:
-            result = await write(durable.client)
-            await self._replicated(durable.client, key)
+        async with wait.lock if wait is not None else contextlib.nullcontext():
+            nodes = wait if wait is not None else self._masters
+            assert nodes is not None
+            client = nodes.client_for(self._client, key)
+            try:
+                result = await write(client)
+                if wait is not None:
+                    await self._replicated(client)
+            except (BusUnavailable, BusUrlError) as exc:
+                if not self.cluster:
+                    raise
+                # The slot moved (MOVED, ASK) or its master went away: learn the cluster's
+                # map again; the caller retries this write like any outage.
+                await nodes.close()
+                with contextlib.suppress(*FAILURES):
+                    await self._client.nodes_manager.initialize()
+                raise BusUnavailable(self.url, f"the master of {key} changed: {exc}") from None
         return result
 
-    async def _replicated(self, client: Any, key: str) -> None:
+    async def _replicated(self, client: Any) -> None:
         """WAIT for ``min_replicas`` replicas of the writes made so far on ``client``."""
         wanted, timeout = self.topology.min_replicas, self.topology.replica_timeout
-        target = {"target_nodes": client.get_node_from_key(key)} if self.cluster else {}
-        got = int(await self._call_on(client, "wait", wanted, int(timeout * 1000), **target))
+        got = int(await self._call_on(client, "wait", wanted, int(timeout * 1000)))
         if got < wanted:
             raise BusUnavailable(
                 self.url,
@@ -416,7 +376,7 @@ class Redis:
                 replies: list[Any] = await pipeline.execute()
             return replies
 
-        replies = await self._durably(key, write)
+        replies = await self._on_master(key, write, durable=True)
         self._notify((key,))
         return [_text(entry_id) for entry_id in replies]
 

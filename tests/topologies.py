@@ -13,7 +13,9 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import redis
@@ -34,7 +36,9 @@ def _free(port: int) -> bool:
 def free_ports(count: int, *, with_bus_port: bool = False) -> list[int]:
     """``count`` consecutive free ports (and their cluster bus ports, port + 10000)."""
     for _ in range(200):
-        first = random.randrange(20_000, 29_000)
+        # Below the kernel's ephemeral range (32768 and up on Linux), bus ports included,
+        # so that no client socket takes a port between the check and the bind.
+        first = random.randrange(11_000, 22_000)
         ports = list(range(first, first + count))
         needed = ports + ([port + 10_000 for port in ports] if with_bus_port else [])
         if all(_free(port) for port in needed):
@@ -42,12 +46,12 @@ def free_ports(count: int, *, with_bus_port: bool = False) -> list[int]:
     raise TopologyError(f"no {count} consecutive free ports")
 
 
-def _wait_until(what: str, check: object, timeout: float = START_TIMEOUT) -> None:
+def _wait_until(what: str, check: Callable[[], object], timeout: float = START_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
         try:
-            if check():  # type: ignore[operator]
+            if check():
                 return
         except (redis.RedisError, OSError) as exc:
             last = f": {exc}"
@@ -87,7 +91,18 @@ class Servers:
             [*self.commands[port], *extra], stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
-        _wait_until(f"redis-server on {port}", lambda: client(port).ping())
+        process = self.processes[port]
+
+        def answers() -> bool:
+            if process.poll() is not None:
+                raise TopologyError(f"redis-server on {port} exited: {self.log(port)}")
+            return bool(client(port).ping())
+
+        _wait_until(f"redis-server on {port}", answers)
+
+    def log(self, port: int) -> str:
+        lines = (self.directory / str(port) / "server.log").read_text(errors="replace")
+        return " / ".join(lines.strip().splitlines()[-2:])
 
     def restart(self, port: int, *extra: str) -> None:
         """Start a stopped server again with the same command line (and empty data),
@@ -148,6 +163,30 @@ class Cluster:
         _wait_until("cluster state after failover", lambda: self._ok(self.ports))
         return replica
 
+    def masters(self) -> list[int]:
+        with client(self.ports[0]) as node:
+            return sorted({int(master[1]) for _, _, master, *_ in node.cluster("slots")})
+
+    def move_slot_of(self, key: str, to: int, *, pause: float = 0.0) -> None:
+        """Move the slot of ``key`` to master ``to`` the way ``redis-cli --cluster
+        reshard`` does (IMPORTING, MIGRATING, MIGRATE of its keys, SETSLOT NODE),
+        sleeping ``pause`` seconds between keys so that clients meet ASK redirections."""
+        source = self.master_of(key)
+        with client(source) as src, client(to) as dst:
+            slot = int(src.execute_command("CLUSTER KEYSLOT", key))
+            source_id = src.execute_command("CLUSTER MYID").decode()
+            target_id = dst.execute_command("CLUSTER MYID").decode()
+            dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+            src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+            while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, 10):
+                for name in keys:
+                    src.execute_command("MIGRATE", "127.0.0.1", to, name, 0, 5000)
+                    time.sleep(pause)
+            for port in self.masters():
+                with client(port) as master:
+                    master.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+        _wait_until(f"slot {slot} on {to}", lambda: self.master_of(key) == to)
+
     @staticmethod
     def _ok(ports: list[int]) -> bool:
         for port in ports:
@@ -157,7 +196,18 @@ class Cluster:
         return True
 
 
-def start_cluster(directory: Path) -> Cluster:
+def start_cluster(directory: Path, *, attempts: int = 3) -> Cluster:
+    """A cluster on free ports; tried again on other ports when one was taken meanwhile."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start_cluster(directory / f"attempt-{attempt}")
+        except TopologyError:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_cluster(directory: Path) -> Cluster:
     servers = Servers(directory)
     ports = free_ports(6, with_bus_port=True)
     try:
@@ -238,7 +288,7 @@ def start_sentinels(directory: Path) -> Sentinels:
         for port in sentinels:
             _wait_until(
                 f"sentinel {port} sees the replica and its peers",
-                lambda port=port: _sentinel_ready(port, len(sentinels)),
+                partial(_sentinel_ready, port, len(sentinels)),
             )
     except BaseException:
         servers.close()

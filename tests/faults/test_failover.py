@@ -109,10 +109,42 @@ class TestClusterFailover:
                     await drained(bus, Recorder.NAME, timeout=DRAIN_TIMEOUT)
                     final = await publisher.emit(registered(), app="final", timeout=EMIT_TIMEOUT)
                 running = [name for name in names if workers.running(name)]
+                logs = workers.logs()
             assert redis_cluster.master_of(bus.keys.events) == promoted[0]
             await check(report, bus, run, f"master {master} -> {promoted[0]}")
         assert final.ok, final
-        assert running == names
+        assert running == names, logs
+
+
+class TestReshard:
+    async def test_moving_the_namespace_slot_loses_nothing(
+        self, report: Report, redis_cluster: Cluster, namespace: str, tmp_path: Path
+    ) -> None:
+        """The namespace's slot migrates to another master (key by key, as ``redis-cli
+        --cluster reshard`` moves it) while events flow: clients follow ASK and MOVED."""
+        url = redis_cluster.url
+        policies = {Recorder.NAME: PluginPolicy(required=True)}
+        async with Bus.connect(url, namespace) as bus:
+            source = redis_cluster.master_of(bus.keys.events)
+            target = next(port for port in redis_cluster.masters() if port != source)
+
+            async def reshard() -> None:
+                await anyio.to_thread.run_sync(
+                    lambda: redis_cluster.move_slot_of(bus.keys.events, target, pause=0.2)
+                )
+
+            async with process_workers(bus, url, tmp_path) as workers:
+                names = await workers.start(Recorder, 2, concurrency=2, timeout=30)
+                async with Publisher(bus, REGISTRY, policies=policies) as publisher:
+                    run = await emit_through(publisher, reshard)
+                    await drained(bus, Recorder.NAME, timeout=DRAIN_TIMEOUT)
+                    final = await publisher.emit(registered(), app="final", timeout=EMIT_TIMEOUT)
+                running = [name for name in names if workers.running(name)]
+                logs = workers.logs()
+            assert redis_cluster.master_of(bus.keys.events) == target
+            await check(report, bus, run, f"slot moved {source} -> {target}")
+        assert final.ok, final
+        assert running == names, logs
 
 
 @pytest.fixture
@@ -170,7 +202,8 @@ class TestSentinelFailover:
                     await drained(bus, Recorder.NAME, timeout=DRAIN_TIMEOUT)
                     final = await publisher.emit(registered(), app="final", timeout=10)
                 running = [name for name in names if workers.running(name)]
+                logs = workers.logs()
             assert sentinels.current_primary() == sentinels.replica
             await check(report, bus, run, f"promoted after {promoted[0]:.1f}s")
         assert final.ok, final
-        assert running == names
+        assert running == names, logs
