@@ -292,3 +292,86 @@ class TestAServerThatStopsAnswering:
             await registry.unregister_app("shop", timeout=1)
         assert time.monotonic() - started < 5
         assert registry.has_app("shop")
+
+
+class TestSharedInMemorySQLite:
+    """Apps sharing one in-memory SQLite database (its one connection) through the registry."""
+
+    @staticmethod
+    def slow_migrations(tmp_path: Path, app: str) -> Scripts:
+        made = Scripts.at(tmp_path / app)
+        for number in range(1, 6):
+            upgrade = f"{create_table(f'{app}_{number}')}\ntime.sleep(0.01)"
+            made.migration(f"{number:03}_{app}_{number}.py", upgrade)
+        return made
+
+    @staticmethod
+    def books_balance(registry: AppRegistry) -> tuple[set[str], set[str]]:
+        """The tables every tracked migration promised, and the tables there are."""
+        with registry.get_app("billing").connect() as connection:
+            names = connection.execute(sa.text("SELECT name FROM ro_migrations")).scalars()
+            promised = {name.removesuffix(".py")[4:] for name in names}
+            present = set(sa.inspect(connection).get_table_names())
+        return promised, present
+
+    async def test_two_sharing_apps_registering_at_once(
+        self, registry: AppRegistry, tmp_path: Path
+    ) -> None:
+        """Both register; every migration tracked has its table."""
+        await registry.register_app("billing", {"database": {"url": "sqlite://", "shared": True}})
+        configs = {
+            app: {
+                "use_connection": "billing",
+                "migrations": {"directory": str(self.slow_migrations(tmp_path, app).directory)},
+            }
+            for app in ("shop", "blog")
+        }
+        async with anyio.create_task_group() as group:
+            for app, config in configs.items():
+                group.start_soon(registry.register_app, app, config)
+        promised, present = self.books_balance(registry)
+        assert len(promised) == 10
+        assert promised <= present
+
+    async def test_a_session_in_use_while_a_sharing_app_registers(
+        self, registry: AppRegistry, tmp_path: Path
+    ) -> None:
+        """Another thread's session commits and rolls back meanwhile; the books still balance."""
+        billing = await registry.register_app(
+            "billing", {"database": {"url": "sqlite://", "shared": True}}
+        )
+        with billing.connect() as connection:
+            connection.execute(sa.text("CREATE TABLE notes (id INTEGER PRIMARY KEY)"))
+            connection.commit()
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def busy() -> None:
+            try:
+                while not stop.is_set():
+                    with billing.session() as session:
+                        session.execute(sa.text("INSERT INTO notes DEFAULT VALUES"))
+                        session.commit()
+                        session.execute(sa.text("SELECT count(*) FROM notes"))
+                        session.rollback()
+            except BaseException as exc:
+                errors.append(exc)
+
+        user = threading.Thread(target=busy)
+        user.start()
+        try:
+            migrations = self.slow_migrations(tmp_path, "shop")
+            await registry.register_app(
+                "shop",
+                {
+                    "use_connection": "billing",
+                    "migrations": {"directory": str(migrations.directory)},
+                },
+            )
+        finally:
+            stop.set()
+            await anyio.to_thread.run_sync(user.join, 30)
+        assert errors == []
+        promised, present = self.books_balance(registry)
+        assert len(promised) == 5
+        assert promised <= present
