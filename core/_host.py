@@ -129,10 +129,14 @@ class Host(Generic[T]):
             self._ready.set()
             self._done.set()
 
-    async def stop(self) -> None:
-        """Tell the task to close everything and wait until it has (shielded)."""
+    async def stop(self, limit: float | None = None) -> bool:
+        """Tell the task to close everything and wait (shielded) until it has, or for
+        ``limit`` seconds; whether it has ended."""
         self._stopping.set()
         if not self._ready.is_set() and self._task is not None:
             self._task.cancel()  # still opening (a slow connect): no need to finish that
-        with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True), anyio.move_on_after(
+            float("inf") if limit is None else limit
+        ):
             await self._done.wait()
+        return self._done.is_set()

@@ -484,6 +484,12 @@ class PluginManager:
             if loaded.worker is not None:
                 loaded.worker.shutdown_timeout = 0.0
 
+    def kill_processes(self) -> None:
+        """SIGKILL every supervised worker process now (the process is about to exit)."""
+        for loaded in self._plugins.values():
+            if loaded.supervisor is not None:
+                loaded.supervisor.kill_all()
+
     def forget_all(self) -> None:
         """The registry's task is gone: no plugin of it runs any more."""
         self._plugins.clear()

@@ -37,6 +37,10 @@ from ._steps import Steps, policies
 
 log = logging.getLogger("rapid_objection.registry")
 
+CLOSE_GRACE = 3.0
+"""Seconds past the shutdown deadline for the registry's task to close the publisher and
+the bus (each bounded at 2 s) once everything was cancelled."""
+
 APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
@@ -190,11 +194,19 @@ class AppRegistry:
             host, self._host = self._host, None
             if scope.cancelled_caught:
                 self.plugins.hurry()
+            finished = True
             if host is not None:
                 # Cancels what still runs (workers, supervisors: their processes are
                 # killed), then closes the publisher and the bus, in the task that
-                # opened them.
-                await host.stop()
+                # opened them. Bounded: a plain def hook stuck in its thread holds its
+                # worker until the thread returns, and no one can stop a thread.
+                left = max(deadline - anyio.current_time(), 0.0) + CLOSE_GRACE
+                finished = await host.stop(left)
+            if not finished:
+                errors.append(
+                    "a plugin's hook is still running in its thread: its worker and the "
+                    "bus close when it returns"
+                )
             self.plugins.attach(None)
             self.plugins.forget_all()
         self.initialized = False
@@ -205,6 +217,7 @@ class AppRegistry:
             apps_shut_down=apps,
             plugins_shut_down=plugins,
             errors=errors,
+            finished=finished,
         )
 
     async def __aenter__(self) -> AppRegistry:

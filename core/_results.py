@@ -36,6 +36,10 @@ class ShutdownResult:
     apps_shut_down: list[str]
     plugins_shut_down: list[str]
     errors: list[str] = field(default_factory=list)
+    finished: bool = True
+    """False when something the registry started was still running as shutdown returned:
+    a plugin's plain ``def`` hook blocked in its thread (a thread cannot be stopped). Its
+    inline worker, and the bus, close once that thread returns."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,6 +156,13 @@ class Supervisor:
             start_new_session=True,
         )
 
+    def kill_all(self) -> None:
+        """SIGKILL every worker at once, without waiting (the registry is exiting)."""
+        self._stopping = True
+        for process in self._processes.values():
+            if process.returncode is None:
+                process.kill()
+
     async def stop(self) -> None:
         """SIGTERM every worker (they drain in-flight hooks), SIGKILL what outlives the timeout."""
         self._stopping = True

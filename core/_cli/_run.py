@@ -13,8 +13,10 @@ the file says the registry must not run its apps without it. A plugin that is no
 required and fails to load is reported, and the registry runs without it.
 
 A stop requested while plugins load or an app registers takes effect once that step
-ends (an app is never left half-registered); a second signal exits at once, without a
-clean shutdown.
+ends (an app is never left half-registered); a second signal exits at once (status
+130), without a clean shutdown, after killing the worker processes the registry
+supervises (none is left running on its own). After a shutdown the process exits with
+its status even when a plugin's plain ``def`` hook is still stuck in its thread.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
 
 EXIT_AT_ONCE = 130
 """The exit status after a second stop signal (as for an interrupted command)."""
+
+
 
 
 def add_parser(commands: Any) -> None:
@@ -90,34 +94,49 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
+def _exit_now(code: int) -> None:
+    """A plain ``def`` hook still running in its thread would keep the process alive
+    after the shutdown (the event loop and the interpreter wait for it): exit anyway."""
+    warn("rapid-objection: a plugin's hook is still running in its thread; exiting anyway")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 async def serve(config: RegistryConfig) -> int:
     """Run a registry from ``config`` until SIGTERM or SIGINT; returns the exit status."""
+    from .._registry import AppRegistry
+
+    registry = AppRegistry(config)
     stop = anyio.Event()
     # Signals are caught from the start: a stop during startup is still a clean one.
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with anyio.create_task_group() as group:
-            group.start_soon(_watch, signals, stop)
+            group.start_soon(_watch, signals, stop, registry)
             try:
-                code = await _serve(config, stop)
+                code = await _serve(registry, stop)
             finally:
                 group.cancel_scope.cancel()
     return code
 
 
-async def _watch(signals: AsyncIterator[signal.Signals], stop: anyio.Event) -> None:
+async def _watch(
+    signals: AsyncIterator[signal.Signals], stop: anyio.Event, registry: AppRegistry
+) -> None:
     async for signum in signals:
         name = signum.name
         if stop.is_set():
             warn(f"received {name} again: exiting at once, without a clean shutdown")
+            # Its supervised workers live in sessions of their own: kill them, or they
+            # would outlive the registry.
+            registry.plugins.kill_processes()
             os._exit(EXIT_AT_ONCE)
         say(f"received {name}: shutting down (send it again to exit at once)")
         stop.set()
 
 
-async def _serve(config: RegistryConfig, stop: anyio.Event) -> int:
-    from .._registry import AppRegistry
-
-    registry = AppRegistry(config)
+async def _serve(registry: AppRegistry, stop: anyio.Event) -> int:
+    config = registry.config
     say(f"registry {registry.id}: bus {mask_url(config.bus.url)}, namespace {config.bus.namespace}")
     registry.on("step", _print_step)
     try:
@@ -152,6 +171,8 @@ async def _serve(config: RegistryConfig, stop: anyio.Event) -> int:
     if not done.success:
         warn(f"rapid-objection: shutdown was not clean: {'; '.join(done.errors)}")
         code = code or 1
+    if not done.finished:
+        _exit_now(code)
     return code
 
 

@@ -6,7 +6,10 @@ process, with the demo's sample plugins running inline; the flag tests use the r
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -39,6 +42,38 @@ class SlowShutdown(PluginInterface):
         self, app_name: str, connection: ConnectionInfo, options: dict[str, Any]
     ) -> None:
         await anyio.sleep(10)
+
+
+class StuckHook:
+    """A plain ``def`` hook that blocks its thread for a minute: it cannot be cancelled."""
+
+    name = "stuck-hook"
+    version = "1.0.0"
+
+    async def initialize(self, registry: Any, config: dict[str, Any]) -> None:
+        """Nothing to open."""
+
+    async def shutdown(self) -> None:
+        """Nothing to release."""
+
+    def get_status(self) -> dict[str, Any]:
+        return {}
+
+    def on_app_registered(self, app_name: str, connection: ConnectionInfo, config: Any) -> None:
+        time.sleep(60)
+
+
+def processes_with(*words: str) -> list[int]:
+    """Pids of live processes whose command line holds every one of ``words``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+            if all(word.encode() in arguments for word in words):
+                found.append(int(entry.name))
+    return found
 
 
 def registry_file(tmp_path: Path, body: str, *, registry: str = "") -> Path:
@@ -223,6 +258,60 @@ class TestServe:
             code = await run.exit_code(timeout=5)
         assert code == 130
         assert "received SIGTERM again: exiting at once" in run.err
+
+    async def test_a_second_signal_leaves_no_supervised_worker_behind(
+        self, tmp_path: Path, redis_url: str, namespace: str
+    ) -> None:
+        """The exit at once of a second signal first kills the worker processes the
+        registry supervises: none of them outlives it."""
+        plugins = (
+            "[plugins.slow-shutdown]\n"
+            'module = "tests.core.test_cli_run:SlowShutdown"\nrequired = true\ntimeout = 20.0\n\n'
+            "[plugins.monitoring]\n"
+            'module = "tests.core.demo_plugins:MonitoringPlugin"\nmode = "process"\n\n'
+        )
+        config = registry_file(tmp_path, plugins + sqlite_app(tmp_path, "shop"))
+        args = (str(config), "--bus-url", redis_url, "--namespace", namespace)
+        try:
+            async with running(tmp_path, *args) as run:
+                await run.printed(READY)
+                workers = processes_with("worker", "--namespace", namespace)
+                assert len(workers) == 1
+                run.signal(signal.SIGTERM)
+                await run.printed("received SIGTERM: shutting down")
+                await anyio.sleep(0.5)
+                run.signal(signal.SIGTERM)
+                assert await run.exit_code(timeout=5) == 130
+            with anyio.fail_after(5):
+                while processes_with("worker", "--namespace", namespace):
+                    await anyio.sleep(0.05)
+        finally:
+            with anyio.CancelScope(shield=True):
+                for pid in processes_with("worker", "--namespace", namespace):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                async with Bus.connect(redis_url, namespace) as bus:
+                    await purge(bus)
+
+    async def test_a_stuck_plain_def_hook_does_not_keep_the_process_alive(
+        self, tmp_path: Path
+    ) -> None:
+        """A plain def hook blocked in its thread past the shutdown: the process still
+        exits, with the documented status of a shutdown that was not clean (1)."""
+        stuck = (
+            "[plugins.stuck-hook]\n"
+            'module = "tests.core.test_cli_run:StuckHook"\ntimeout = 0.5\n\n'
+        )
+        config = registry_file(
+            tmp_path, stuck + sqlite_app(tmp_path, "shop"), registry="shutdown_timeout = 2.0"
+        )
+        async with running(tmp_path, str(config)) as run:
+            await run.printed(READY)
+            run.signal(signal.SIGTERM)
+            code = await run.exit_code(timeout=15)
+        assert code == 1, run.err
+        assert "shutdown was not clean" in run.err
+        assert "a plugin's hook is still running in its thread; exiting anyway" in run.err
 
     async def test_a_stop_during_startup_registers_nothing_and_exits_cleanly(
         self, tmp_path: Path
