@@ -13,6 +13,7 @@ from ._history import History
 from ._keys import Keys
 from ._outbox import Outbox
 from ._redis import Redis
+from ._topology import with_options
 
 
 class Bus:
@@ -33,8 +34,17 @@ class Bus:
         self._publisher = Outbox(redis, self.keys.events)
 
     @classmethod
-    def connect(cls, url: str = "memory://", namespace: str = DEFAULT_NAMESPACE) -> Bus:
-        """A bus for ``url``; nothing is sent until it is opened."""
+    def connect(
+        cls,
+        url: str = "memory://",
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        cluster: bool | None = None,
+        min_replicas: int | None = None,
+    ) -> Bus:
+        """A bus for ``url``; nothing is sent until it is opened. ``cluster`` and
+        ``min_replicas``, when given, override the URL's options of those names."""
+        url = with_options(url, cluster=cluster, min_replicas=min_replicas)
         return cls(Redis.connect(url), namespace)
 
     @property

@@ -58,6 +58,25 @@ class Topology:
         return self.scheme == SENTINEL_SCHEME
 
 
+def with_options(url: str, *, cluster: bool | None = None, min_replicas: int | None = None) -> str:
+    """``url`` with the topology options given as settings or flags (``[bus] cluster``,
+    ``--min-replicas``) put in its query, over what the URL said; None leaves one out."""
+    given = {
+        name: value
+        for name, value in (
+            ("cluster", None if cluster is None else str(cluster).lower()),
+            ("min_replicas", None if min_replicas is None else str(min_replicas)),
+        )
+        if value is not None
+    }
+    if not given or url.startswith("memory:"):
+        return url
+    base, _, query = url.partition("?")
+    kept = [(name, value) for name, value in parse_qsl(query, keep_blank_values=True)]
+    kept = [(name, value) for name, value in kept if name not in given]
+    return f"{base}?{urlencode([*kept, *given.items()])}"
+
+
 def parse(url: str) -> Topology:
     """Parse a bus URL or raise ``BusUrlError`` saying what is wrong with it."""
     parts = urlsplit(url)

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from rapid_objection.bus._constants import DEFAULT_ACK_TIMEOUT, DEFAULT_NAMESPACE
+from rapid_objection.bus._topology import with_options
 from rapid_objection.plugin_workers._settings import WorkerSettings
 
 from ._errors import ConfigError
@@ -100,8 +101,20 @@ class BusSection(_Section):
     url: str = "memory://"
     namespace: str = DEFAULT_NAMESPACE
     ack_timeout: float = DEFAULT_ACK_TIMEOUT
+    cluster: bool | None = None
+    """True: a Redis Cluster through any node; False: never; None: ask the server."""
+    min_replicas: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Replicas every protocol write waits for (WAIT) before it counts."""
     retention_max_age: float | None = None
     retention_max_len: int | None = None
+
+    @property
+    def connect_url(self) -> str:
+        """The URL with ``cluster`` and ``min_replicas`` in it, as every process of this
+        registry (its supervised workers included) connects."""
+        return with_options(
+            self.url, cluster=self.cluster, min_replicas=self.min_replicas or None
+        )
 
 
 class PluginManagerSection(_Section):

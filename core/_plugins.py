@@ -381,7 +381,7 @@ class PluginManager:
             name,
             config.module,
             workers=config.workers,
-            bus_url=self.config.bus.url,
+            bus_url=self.config.bus.connect_url,
             namespace=bus.namespace,
             table=WorkerTable.of(name, config.config, config),
             consumer_prefix=self.registry_id,

@@ -115,7 +115,7 @@ class AppRegistry:
     async def _open(self, stack: AsyncExitStack) -> tuple[Bus, Steps]:
         """In the registry's own task: the bus and the publisher."""
         settings = self.config.bus
-        bus = await stack.enter_async_context(Bus.connect(settings.url, settings.namespace))
+        bus = await stack.enter_async_context(Bus.connect(settings.connect_url, settings.namespace))
         for other in await bus.directory.registries():
             if other.id == self.id and is_alive(other.seen):
                 # Two registries under one id would share an ack stream and apps.

@@ -36,6 +36,29 @@ def add_bus_options(parser: argparse.ArgumentParser, default_url: str | None) ->
         default=os.environ.get(ENV_NAMESPACE),
         help=f"the bus namespace (env {ENV_NAMESPACE}; default: {DEFAULT_NAMESPACE})",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_const",
+        const=True,
+        help="the URL names a node of a Redis Cluster (default: ask the server)",
+    )
+    parser.add_argument(
+        "--min-replicas",
+        type=int,
+        metavar="N",
+        help="every protocol write waits until N replicas have it (default 0)",
+    )
+
+
+def bus_url(args: argparse.Namespace) -> str:
+    """``--bus-url`` with ``--cluster`` and ``--min-replicas`` put in it."""
+    from rapid_objection.bus._topology import with_options
+
+    if args.min_replicas is not None and args.min_replicas < 0:
+        raise UsageError(f"--min-replicas must be at least 0, not {args.min_replicas}")
+    return with_options(
+        str(args.bus_url), cluster=args.cluster, min_replicas=args.min_replicas
+    )
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -15,7 +15,7 @@ from rich.table import Table
 from rapid_objection.bus import Bus, DeadLetterEntry, DeadLetters
 from rapid_objection.bus._constants import DEFAULT_NAMESPACE
 
-from ._args import DEFAULT_SERVER_URL, Parser, add_bus_options
+from ._args import DEFAULT_SERVER_URL, Parser, add_bus_options, bus_url
 
 
 def add_parser(commands: Any) -> None:
@@ -36,7 +36,7 @@ def add_parser(commands: Any) -> None:
 
 def run_list(args: argparse.Namespace) -> int:
     async def main() -> list[DeadLetterEntry]:
-        async with Bus.connect(args.bus_url, args.namespace or DEFAULT_NAMESPACE) as bus:
+        async with Bus.connect(bus_url(args), args.namespace or DEFAULT_NAMESPACE) as bus:
             return await DeadLetters(bus).list(count=args.count)
 
     entries = anyio.run(main)
@@ -69,7 +69,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_redrive(args: argparse.Namespace) -> int:
     async def main() -> None:
-        async with Bus.connect(args.bus_url, args.namespace or DEFAULT_NAMESPACE) as bus:
+        async with Bus.connect(bus_url(args), args.namespace or DEFAULT_NAMESPACE) as bus:
             letters = DeadLetters(bus)
             for letter_id in args.ids:
                 done = await letters.redrive(letter_id)

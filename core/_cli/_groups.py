@@ -12,7 +12,7 @@ from rapid_objection.bus._constants import DEFAULT_NAMESPACE
 from rapid_objection.bus._directory import is_alive
 from rapid_objection.bus._retention import drop_group
 
-from ._args import DEFAULT_SERVER_URL, Parser, add_bus_options, fail
+from ._args import DEFAULT_SERVER_URL, Parser, add_bus_options, bus_url, fail
 
 
 def add_parser(commands: Any) -> None:
@@ -31,7 +31,7 @@ def add_parser(commands: Any) -> None:
 
 def run_drop(args: argparse.Namespace) -> int:
     async def main() -> bool:
-        async with Bus.connect(args.bus_url, args.namespace or DEFAULT_NAMESPACE) as bus:
+        async with Bus.connect(bus_url(args), args.namespace or DEFAULT_NAMESPACE) as bus:
             workers = await bus.directory.workers(args.name)
             if not args.force and any(is_alive(worker.seen) for worker in workers):
                 fail(

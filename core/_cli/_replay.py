@@ -22,7 +22,7 @@ from rapid_objection.bus._constants import DEFAULT_NAMESPACE
 
 from .._errors import ReplayError
 from .._replay import Selection, parse_time, provenance, redeliver, select, summary
-from ._args import DEFAULT_SERVER_URL, Parser, UsageError, add_bus_options
+from ._args import DEFAULT_SERVER_URL, Parser, UsageError, add_bus_options, bus_url
 
 # argparse takes "-15m" for an unknown option rather than the value of --since; values
 # that look like relative times are read as values, as negative numbers are.
@@ -138,7 +138,7 @@ def _table(title: str, entries: Sequence[HistoryEntry]) -> Table:
 
 
 async def _list(args: argparse.Namespace, selection: Selection) -> int:
-    async with Bus.connect(args.bus_url, args.namespace or DEFAULT_NAMESPACE) as bus:
+    async with Bus.connect(bus_url(args), args.namespace or DEFAULT_NAMESPACE) as bus:
         if args.format == "jsonl":
             async for entry in select(bus, selection):
                 print(_jsonl(entry.entry_id, entry.envelope))
@@ -151,7 +151,7 @@ async def _list(args: argparse.Namespace, selection: Selection) -> int:
 
 
 async def _redeliver(args: argparse.Namespace, selection: Selection) -> int:
-    async with Bus.connect(args.bus_url, args.namespace or DEFAULT_NAMESPACE) as bus:
+    async with Bus.connect(bus_url(args), args.namespace or DEFAULT_NAMESPACE) as bus:
         replay = await redeliver(bus, args.to_plugin, selection, execute=args.execute)
     plugin = replay.plugin
     count = len(replay.redeliveries)

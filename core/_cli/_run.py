@@ -68,7 +68,14 @@ def warn(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def load(path: Path, bus_url: str | None, namespace: str | None) -> RegistryConfig:
+def load(
+    path: Path,
+    bus_url: str | None,
+    namespace: str | None,
+    *,
+    cluster: bool | None = None,
+    min_replicas: int | None = None,
+) -> RegistryConfig:
     """The registry file with the command line's bus settings; ``UsageError`` names the key."""
     from .._config import load_registry_config
     from .._errors import ConfigError
@@ -79,14 +86,25 @@ def load(path: Path, bus_url: str | None, namespace: str | None) -> RegistryConf
         raise UsageError(str(exc)) from None
     overrides = {
         key: value
-        for key, value in (("url", bus_url), ("namespace", namespace))
+        for key, value in (
+            ("url", bus_url),
+            ("namespace", namespace),
+            ("cluster", cluster),
+            ("min_replicas", min_replicas),
+        )
         if value is not None
     }
     return replace(config, bus=replace(config.bus, **overrides)) if overrides else config
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load(args.config, args.bus_url, args.namespace)
+    config = load(
+        args.config,
+        args.bus_url,
+        args.namespace,
+        cluster=args.cluster,
+        min_replicas=args.min_replicas,
+    )
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

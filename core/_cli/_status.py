@@ -15,7 +15,7 @@ from rich.table import Table
 from rapid_objection.bus import Bus, StatusReport, collect_status
 from rapid_objection.bus._constants import DEFAULT_NAMESPACE
 
-from ._args import DEFAULT_SERVER_URL, Parser, add_bus_options
+from ._args import DEFAULT_SERVER_URL, Parser, add_bus_options, bus_url
 
 
 def add_parser(commands: Any) -> None:
@@ -30,7 +30,7 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     async def main() -> StatusReport:
-        async with Bus.connect(args.bus_url, args.namespace or DEFAULT_NAMESPACE) as bus:
+        async with Bus.connect(bus_url(args), args.namespace or DEFAULT_NAMESPACE) as bus:
             return await collect_status(bus, recent=args.failures)
 
     report = anyio.run(main)

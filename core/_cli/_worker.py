@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from rapid_objection.bus._constants import DEFAULT_NAMESPACE
+from rapid_objection.bus._topology import with_options
 from rapid_objection.plugin_workers._settings import ENV_WORKER_TABLE
 
 from ._args import DEFAULT_SERVER_URL, Parser, UsageError, add_bus_options
@@ -137,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
 
     table, bus_table = worker_table(args)
     url = args.bus_url or bus_table.get("url") or DEFAULT_SERVER_URL
+    url = with_options(url, cluster=args.cluster, min_replicas=args.min_replicas)
     if url.startswith("memory:"):
         raise UsageError(
             "a worker process cannot join memory:// (the embedded bus lives inside one "

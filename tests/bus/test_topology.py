@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from rapid_objection.bus import Bus, BusUrlError
-from rapid_objection.bus._topology import DEFAULT_REPLICA_TIMEOUT, Topology, parse
+from rapid_objection.bus import Bus, BusUnavailable, BusUrlError
+from rapid_objection.bus._topology import (
+    DEFAULT_REPLICA_TIMEOUT,
+    Topology,
+    parse,
+    with_options,
+)
+from rapid_objection.core._config import load_registry_config
 from tests.topologies import Cluster
 
 pytestmark = pytest.mark.anyio
@@ -120,3 +128,52 @@ class TestCluster:
             assert not bus.redis.cluster
             with pytest.raises(BusUrlError, match="Redis Cluster node"):
                 await bus.redis.xlen(bus.keys.events)
+
+
+class TestOptions:
+    @pytest.mark.parametrize(
+        ("url", "options", "expected"),
+        [
+            pytest.param("redis://h/0", {}, "redis://h/0", id="nothing-given"),
+            pytest.param(
+                "redis://h/0", {"cluster": True}, "redis://h/0?cluster=true", id="cluster"
+            ),
+            pytest.param(
+                "redis://h/0?min_replicas=2&client_name=x",
+                {"min_replicas": 1},
+                "redis://h/0?client_name=x&min_replicas=1",
+                id="a-flag-wins-over-the-url",
+            ),
+            pytest.param("memory://x", {"min_replicas": 1}, "memory://x", id="embedded"),
+        ],
+    )
+    def test_settings_go_into_the_url(
+        self, url: str, options: dict[str, Any], expected: str
+    ) -> None:
+        """``[bus] cluster``/``min_replicas`` and the CLI flags travel in the URL."""
+        assert with_options(url, **options) == expected
+
+    def test_the_registry_setting_reaches_every_write(self) -> None:
+        """``[bus] min_replicas`` is in the URL the registry and its workers connect with."""
+        config = load_registry_config(
+            {"bus": {"url": "redis://h:6379/0", "min_replicas": 2, "cluster": False}}
+        )
+        assert parse(config.bus.connect_url) == Topology(
+            "redis", "redis://h:6379/0", cluster=False, min_replicas=2
+        )
+
+
+@pytest.mark.redis_server
+class TestDurability:
+    async def test_a_write_without_its_replicas_is_an_outage(
+        self, redis_url: str, namespace: str
+    ) -> None:
+        """With min_replicas=1 on a server without replicas, a publish waits
+        ``replica_timeout`` and fails with BusUnavailable saying how many answered."""
+        url = f"{redis_url}?replica_timeout=0.2"
+        async with Bus.connect(url, namespace, min_replicas=1) as bus:
+            with pytest.raises(BusUnavailable, match="only 0 of 1 replicas"):
+                await bus.redis.xadd(bus.keys.events, {b"k": b"v"})
+            # The write itself landed on the primary: WAIT cannot take it back.
+            assert await bus.redis.xlen(bus.keys.events) == 1
+            await bus.redis.delete(bus.keys.events)

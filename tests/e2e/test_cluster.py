@@ -74,7 +74,9 @@ async def test_every_shard_serves_registries_workers_and_the_cli(
         expected = [f"{event}:shop" for event in (*REGISTER_ORDER, *UNREGISTER_ORDER)]
         assert seen == dict.fromkeys(namespaces, expected)
         for namespace in namespaces:
-            code, out, err = await run_cli("status", "--bus-url", url, "--namespace", namespace)
+            code, out, err = await run_cli(
+                "status", "--bus-url", url, "--cluster", "--namespace", namespace
+            )
             assert code == 0, err
             assert "hook-order" in out
             code, out, err = await run_cli(
