@@ -27,6 +27,9 @@ log = logging.getLogger("rapid_objection.registry")
 class Undoable(Protocol):
     """A runner of migrations or seeds (``_runners.Runner``)."""
 
+    applied: bool
+    """Its ``apply()`` ran: its ``undo()`` undoes what that apply made, and only that."""
+
     def apply(self) -> OperationResult: ...
 
     def undo(self) -> OperationResult: ...
@@ -85,7 +88,9 @@ class AppChanges:
         """A failed registration: undo what it applied, seeds first, then release the lock."""
         try:
             for runner in (self.seeds, self.migrations):
-                if runner is None:
+                if runner is None or not runner.applied:
+                    # Never applied in this registration: an undo would take the
+                    # newest batch, an earlier registration's.
                     continue
                 result = runner.undo()
                 if not result.success:

@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 
@@ -39,7 +39,7 @@ from rapid_objection.bus import (
 )
 from rapid_objection.bus._directory import Directory
 
-from ._app_data import AppChanges
+from ._app_data import AppChanges, Undoable
 from ._config import AppConfig, to_dict
 from ._connections import ConnectionManager, Engines
 from ._errors import AppAlreadyRegistered
@@ -49,16 +49,6 @@ from ._results import UnregisterResult
 from ._steps import Steps
 
 log = logging.getLogger("rapid_objection.registry")
-
-
-class Runner(Protocol):
-    """Migrations (plain or Alembic) and seeds: apply a batch, undo the last one."""
-
-    def apply(self) -> OperationResult: ...
-
-    def undo(self) -> OperationResult: ...
-
-    def status(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +70,8 @@ class AppRecord:
     manager: ConnectionManager
     config: AppConfig
     reused: bool
-    migrations: Runner | None = None
-    seeds: Runner | None = None
+    migrations: Undoable | None = None
+    seeds: Undoable | None = None
     models: ModelSet | None = None
     health: dict[str, Any] | None = None
     registered_at: float = field(default_factory=time.time)

@@ -106,7 +106,6 @@ async def _import(module: str) -> type[Any]:
         ) from None
 
 
-
 @dataclass(frozen=True, slots=True)
 class PluginHost:
     """What running plugins takes of an initialized registry."""

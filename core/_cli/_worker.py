@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from .._config import PluginConfig
 
 
-
 def add_parser(commands: Any) -> None:
     parser: Parser = commands.add_parser(
         "worker", help="run a plugin worker (one consumer of the plugin's group)"

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from rapid_objection.bus._redis import forget_memory_server
-from rapid_objection.core import AppRegistry, RegistryError, SeedFailed
+from rapid_objection.core import AppRegistry, MigrationFailed, RegistryError, SeedFailed
 from tests.core.fixtures_migrations import (
     FAIL,
     Scripts,
@@ -375,3 +375,19 @@ class TestSharedInMemorySQLite:
         promised, present = self.books_balance(registry)
         assert len(promised) == 5
         assert promised <= present
+
+
+class TestAFailedRegistrationUndoesOnlyItsOwn:
+    async def test_seeds_of_an_earlier_registration_survive_a_failed_migration(
+        self, registry: AppRegistry, database_url: str, migrations: Scripts, seeds: Scripts
+    ) -> None:
+        """The failed registration never seeded: the earlier registration's seeds stay."""
+        config = app_config(database_url, migrations, seeds)
+        await registry.register_app("shop", config)
+        await registry.unregister_app("shop", rollback=False)
+        migrations.migration("002_broken.py", FAIL)
+        with pytest.raises(MigrationFailed):
+            await registry.register_app("shop", config)
+        assert labels(database_url) == ["first"]
+        assert "unseed 001_first.py" not in seeds.calls()
+        assert "down 001_items.py" not in migrations.calls()
