@@ -8,6 +8,7 @@ leases and reclaims what dead consumers left.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,9 @@ from ._redis import Entry
 from ._retry import Deferred, Outage, RetryPolicy
 
 __all__ = ["Consumer", "Delivery", "Handler"]
+
+READ_AHEAD = 0.1
+"""Seconds of hook work per lane a consumer reads ahead (a full batch for fast hooks)."""
 
 RECHECK_MS = 10
 """Milliseconds between two looks at the group while entries wait for order."""
@@ -79,6 +83,8 @@ class Consumer:
         self._reading: set[str] = set()
         self._lanes: Lanes | None = None
         self._send: Sink | None = None
+        self._hook_time = 0.0
+        """Seconds a hook call takes, a moving average: how much to read ahead."""
         self._order = AppOrder(
             bus.redis, bus.keys.events, plugin, consumer, self._reading.__contains__
         )
@@ -166,9 +172,7 @@ class Consumer:
             async with stream:
                 await self._read_own_pending(lanes, send)
                 await self._read_loop(lanes, send)
-                for delivery in self._order.give_back():
-                    # Held back for order and never run: a live peer takes them.
-                    send.send_nowait(Done(delivery.entry_id, delivery.envelope, keep=True))
+                await self._give_back(send)
                 await lanes.wait_idle()
             # Leases are renewed until the last flush is over, not until the stop began:
             # a drain longer than the idle threshold would hand its tail to a peer.
@@ -218,7 +222,7 @@ class Consumer:
                 if self._order.waiting:
                     await self._admit([])
                     await lanes.settle()
-            wanted = min(self._batch, self._capacity - self._held)
+            wanted = min(self._batch, self._capacity - self._held, self._read_ahead())
             if wanted <= 0:
                 break
             entries = []
@@ -349,7 +353,9 @@ class Consumer:
             first_error: str | None = None
             deferrals = 0
             while True:
+                started = time.perf_counter()
                 answer = await self._call(delivery)
+                self._hook_time += (time.perf_counter() - started - self._hook_time) / 8
                 if isinstance(answer, Deferred):
                     # "Not now" is no failed delivery: it has a budget of its own.
                     deferrals += 1
@@ -423,6 +429,33 @@ class Consumer:
             replay=envelope.replay,
         )
         send.send_nowait(Done(delivery.entry_id, envelope, ack, letter))
+
+    async def _give_back(self, send: Sink) -> None:
+        """Leave what waited for order pending for a live peer, as never delivered: its
+        hook never ran here, so its read must not spend one of its ``max_deliveries``."""
+        waiting = self._order.give_back()
+        for attempt in sorted({delivery.attempt for delivery in waiting}):
+            ids = [d.entry_id for d in waiting if d.attempt == attempt]
+            # Should this fail, the read counts: at worst one delivery early in the budget.
+            with contextlib.suppress(BusUnavailable, GroupMissing):
+                await self.bus.redis.xclaim_ids(
+                    self.bus.keys.events,
+                    self.plugin,
+                    self.consumer,
+                    ids,
+                    0,
+                    retry_count=attempt - 1,
+                )
+        for delivery in waiting:
+            send.send_nowait(Done(delivery.entry_id, delivery.envelope, keep=True))
+
+    def _read_ahead(self) -> int:
+        """Entries worth reading at once: a full batch for fast hooks, but with slow
+        ones no more than ``READ_AHEAD`` seconds of work per lane, so that a consumer
+        does not sit on entries its peers could run (or that wait for order)."""
+        if self._hook_time * self._batch <= READ_AHEAD * self._concurrency:
+            return self._batch
+        return max(self._concurrency, int(READ_AHEAD * self._concurrency / self._hook_time))
 
     def _settled(self, done: list[Done]) -> None:
         """The flush of ``done`` is over: their leases end and their room is free."""

@@ -43,6 +43,7 @@ STOP_FLUSH_PATIENCE = 10.0
 UNSETTLED_SCAN = 100_000
 """Pending rows a retried flush reads to find which of its entries are still pending."""
 
+
 class Flusher:
     """Writes what one consumer finished, and tells it which entries are settled."""
 

@@ -564,11 +564,20 @@ class Redis:
         ]
 
     async def xclaim_ids(
-        self, key: str, group: str, consumer: str, entry_ids: Sequence[str], min_idle_ms: int
+        self,
+        key: str,
+        group: str,
+        consumer: str,
+        entry_ids: Sequence[str],
+        min_idle_ms: int,
+        *,
+        retry_count: int | None = None,
     ) -> list[str]:
-        """XCLAIM ... JUSTID: take entries idle past ``min_idle_ms``; 0 renews one's own lease."""
+        """XCLAIM ... JUSTID: take entries idle past ``min_idle_ms``; 0 renews one's own
+        lease; ``retry_count`` (RETRYCOUNT) sets their delivery count."""
         if not entry_ids:
             return []
+        extra = {} if retry_count is None else {"retrycount": retry_count}
         raw = await self._group_call(
             key,
             group,
@@ -580,6 +589,7 @@ class Redis:
             list(entry_ids),
             justid=True,
             durable=True,
+            **extra,
         )
         return [_text(entry_id) for entry_id in raw]
 

@@ -149,9 +149,7 @@ class TestLoading:
                 await plugins.load("remote", _external("example:Remote"))
         assert time.monotonic() - started >= 2.5  # it waited (load_timeout 3)
 
-    async def test_two_loads_of_one_name_at_once_load_it_once(
-        self, registry: AppRegistry
-    ) -> None:
+    async def test_two_loads_of_one_name_at_once_load_it_once(self, registry: AppRegistry) -> None:
         """Of two concurrent load_plugin calls with one name, one is refused; after
         unload_plugin no instance of it is left running."""
         outcomes: list[Any] = []
@@ -270,5 +268,3 @@ class TestReentry:
 def _external(module: str) -> PluginConfig:
     """The ``[plugins.x]`` table of a plugin whose workers run elsewhere."""
     return convert({"module": module, "mode": "external"}, PluginConfig)
-
-

@@ -11,7 +11,9 @@ in a shutdown) without counting one call twice.
 
 from __future__ import annotations
 
+import json
 import secrets
+import time
 from typing import Any, ClassVar, Literal
 
 import anyio
@@ -79,3 +81,47 @@ class Raiser(Recorder):
     ) -> None:
         await self.record("calls", self.call())
         raise RuntimeError("this hook always fails")
+
+
+def runs_key(keys: Keys, plugin: str) -> str:
+    """The hash ``<event id>|<call token> -> JSON run record`` of ``plugin``'s hook calls."""
+    return f"{keys.prefix}faults:runs:{plugin}"
+
+
+class Timed(Recorder):
+    """Records each run of its hook with its consumer, start and end time and outcome;
+    sleeps ``config["sleep"]`` seconds, and raises when ``config["fail"]``."""
+
+    NAME = "fault-timed"
+
+    async def on_app_registered(
+        self, app_name: str, connection: ConnectionInfo, config: dict[str, Any]
+    ) -> None:
+        call, started = self.call(), time.time()
+        await self.run_record(call, started, None, "running")
+        await anyio.sleep(float(config.get("sleep", 0.0)))
+        if config.get("fail"):
+            await self.run_record(call, started, time.time(), "raised")
+            raise RuntimeError("this event always fails")
+        await self.run_record(call, started, time.time(), "ok")
+
+    async def run_record(
+        self, call: str, started: float, ended: float | None, outcome: str
+    ) -> None:
+        view = self.registry
+        assert isinstance(view, RegistryView), "initialize() runs before any hook"
+        record = {
+            "consumer": view.consumer,
+            "start": started,
+            "end": ended,
+            "outcome": outcome,
+            "attempt": current_delivery().attempt,
+        }
+        key, delay = runs_key(view.bus.keys, self.name), 0.05
+        while True:
+            try:
+                await view.bus.redis.hset(key, call, json.dumps(record).encode())
+                return
+            except BusUnavailable:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, RECORD_RETRY_CAP)

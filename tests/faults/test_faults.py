@@ -28,6 +28,7 @@ from rapid_objection.bus import (
 from rapid_objection.bus._constants import EVENT_FIELD
 from rapid_objection.bus._contract import encode
 from rapid_objection.bus._directory import is_alive
+from rapid_objection.bus._heads import decode_head
 from rapid_objection.bus._publisher import PluginPolicy
 from rapid_objection.bus.testing import drained
 
@@ -325,6 +326,7 @@ class TestPoison:
         good, bad = POISON_SIZES[lane.name]
         bus, plugin, batch = lane.bus, Recorder.NAME, good // bad
         poisoned: list[str] = []
+        poison_data: list[bytes] = []
         published: list[str] = []
         async with lane.workers() as workers:
             names = await workers.start(Recorder, 2, concurrency=4)
@@ -332,6 +334,7 @@ class TestPoison:
 
                 async def add_poison(number: int) -> None:
                     data = poison(publisher, number)
+                    poison_data.append(data)
                     poisoned.append(await bus.redis.xadd(bus.keys.events, {EVENT_FIELD: data}))
 
                 for number in range(bad):
@@ -350,7 +353,12 @@ class TestPoison:
         assert handled == dict.fromkeys(published, 1)
         assert result.dead_lettered == bad
         assert sorted(letter.entry_id for letter in result.letters) == sorted(poisoned)
-        assert {letter.event_id for letter in result.letters} == {None}
+        # An entry whose head is readable (type and payload disagree, a newer version)
+        # is dead-lettered under its event id, and its registry got an error ack.
+        heads = [decode_head(data) for data in poison_data]
+        assert sorted(letter.event_id or "" for letter in result.letters) == sorted(
+            head.id if head is not None else "" for head in heads
+        )
         assert {letter.consumer for letter in result.letters} <= set(names)
         assert sum(f.count for f in failures if f.kind == "dead_lettered") == bad
 

@@ -165,6 +165,10 @@ class ProcessWorkers:
         with anyio.fail_after(STOP_TIMEOUT):
             await worker.process.wait()
 
+    def terminate(self, consumer: str) -> None:
+        """SIGTERM: the worker drains what it read and leaves; it is reaped at the end."""
+        self.processes[consumer].process.send_signal(signal.SIGTERM)
+
     def running(self, consumer: str) -> bool:
         return self.processes[consumer].running
 
