@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from rapid_objection.core._connections import Engines
+
 POSTGRES_ADMIN_URL = os.environ.get(
     "RAPID_OBJECTION_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
@@ -137,3 +139,27 @@ def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 def postgres_url(postgres_admin_url: str) -> Iterator[str]:
     """A URL of an empty PostgreSQL database of its own (the postgresql lane only)."""
     yield from _postgres_database(postgres_admin_url)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    """An engine on ``database_url``, disposed afterwards."""
+    created = sa.create_engine(database_url)
+    yield created
+    created.dispose()
+
+
+@pytest.fixture
+def sql_engine(sql_url: str) -> Iterator[sa.Engine]:
+    """An engine on ``sql_url``, disposed afterwards."""
+    created = sa.create_engine(sql_url)
+    yield created
+    created.dispose()
+
+
+@pytest.fixture
+def engines() -> Iterator[Engines]:
+    """A registry's engine table of its own, every engine closed afterwards."""
+    table = Engines()
+    yield table
+    table.close_all()

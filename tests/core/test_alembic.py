@@ -9,7 +9,6 @@ PostgreSQL only where DDL is transactional (``sql_url``).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,20 +25,6 @@ from tests.core.fixtures_migrations import (
     create_table,
     drop_table,
 )
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[sa.Engine]:
-    created = sa.create_engine(database_url)
-    yield created
-    created.dispose()
-
-
-@pytest.fixture
-def sql_engine(sql_url: str) -> Iterator[sa.Engine]:
-    created = sa.create_engine(sql_url)
-    yield created
-    created.dispose()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,6 @@ def select_one(engine: sa.Engine) -> int | None:
     with engine.connect() as connection:
         value: int | None = connection.execute(sa.text("SELECT 1")).scalar()
         return value
-
-
-@pytest.fixture
-def engines() -> Iterator[Engines]:
-    table = Engines()
-    yield table
-    table.close_all()
 
 
 class TestBuildUrl:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -13,13 +12,6 @@ from rapid_objection.core._connections import Engines
 from rapid_objection.core._health import check
 
 SECRET = "hunter2"  # noqa: S105 - a planted password that must never show
-
-
-@pytest.fixture
-def engines() -> Iterator[Engines]:
-    table = Engines()
-    yield table
-    table.close_all()
 
 
 class TestHealthy:

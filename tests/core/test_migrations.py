@@ -44,20 +44,6 @@ def scripts(tmp_path: Path) -> Scripts:
 
 
 @pytest.fixture
-def engine(database_url: str) -> Iterator[sa.Engine]:
-    created = sa.create_engine(database_url)
-    yield created
-    created.dispose()
-
-
-@pytest.fixture
-def sql_engine(sql_url: str) -> Iterator[sa.Engine]:
-    created = sa.create_engine(sql_url)
-    yield created
-    created.dispose()
-
-
-@pytest.fixture
 def sqlite_engine(tmp_path: Path) -> Iterator[sa.Engine]:
     created = sa.create_engine(f"sqlite:///{tmp_path / 'discover.db'}")
     yield created

@@ -184,12 +184,6 @@ class TestClear:
 
 
 class TestInSession:
-    @pytest.fixture
-    def engines(self) -> Iterator[Engines]:
-        table = Engines()
-        yield table
-        table.close_all()
-
     def test_insert_and_query(self, load: Any, engines: Engines, database_url: str) -> None:
         """``app.models["User"]`` with ``app.session()`` inserts and queries on every lane."""
         config = AppConfig(database=DatabaseConfig(url=database_url))
