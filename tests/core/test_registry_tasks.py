@@ -18,6 +18,7 @@ from rapid_objection.bus import Bus
 from rapid_objection.bus._redis import forget_memory_server
 from rapid_objection.bus.testing import purge
 from rapid_objection.core import AppRegistry, RegistryError
+from rapid_objection.core._listeners import Listeners
 from rapid_objection.plugin_workers import PluginInterface
 
 pytestmark = pytest.mark.anyio
@@ -454,6 +455,23 @@ class TestHealthMonitorFollowsTheApps:
 
 
 class TestListenersAreTimeLimited:
+    async def test_a_stuck_async_listener_is_abandoned_after_the_time_limit(self) -> None:
+        """emit() gives an async listener ``timeout`` seconds, then goes on to the next
+        listener instead of waiting for ever."""
+        listeners = Listeners(timeout=0.2)
+        called: list[str] = []
+
+        async def stuck(payload: dict[str, Any]) -> None:
+            await anyio.sleep_forever()
+
+        listeners.on("plugin-unloaded", stuck)
+        listeners.on("plugin-unloaded", lambda payload: called.append(payload["name"]))
+        started = time.monotonic()
+        with anyio.fail_after(3):
+            await listeners.emit("plugin-unloaded", {"name": "p"})
+        assert time.monotonic() - started < 1.0
+        assert called == ["p"]
+
     async def test_a_stuck_listener_does_not_hang_shutdown(
         self, make_registry: MakeRegistry
     ) -> None:
