@@ -17,93 +17,35 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import sqlalchemy as sa
 
 from rapid_objection.bus import Bus, collect_status
 from rapid_objection.bus._directory import is_alive
-from rapid_objection.plugin_workers import PluginLoadError, Worker, build_plugin, load_plugin_class
+from rapid_objection.plugin_workers import PluginLoadError, Worker, build_plugin
 from rapid_objection.plugin_workers._settings import WorkerTable
 
 from ._config import PluginConfig, RegistryConfig
 from ._errors import RegistryError
 from ._host import BackgroundTasks, describe
 from ._listeners import Listeners
+from ._loaded import (
+    FailedPlugin,
+    LoadedPlugin,
+    PluginFailed,
+    import_plugin_class,
+    validate_interface,
+)
 from ._steps import Steps
 from ._supervisor import Supervisor
 
 log = logging.getLogger("rapid_objection.plugins")
 
-REQUIRED_METHODS = ("initialize", "shutdown", "get_status")
 MANIFEST_POLL = 0.1
 """Seconds between two looks for an external plugin's manifest while loading."""
-
-
-class PluginFailed(PluginLoadError):  # noqa: N818 - a load outcome, carried in initialize()'s result
-    """A plugin that could not be loaded; the message is the seed's troubleshooting text."""
-
-    def __init__(self, plugin: str, message: str, phase: str) -> None:
-        super().__init__(plugin, message, phase)
-        self.plugin = plugin
-
-
-@dataclass
-class LoadedPlugin:
-    """A plugin this registry runs or waits for."""
-
-    name: str
-    mode: Literal["inline", "process", "external"]
-    config: PluginConfig
-    instance: Any = None
-    """The plugin object (inline mode only)."""
-    worker: Worker | None = None
-    supervisor: Supervisor | None = None
-    loaded_at: float = field(default_factory=time.time)
-    stopped: anyio.Event = field(default_factory=anyio.Event)
-    error: str | None = None
-    """Why its worker or supervisor failed after it had started (it no longer runs)."""
-
-    @property
-    def version(self) -> str | None:
-        return getattr(self.instance, "version", None)
-
-
-@dataclass(frozen=True, slots=True)
-class FailedPlugin:
-    name: str
-    error: str
-    phase: str
-
-
-def validate_interface(plugin_class: type[Any]) -> None:
-    """The seed's interface check: the lifecycle methods must be there."""
-    for method in REQUIRED_METHODS:
-        if not callable(getattr(plugin_class, method, None)):
-            raise PluginLoadError(plugin_class.__name__, f"Plugin must implement {method}() method")
-
-
-def _state(loaded: LoadedPlugin) -> str:
-    """loaded; failed (no longer runs); restarting (a supervised worker is down)."""
-    if loaded.error is not None:
-        return "failed"
-    supervisor = loaded.supervisor
-    if supervisor is not None and len(supervisor.pids) < supervisor.workers:
-        return "restarting"
-    return "loaded"
-
-
-async def _import(module: str) -> type[Any]:
-    """``load_plugin_class`` in a thread; a module that exits or interrupts at import
-    (``sys.exit()``) is a plugin that failed to import, not the end of the registry."""
-    try:
-        return await anyio.to_thread.run_sync(load_plugin_class, module, abandon_on_cancel=True)
-    except (SystemExit, KeyboardInterrupt) as exc:
-        raise PluginLoadError(
-            module, f"Failed to import plugin module '{module.partition(':')[0]}': {exc!r}"
-        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +133,7 @@ class PluginManager:
         for name, loaded in self._plugins.items():
             own = loaded.instance.get_status() if loaded.instance is not None else {}
             plugins[name] = {
-                "status": _state(loaded),
+                "status": loaded.state,
                 "error": loaded.error,
                 "mode": loaded.mode,
                 "version": loaded.version,
@@ -268,7 +210,7 @@ class PluginManager:
         with self._reserve(name):
             await self._await_policy(name, config)
             if config.mode == "inline":
-                plugin_class = await _import(config.module)
+                plugin_class = await import_plugin_class(config.module)
                 instance = build_plugin(plugin_class, dict(config.config))
                 loaded = await self._start_inline(name, instance, config)
             elif config.mode == "process":

@@ -26,7 +26,7 @@ from rapid_objection.bus import Bus
 from rapid_objection.bus._redis import forget_memory_server
 from rapid_objection.bus.testing import purge
 from rapid_objection.core import AppRegistry
-from rapid_objection.core._plugins import PluginFailed
+from rapid_objection.core._loaded import PluginFailed
 from rapid_objection.plugin_workers import (
     ENTRY_POINT_GROUP,
     PluginInterface,

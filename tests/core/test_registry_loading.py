@@ -16,7 +16,7 @@ from rapid_objection.bus import WorkerInfo
 from rapid_objection.bus._redis import forget_memory_server
 from rapid_objection.core import AppRegistry, RegistryError
 from rapid_objection.core._config import PluginConfig, convert
-from rapid_objection.core._plugins import PluginFailed
+from rapid_objection.core._loaded import PluginFailed
 from rapid_objection.plugin_workers import PluginInterface
 
 pytestmark = pytest.mark.anyio
