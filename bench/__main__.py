@@ -12,7 +12,9 @@ that gets busier or quieter during a run does not favour one side:
 3. fan-out: round trip with three required plugins, one worker process each (p50);
 4. footprint: VmRSS of an idle worker process and the import time of ``plugin_workers``;
 5. durability: the round trip with ``min_replicas=1`` against 0, on a primary and a
-   replica of the benchmark's own (``bench/topology.py``).
+   replica of the benchmark's own (``bench/topology.py``);
+6. cluster: scenario 2's throughput on 3 namespaces of 3 shards at once against 1, on
+   a Redis Cluster of the benchmark's own.
 
 Figures are the median over the runs; a ratio is ours / baseline, taken in each run
 and then the median of those (the runs are paired). One line per scenario; the last
@@ -439,6 +441,7 @@ def _run(args: argparse.Namespace) -> int:
     fanout = scenario_fanout(args.url, args.runs, args.fanout)
     footprint = scenario_footprint(args.url, args.runs)
     durability = topology.scenario_durability(args.runs, args.round_trips)
+    cluster = topology.scenario_cluster(args.runs, args.events)
     host["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     targets_met = {
         "round_trip_p50": round_trip["ratio"]["p50"] <= MAX_LATENCY_RATIO,
@@ -460,6 +463,7 @@ def _run(args: argparse.Namespace) -> int:
         "fanout": fanout,
         "footprint": footprint,
         "durability": durability,
+        "cluster": cluster,
         "targets_met": targets_met,
     }
     print(msgspec.json.encode(report).decode(), flush=True)

@@ -15,7 +15,7 @@ Every run uses a fresh namespace (``bench-<hex>``); worker processes are termina
 
 from __future__ import annotations
 
-from typing import IO, TYPE_CHECKING, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 from rapid_objection.plugin_workers import PluginInterface
 
@@ -127,11 +127,17 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 class Workers:
     """``rapid-objection worker`` processes of one namespace, stopped and purged on exit."""
 
-    def __init__(self, url: str, plugins: Sequence[type[NoopPlugin]], per_plugin: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        plugins: Sequence[type[NoopPlugin]],
+        per_plugin: int,
+        namespace: str | None = None,
+    ) -> None:
         import secrets
 
         self.url = url
-        self.namespace = f"bench-{secrets.token_hex(6)}"
+        self.namespace = namespace or f"bench-{secrets.token_hex(6)}"
         self.specs = [
             (plugin, f"c{i}") for plugin in plugins for i in range(per_plugin)
         ]  # (plugin class, consumer name)
@@ -201,6 +207,8 @@ class Workers:
 
         from .baselines import local_pid
 
+        if is_cluster(self.url):
+            return None  # several servers: no one pid to account for
         client = redis.Redis.from_url(plain_url(self.url))
         try:
             return local_pid(client.info("server"))
@@ -224,19 +232,22 @@ class Workers:
         """Until every worker announced itself and blocks on XREADGROUP."""
         import time
 
-        import redis
-
         from .baselines import READY_TIMEOUT_S
 
         wanted = {
             self.client_name(plugin.plugin_name + consumer) for plugin, consumer in self.specs
         }
-        client = redis.Redis.from_url(plain_url(self.url))
+        client = sync_client(self.url)
+        cluster = is_cluster(self.url)
         try:
             deadline = time.monotonic() + READY_TIMEOUT_S
-            while not wanted <= _blocked_readers(client) or not _announced(
-                client, self.namespace, self.specs
-            ):
+            # CLIENT LIST shows who blocks, but only on one server: on a cluster, a
+            # worker is ready once it is a consumer of its group.
+            while not (
+                _reading(client, self.namespace, self.specs)
+                if cluster
+                else wanted <= _blocked_readers(client)
+            ) or not _announced(client, self.namespace, self.specs):
                 self.check_alive()
                 if time.monotonic() > deadline:
                     msg = "workers never blocked on XREADGROUP"
@@ -262,7 +273,7 @@ def _blocked_readers(client: redis.Redis) -> set[str]:
 
 
 def _announced(
-    client: redis.Redis, namespace: str, specs: Sequence[tuple[type[NoopPlugin], str]]
+    client: Any, namespace: str, specs: Sequence[tuple[type[NoopPlugin], str]]
 ) -> bool:
     """Whether every worker's manifest and heartbeat are in the directory."""
     from rapid_objection.bus._keys import Keys
@@ -274,6 +285,40 @@ def _announced(
         plugin.plugin_name in plugins and f"{plugin.plugin_name}|{consumer}" in workers
         for plugin, consumer in specs
     )
+
+
+def is_cluster(url: str) -> bool:
+    from rapid_objection.bus._topology import parse
+
+    return bool(parse(url).cluster)
+
+
+def sync_client(url: str) -> Any:
+    """A plain redis-py client for ``url``: a cluster's when the URL says cluster=true."""
+    import redis
+
+    if is_cluster(url):
+        return redis.RedisCluster.from_url(plain_url(url))
+    return redis.Redis.from_url(plain_url(url))
+
+
+def _reading(
+    client: Any, namespace: str, specs: Sequence[tuple[type[NoopPlugin], str]]
+) -> bool:
+    """Whether every worker is a consumer of its plugin's group (XINFO CONSUMERS)."""
+    import redis
+
+    from rapid_objection.bus._keys import Keys
+
+    events = Keys(namespace).events
+    for plugin, consumer in specs:
+        try:
+            rows = client.xinfo_consumers(events, plugin.plugin_name)
+        except redis.ResponseError:
+            return False  # no stream or group yet
+        if consumer not in {_text(row["name"]) for row in rows}:
+            return False
+    return True
 
 
 def plain_url(url: str) -> str:
@@ -289,12 +334,11 @@ def _text(value: bytes | str) -> str:
 
 def purge_namespace(url: str, namespace: str) -> int:
     """Delete every key of ``namespace`` (``rapid_objection.bus.testing.purge``, synchronously)."""
-    import redis
 
     from rapid_objection.bus._keys import Keys
 
     pattern = Keys(namespace).prefix.replace("{", "\\{").replace("}", "\\}") + "*"
-    client = redis.Redis.from_url(plain_url(url))
+    client = sync_client(url)
     try:
         keys = list(client.scan_iter(match=pattern, count=500))
         return int(client.delete(*keys)) if keys else 0
@@ -433,6 +477,7 @@ def throughput_pipelined(
     *,
     batch: int = 100,
     cpu: list[CpuUse] | None = None,
+    namespace: str | None = None,
 ) -> float:
     """Acked events/s when the registry publishes in pipelines of ``batch`` XADDs.
 
@@ -447,7 +492,7 @@ def throughput_pipelined(
 
     import anyio
 
-    with Workers(url, (NoopPlugin,), workers) as running:
+    with Workers(url, (NoopPlugin,), workers, namespace) as running:
         running.wait_ready()
         run = partial(_measure_pipelined, url, running, n_events, batch, cpu)
         return anyio.run(run, backend="asyncio")

@@ -1,10 +1,18 @@
-"""``python -m bench.topology``: what durability costs (``min_replicas``).
+"""``python -m bench.topology``: what durability costs, and what a cluster gives.
 
-Scenario 5 of ``make bench``. A primary and one replica of the benchmark's own on
+Scenarios 5 and 6 of ``make bench``.
+
+5. A primary and one replica of the benchmark's own on
 loopback (``redis-server`` on free ports, nothing on disk); the round trip of scenario
 1 (``Publisher.emit`` -> one worker process -> ack) with ``min_replicas=1`` against the
 same with ``min_replicas=0``, taking turns, median of the runs. With ``min_replicas=1``
 the publish and the worker's ack transaction each wait (WAIT) for the replica.
+
+6. A Redis Cluster of the benchmark's own (3 masters, 3 replicas): the throughput of
+scenario 2 (pipelined publishing, 2 worker processes per namespace) on 3 namespaces
+whose slots live on the 3 masters, all at once, against 1 namespace alone; the ratio
+is the 3 namespaces' events per second over the one's. Every process runs on this
+machine, so it measures the protocol's spread over shards, not more hardware.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from tests.topologies import Servers, client, free_ports
+from tests.topologies import Servers, client, free_ports, start_cluster
 
 from . import product
 from .baselines import percentiles
@@ -62,6 +70,56 @@ def scenario_durability(runs: int, n: int) -> dict[str, Any]:
     return {"n": n, "p50_ms": p50, "p99_ms": p99, "cost": cost}
 
 
+def scenario_cluster(runs: int, n: int) -> dict[str, Any]:
+    print(f"[bench] 6. cluster: {n} events on 3 namespaces of 3 shards against 1, {runs} runs")
+    with tempfile.TemporaryDirectory(prefix="ro-bench-cluster-") as directory:
+        cluster = start_cluster(Path(directory))
+        try:
+            url = f"{cluster.url}?cluster=true"
+            spread = _namespaces_per_master(cluster)
+            one: list[float] = []
+            three: list[float] = []
+            for _ in range(runs):
+                one.append(product.throughput_pipelined(url, n, 2, namespace=spread[0]))
+                three.append(_at_once(url, n, spread))
+        finally:
+            cluster.servers.close()
+    single, spread_rate = median(one), median(three)
+    ratio = spread_rate / single
+    print(
+        f"6 cluster         3 namespaces on 3 shards {spread_rate:,.0f} events/s"
+        f" | 1 namespace {single:,.0f} events/s | ratio {ratio:.2f}x",
+        flush=True,
+    )
+    return {"n": n, "one_namespace": single, "three_namespaces": spread_rate, "ratio": ratio}
+
+
+def _namespaces_per_master(cluster: Any) -> list[str]:
+    chosen: dict[int, str] = {}
+    for number in range(1000):
+        name = f"bench-shard-{number}"
+        chosen.setdefault(cluster.master_of(f"ro:{{{name}}}:events"), name)
+        if len(chosen) == 3:
+            break
+    return list(chosen.values())
+
+
+def _at_once(url: str, n: int, namespaces: list[str]) -> float:
+    """Events per second of all namespaces together, each run in a thread of its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(len(namespaces)) as pool:
+        list(
+            pool.map(
+                lambda namespace: product.throughput_pipelined(url, n, 2, namespace=namespace),
+                namespaces,
+            )
+        )
+    return n * len(namespaces) / (time.perf_counter() - started)
+
+
 if __name__ == "__main__":
     quick = "--quick" in sys.argv[1:]
     scenario_durability(1 if quick else 3, 300 if quick else 2000)
+    scenario_cluster(1 if quick else 3, 3000 if quick else 20_000)
