@@ -1,9 +1,10 @@
-"""The only module that talks to ``redis.asyncio`` (and to fakeredis for ``memory://``).
+"""The typed face of Redis: with ``_redis_clients`` (building clients for a topology),
+``_redis_failures`` (reading redis-py's failures) and ``_redis_memory`` (the embedded
+bus), the only modules that talk to ``redis.asyncio`` and fakeredis.
 
-It turns redis-py's untyped replies into typed values, maps connection failures to
-``BusUnavailable`` and NOGROUP to ``GroupMissing``, and gives the embedded bus real
-blocking reads: fakeredis answers ``XREADGROUP ... BLOCK`` at once on an empty stream,
-so on ``memory://`` a reader waits on an in-process notification instead.
+It turns redis-py's untyped replies into typed values, maps failures to ``BusError``s
+and NOGROUP to ``GroupMissing``, routes a cluster's batches to their slot's master, and
+makes a write wait for its replicas when the URL asks for ``min_replicas``.
 """
 
 from __future__ import annotations
@@ -11,46 +12,20 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import anyio
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from . import _redis_clients as clients
-from ._errors import BusRefused, BusUnavailable, BusUrlError, GroupMissing
+from ._errors import BusUnavailable, BusUrlError, GroupMissing
 from ._redact import mask_url
+from ._redis_failures import FAILURES, translate
+from ._redis_memory import MemoryServer, memory_server
 from ._topology import Topology
 from ._topology import parse as parse_topology
-
-FAILURES: Final = (redis_errors.RedisError, redis_errors.RedisClusterException, OSError)
-"""Everything redis-py raises for a failed command (its cluster errors have a root of
-their own)."""
-
-OUTAGE_ERRORS: Final[tuple[type[Exception], ...]] = (
-    redis_errors.ConnectionError,  # refused, reset, LOADING (BusyLoadingError) and the like
-    redis_errors.TimeoutError,
-    redis_errors.SlotNotCoveredError,  # a cluster slot without a master, for now
-    OSError,
-)
-"""The server cannot be reached or is not ready."""
-
-TRANSIENT_ERRORS: Final[tuple[type[Exception], ...]] = (
-    redis_errors.OutOfMemoryError,  # OOM: maxmemory reached under noeviction
-    redis_errors.ReadOnlyError,  # READONLY: a write reached a replica (failover under way)
-    redis_errors.TryAgainError,  # TRYAGAIN: a slot moving during resharding
-    redis_errors.ClusterError,  # CLUSTERDOWN, MASTERDOWN, and redirections that did not settle
-)
-"""Refusals the server lifts on its own: an outage to back off from, not a bug.
-
-Classified by the exception class redis-py builds from the reply's error code; redis-py
-strips that code from the message it keeps, so the message text cannot be tested."""
-
-TRANSIENT_CODES: Final = frozenset({"MISCONF", "BUSY", "NOREPLICAS", "UNBLOCKED"})
-"""Transient error codes that redis-py has no class for: it keeps them as the first word
-of a plain ResponseError (failed persistence, a busy script, too few replicas for
-``min-replicas-to-write``, a blocked read whose stream went away)."""
 
 _T = TypeVar("_T")
 Fields = Mapping[bytes, bytes]
@@ -89,65 +64,9 @@ class ConsumerInfo:
     inactive_ms: int | None
 
 
-class _Notifier:
-    """Wakes the embedded bus's readers of a key when something is appended to it."""
-
-    def __init__(self) -> None:
-        self._waiters: dict[str, set[anyio.Event]] = {}
-
-    def notify(self, keys: Sequence[str]) -> None:
-        for key in keys:
-            for event in self._waiters.pop(key, ()):
-                event.set()
-
-    def register(self, key: str) -> anyio.Event:
-        event = anyio.Event()
-        self._waiters.setdefault(key, set()).add(event)
-        return event
-
-    def discard(self, key: str, event: anyio.Event) -> None:
-        waiting = self._waiters.get(key)
-        if waiting is not None:
-            waiting.discard(event)
-
-
-@dataclass
-class _MemoryServer:
-    server: Any
-    notifier: _Notifier = field(default_factory=_Notifier)
-
-
-_memory_servers: dict[str, _MemoryServer] = {}
-
-
-def _memory_server(name: str) -> _MemoryServer:
-    import fakeredis  # the embedded bus only; a worker on a real Redis never imports it
-
-    if name not in _memory_servers:
-        _memory_servers[name] = _MemoryServer(fakeredis.FakeServer())
-    return _memory_servers[name]
-
-
-def forget_memory_server(name: str) -> None:
-    """Drop an embedded server and all its data (``memory://name``)."""
-    _memory_servers.pop(name, None)
-
-
 def check_url(url: str) -> str:
     """Return the scheme of a supported bus URL or raise ``BusUrlError``."""
     return parse_topology(url).scheme
-
-
-def _code(exc: redis_errors.ResponseError) -> str:
-    """The error code of a reply redis-py kept whole (its first word)."""
-    return str(exc).partition(" ")[0]
-
-
-def _cause(exc: BaseException) -> str:
-    """What went wrong, with the server's error code put back where redis-py removed it."""
-    message = str(exc) or type(exc).__name__
-    code = getattr(exc, "status_code", None)
-    return f"{code} {message}" if code and not message.startswith(code) else message
 
 
 def _text(value: bytes | str) -> str:
@@ -166,7 +85,7 @@ class Redis:
         self,
         url: str,
         client: Any,
-        memory: _MemoryServer | None,
+        memory: MemoryServer | None,
         topology: Topology | None = None,
     ) -> None:
         self.url = mask_url(url)
@@ -184,7 +103,7 @@ class Redis:
         if topology.embedded:
             import fakeredis
 
-            memory = _memory_server(topology.client_url)
+            memory = memory_server(topology.client_url)
             fake: Any = fakeredis.FakeAsyncRedis(
                 server=memory.server,
                 connection_pool_class=aioredis.BlockingConnectionPool,
@@ -251,21 +170,7 @@ class Redis:
         await clients.close(self._client)
 
     def _translated(self, exc: BaseException, command: str = "") -> BaseException:
-        """The one mapping of redis-py failures, by exception class: an outage or a passing
-        server refusal becomes BusUnavailable, a lasting refusal (credentials, ACL) becomes
-        BusRefused, each naming the cause with the URL masked; anything else is left as is."""
-        if isinstance(exc, redis_errors.AuthenticationError | redis_errors.NoPermissionError):
-            return BusRefused(self.url, command, _cause(exc))
-        if isinstance(exc, (*OUTAGE_ERRORS, *TRANSIENT_ERRORS)):
-            return BusUnavailable(self.url, _cause(exc))
-        if isinstance(exc, redis_errors.ResponseError) and _code(exc) in TRANSIENT_CODES:
-            return BusUnavailable(self.url, str(exc))
-        if isinstance(exc, redis_errors.AskError):  # MOVED or ASK reached a plain client
-            return BusUrlError(
-                self.url,
-                f"the server is a Redis Cluster node ({_cause(exc)}): leave out cluster=false",
-            )
-        return exc
+        return translate(exc, self.url, command)
 
     @asynccontextmanager
     async def _errors(self) -> AsyncIterator[None]:

@@ -10,7 +10,7 @@ import anyio
 
 from ._bus import Bus
 from ._errors import GroupMissing
-from ._redis import forget_memory_server
+from ._redis_memory import forget_memory_server
 
 
 @asynccontextmanager

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from rapid_objection.bus import Bus
-from rapid_objection.bus._redis import forget_memory_server
+from rapid_objection.bus._redis_memory import forget_memory_server
 from rapid_objection.bus.testing import purge
 
 from .topologies import Cluster, TopologyError, start_cluster

@@ -26,7 +26,7 @@ from rapid_objection.bus import (
 )
 from rapid_objection.bus._contract import decode_ack_entry
 from rapid_objection.bus._publisher import PluginPolicy
-from rapid_objection.bus._redis import forget_memory_server
+from rapid_objection.bus._redis_memory import forget_memory_server
 from rapid_objection.plugin_workers import PluginInterface, Worker, WorkerSettings
 from rapid_objection.plugin_workers.testing import running_worker
 

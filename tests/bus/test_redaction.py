@@ -39,7 +39,7 @@ from rapid_objection.bus import (
     redact,
 )
 from rapid_objection.bus._contract import encode
-from rapid_objection.bus._redis import forget_memory_server
+from rapid_objection.bus._redis_memory import forget_memory_server
 from rapid_objection.bus.testing import drained
 from rapid_objection.plugin_workers import PluginInterface, RegistryView
 from rapid_objection.plugin_workers.testing import call_hook, running_worker

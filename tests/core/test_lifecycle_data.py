@@ -18,7 +18,7 @@ import anyio
 import pytest
 import sqlalchemy as sa
 
-from rapid_objection.bus._redis import forget_memory_server
+from rapid_objection.bus._redis_memory import forget_memory_server
 from rapid_objection.core import AppRegistry, MigrationFailed, RegistryError, SeedFailed
 from tests.core.fixtures_migrations import (
     FAIL,

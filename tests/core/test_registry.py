@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from rapid_objection.bus import HOOK_METHODS, ConnectionInfo
-from rapid_objection.bus._redis import forget_memory_server
+from rapid_objection.bus._redis_memory import forget_memory_server
 from rapid_objection.core import (
     AppAlreadyRegistered,
     AppNotRegistered,

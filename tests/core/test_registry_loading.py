@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from rapid_objection.bus import WorkerInfo
-from rapid_objection.bus._redis import forget_memory_server
+from rapid_objection.bus._redis_memory import forget_memory_server
 from rapid_objection.core import AppRegistry, RegistryError
 from rapid_objection.core._config import PluginConfig, convert
 from rapid_objection.core._loaded import PluginFailed

@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from rapid_objection.bus import Bus
-from rapid_objection.bus._redis import forget_memory_server
+from rapid_objection.bus._redis_memory import forget_memory_server
 from rapid_objection.bus.testing import purge
 from rapid_objection.core import AppRegistry, RegistryError
 from rapid_objection.core._listeners import Listeners

@@ -20,7 +20,7 @@ from typing import NoReturn, Protocol
 import pytest
 
 from rapid_objection.bus import Bus
-from rapid_objection.bus._redis import forget_memory_server
+from rapid_objection.bus._redis_memory import forget_memory_server
 
 from .server import RedisServer, ServerError
 from .tally import Tally

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from rapid_objection.bus._redis import forget_memory_server
+from rapid_objection.bus._redis_memory import forget_memory_server
 from rapid_objection.core import AppRegistry, ConfigError, PluginConfig
 from rapid_objection.core._cli import build_parser
 from rapid_objection.core._cli._args import UsageError

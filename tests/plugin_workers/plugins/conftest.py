@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from rapid_objection.bus import Ack, Deferred, Delivery, Envelope
-from rapid_objection.bus._redis import forget_memory_server
+from rapid_objection.bus._redis_memory import forget_memory_server
 from rapid_objection.bus.testing import embedded_bus
 from rapid_objection.core import AppRegistry
 from rapid_objection.plugin_workers import Dispatcher, RegistryView
