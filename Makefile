@@ -29,10 +29,10 @@ $(BIN)/python:
 
 # Reinstall whenever pyproject.toml changes. A stamp is only written when pip
 # succeeds, so a failed install is retried on the next run. The demo needs only the
-# package itself (SQLite and the embedded bus); tests and lint add the drivers, the
-# metrics client and the dev tools.
+# package itself (SQLite and the embedded bus) and the metrics client for the bundled
+# metrics plugin it shows; tests and lint add the database drivers and the dev tools.
 $(DEMO_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[metrics]'
 	@touch $@
 
 $(STAMP): pyproject.toml | $(BIN)/python
