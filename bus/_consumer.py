@@ -225,9 +225,18 @@ class Consumer:
             wanted = min(self._batch, self._capacity - self._held, self._read_ahead())
             if wanted <= 0:
                 break
+            if self._order.waiting:
+                # Reading more now would mostly take entries that wait too: leave them
+                # to the peer that holds the older one, which runs them in a row, and
+                # look again soon.
+                self._room_freed = anyio.Event()
+                with anyio.move_on_after(RECHECK_MS / 1000):
+                    await self._room_freed.wait()
+                await self._admit([])
+                await lanes.settle()
+                continue
             entries = []
-            # While entries wait for an older one of their app elsewhere, look again soon.
-            block_ms = min(self._block_ms, RECHECK_MS) if self._order.waiting else self._block_ms
+            block_ms = self._block_ms
             try:
                 # stop() cancels a blocked read at once; anything the server handed over
                 # in that instant stays pending under this name and is reclaimed.
