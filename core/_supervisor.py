@@ -13,7 +13,9 @@ import anyio
 from anyio.abc import Process, TaskStatus
 
 from rapid_objection.bus._retry import RESTART, Backoff, Outage
-from rapid_objection.plugin_workers._settings import ENV_WORKER_TABLE, WorkerTable
+from rapid_objection.plugin_workers._settings import ENV_PARENT_PID, ENV_WORKER_TABLE, WorkerTable
+
+from ._cli._args import ENV_BUS_URL
 
 log = logging.getLogger("rapid_objection.supervisor")
 
@@ -136,15 +138,20 @@ class Supervisor:
             "rapid_objection.core._cli",
             "worker",
             self.module,
-            "--bus-url",
-            self.bus_url,
             "--namespace",
             self.namespace,
             "--consumer",
             self.consumer_name(slot),
         ]
-        # The plugin's table (its config may hold secrets) goes by environment, not argv.
-        env = {**os.environ, ENV_WORKER_TABLE: self.table.encode()}
+        # The plugin's table (its config may hold secrets) and the bus URL (its password)
+        # go by environment, not argv: any local user can read a process's argv. The
+        # worker watches this process and stops when it is gone, however it died.
+        env = {
+            **os.environ,
+            ENV_WORKER_TABLE: self.table.encode(),
+            ENV_BUS_URL: self.bus_url,
+            ENV_PARENT_PID: str(os.getpid()),
+        }
         # A session of its own: a Ctrl-C at the registry's terminal is for the registry,
         # which then stops its workers itself (SIGTERM, drained), not a crash to restart.
         return await anyio.open_process(

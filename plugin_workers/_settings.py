@@ -19,6 +19,10 @@ ENV_WORKER_TABLE: Final = "RAPID_OBJECTION_PLUGIN_TABLE"
 """The environment variable through which a supervising registry hands a worker process
 its ``WorkerTable`` (out of sight of ``ps``: the plugin's config may hold secrets)."""
 
+ENV_PARENT_PID: Final = "RAPID_OBJECTION_PARENT_PID"
+"""Set by a supervising registry for its workers: a worker stops once that process is
+gone (``rapid-objection worker``), so that none outlives its registry."""
+
 
 class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """How a plugin's workers run its hooks."""

@@ -96,9 +96,17 @@ class Servers:
         def answers() -> bool:
             if process.poll() is not None:
                 raise TopologyError(f"redis-server on {port} exited: {self.log(port)}")
-            return bool(client(port).ping())
+            try:
+                return bool(client(port).ping())
+            except redis.AuthenticationError:
+                return True  # it answers; it wants a password (--requirepass)
 
-        _wait_until(f"redis-server on {port}", answers)
+        try:
+            _wait_until(f"redis-server on {port}", answers)
+        except BaseException:
+            process.kill()
+            process.wait(timeout=10)
+            raise
 
     def log(self, port: int) -> str:
         lines = (self.directory / str(port) / "server.log").read_text(errors="replace")

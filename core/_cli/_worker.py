@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -16,7 +17,7 @@ import anyio
 
 from rapid_objection.bus._constants import DEFAULT_NAMESPACE
 from rapid_objection.bus._topology import with_options
-from rapid_objection.plugin_workers._settings import ENV_WORKER_TABLE
+from rapid_objection.plugin_workers._settings import ENV_PARENT_PID, ENV_WORKER_TABLE
 
 from ._args import DEFAULT_SERVER_URL, Parser, UsageError, add_bus_options
 
@@ -160,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
         raise
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
+    parent = _supervising_parent()
+
     async def main() -> None:
         async with Bus.connect(url, namespace) as bus:
             worker = Worker(
@@ -173,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
             )
             async with anyio.create_task_group() as group:
                 group.start_soon(_stop_on_signal, worker, group.cancel_scope)
+                if parent is not None:
+                    group.start_soon(_stop_with_parent, worker, parent)
                 await worker.run()
                 group.cancel_scope.cancel()
 
@@ -198,6 +203,40 @@ async def _report(url: str, namespace: str, plugin: str, consumer: str, exc: Any
                 )
     except BusError:
         pass
+
+
+PARENT_CHECK_INTERVAL = 1.0
+"""Seconds between two looks at whether the supervising registry is still there."""
+
+
+def _supervising_parent() -> int | None:
+    """The supervising registry's pid, if this worker has one and it is still its parent.
+
+    On Linux the kernel also sends SIGTERM when the parent dies (PR_SET_PDEATHSIG), so
+    the worker drains at once; everywhere, the watcher below notices within a second.
+    """
+    value = os.environ.pop(ENV_PARENT_PID, None)
+    if value is None or not value.isdigit() or os.getppid() != int(value):
+        return None
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):  # the watcher still notices
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    return int(value)
+
+
+async def _stop_with_parent(worker: Any, parent: int) -> None:
+    """Stop (draining, as on SIGTERM) once the supervising registry is gone: a worker
+    never outlives its registry, nor runs beside the workers of its next start."""
+    # Polling: no event tells a process that its parent died (but PR_SET_PDEATHSIG).
+    while os.getppid() == parent:  # noqa: ASYNC110
+        await anyio.sleep(PARENT_CHECK_INTERVAL)
+    logging.getLogger("rapid_objection.worker").warning(
+        "stopping %s: its registry (pid %d) is gone", worker.consumer_name, parent
+    )
+    worker.stop()
 
 
 async def _stop_on_signal(worker: Any, scope: anyio.CancelScope) -> None:
