@@ -9,6 +9,7 @@ dict).
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -167,11 +168,46 @@ def _dotted(error: msgspec.ValidationError, prefix: str) -> tuple[str, str]:
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text())
     except OSError as exc:
         raise ConfigError(f"cannot read the file: {exc.strerror}", file=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", file=str(path)) from None
+    expanded: dict[str, Any] = expand_environment(data, file=str(path))
+    return expanded
+
+
+_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_environment(value: Any, *, file: str | None = None, path: str = "") -> Any:
+    """``value`` with every ``${NAME}`` in its strings replaced by the environment
+    variable ``NAME`` (``$$`` for a literal ``$``), so that a configuration file need not
+    hold passwords; a variable that is not set is a ``ConfigError`` naming the key."""
+    if isinstance(value, str):
+
+        def variable(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name is None:
+                return "$"
+            if name not in os.environ:
+                raise ConfigError(
+                    f"the environment variable {name} is not set", path=path, file=file
+                )
+            return os.environ[name]
+
+        return _VARIABLE.sub(variable, value) if "$" in value else value
+    if isinstance(value, dict):
+        return {
+            key: expand_environment(item, file=file, path=f"{path}.{key}".lstrip("."))
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [
+            expand_environment(item, file=file, path=f"{path}.{index}")
+            for index, item in enumerate(value)
+        ]
+    return value
 
 
 def convert(data: Any, kind: type[T], *, prefix: str = "", file: str | None = None) -> T:

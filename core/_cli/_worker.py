@@ -65,15 +65,17 @@ def read_config(path: Path, target: str) -> tuple[PluginConfig, dict[str, Any]]:
     ``module`` is ``target`` (or the only one) is used, checked as the registry checks
     it. Any other file is the plugin's configuration itself.
     """
-    from .._config import PluginConfig, convert
+    from .._config import PluginConfig, convert, expand_environment
     from .._errors import ConfigError
 
     try:
-        data = tomllib.loads(path.read_text())
+        data = expand_environment(tomllib.loads(path.read_text()), file=str(path))
     except OSError as exc:
         raise UsageError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
     bus = data.get("bus", {})
     plugins = data.get("plugins")
     if not isinstance(plugins, dict):
