@@ -320,6 +320,9 @@ class RegistryInfo(_Frozen, frozen=True):
     started: float
     seen: float
     apps: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()
+    """The plugins this registry's configuration marks required (awaited whatever
+    their workers' manifests say)."""
 
 
 # Built once: msgspec encoders and decoders are reusable and thread-safe.

@@ -144,7 +144,8 @@ class Flusher:
         for item in done:
             if item.dead_letter is not None:
                 self.dead_lettered += 1
-            if item.ack is not None and item.envelope is not None:
+            # A skipped event (a hook the plugin does not implement) was not handled.
+            if item.ack is not None and item.envelope is not None and item.ack.status != "skipped":
                 self.handled += 1
                 if item.ack.status == "error":
                     self.failed += 1

@@ -469,6 +469,7 @@ class Publisher:
             started=self._started,
             seen=time.time(),
             apps=tuple(sorted(self.apps)),
+            required=tuple(sorted(name for name, p in self.policies.items() if p.required)),
         )
         await self.bus.directory.beat_registry(info)
         other = await self.bus.directory.claim_registry(self.registry_id, self._holder)

@@ -314,6 +314,10 @@ class Redis:
     async def pexpire(self, key: str, millis: int) -> bool:
         return bool(await self._call("pexpire", key, millis))
 
+    async def exists(self, *keys: str) -> int:
+        """EXISTS: how many of ``keys`` exist (all of one namespace: one slot)."""
+        return int(await self._call("exists", *keys)) if keys else 0
+
     async def delete(self, *keys: str) -> int:
         return int(await self._call("delete", *keys)) if keys else 0
 

@@ -23,9 +23,13 @@ class ConsumerStatus(msgspec.Struct, frozen=True, kw_only=True):
     host: str | None = None
     pid: int | None = None
     handled: int = 0
-    failed: int = 0
+    """Events whose hook this consumer ran (skipped ones not counted), by its heartbeat."""
+    hook_errors: int = 0
+    """Of those, the ones whose hook raised, by its heartbeat."""
     in_flight: int = 0
     failures: int = 0
+    """Failure records (``ro:{ns}:failures``) against this consumer: errors, timeouts,
+    crashes, dead letters, as the registries recorded them."""
 
 
 class PluginStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -35,6 +39,9 @@ class PluginStatus(msgspec.Struct, frozen=True, kw_only=True):
     version: str | None = None
     hooks: tuple[str, ...] = ()
     required: bool = False
+    """Awaited on its hooks: its manifest says so, or a live registry's configuration."""
+    required_by: tuple[str, ...] = ()
+    """The live registries whose configuration marks it required."""
     group: bool = False
     """Whether its consumer group exists on the event stream."""
     pending: int = 0
@@ -61,6 +68,28 @@ class StatusReport(msgspec.Struct, frozen=True, kw_only=True):
     failure_counts: tuple[FailureCount, ...]
     recent_failures: tuple[Failure, ...]
 
+    def problems(self) -> list[str]:
+        """What ``status --check`` fails on: a required plugin without a live consumer,
+        a registry whose heartbeat stopped."""
+        found = [
+            f"required plugin {plugin.name!r} has no live consumer"
+            for plugin in self.plugins
+            if plugin.required and not any(consumer.alive for consumer in plugin.consumers)
+        ]
+        found += [
+            f"registry {registry.info.id!r} ({registry.info.host}, pid {registry.info.pid})"
+            " stopped heartbeating"
+            for registry in self.registries
+            if not registry.alive
+        ]
+        return found
+
+    def alive_on(self, host: str, role: str | None = None) -> bool:
+        """Whether a live registry or consumer (``role``: only that one) runs on ``host``."""
+        registry = any(r.alive and r.info.host == host for r in self.registries)
+        consumer = any(c.alive and c.host == host for p in self.plugins for c in p.consumers)
+        return {"registry": registry, "consumer": consumer}.get(role or "", registry or consumer)
+
 
 async def collect_status(bus: Bus, *, recent: int = 20) -> StatusReport:
     """Read everything ``rapid-objection status`` shows, in a handful of round trips."""
@@ -75,8 +104,17 @@ async def collect_status(bus: Bus, *, recent: int = 20) -> StatusReport:
     for count in counts:
         slot = (count.plugin, count.consumer)
         per_consumer[slot] = per_consumer.get(slot, 0) + count.count
+    registries = tuple(
+        RegistryStatus(info=info, alive=is_alive(info.seen, now))
+        for info in await bus.directory.registries()
+    )
+    required_by: dict[str, list[str]] = {}
+    for registry in registries:
+        for plugin in registry.info.required if registry.alive else ():
+            required_by.setdefault(plugin, []).append(registry.info.id)
     plugins: list[PluginStatus] = []
-    for name in sorted(set(manifests) | set(groups) | {w.plugin for w in workers}):
+    names = set(manifests) | set(groups) | {w.plugin for w in workers} | set(required_by)
+    for name in sorted(names):
         manifest, group = manifests.get(name), groups.get(name)
         beats = {w.consumer: w for w in workers if w.plugin == name}
         try:
@@ -96,7 +134,7 @@ async def collect_status(bus: Bus, *, recent: int = 20) -> StatusReport:
                     host=beat.host if beat else None,
                     pid=beat.pid if beat else None,
                     handled=beat.handled if beat else 0,
-                    failed=beat.failed if beat else 0,
+                    hook_errors=beat.failed if beat else 0,
                     in_flight=beat.in_flight if beat else 0,
                     failures=per_consumer.get((name, consumer), 0),
                 )
@@ -106,7 +144,8 @@ async def collect_status(bus: Bus, *, recent: int = 20) -> StatusReport:
                 name=name,
                 version=manifest.version if manifest else None,
                 hooks=manifest.hooks if manifest else (),
-                required=manifest.required if manifest else False,
+                required=bool(manifest and manifest.required) or name in required_by,
+                required_by=tuple(sorted(required_by.get(name, ()))),
                 group=group is not None,
                 pending=group.pending if group else 0,
                 lag=group.lag if group else None,
@@ -114,10 +153,6 @@ async def collect_status(bus: Bus, *, recent: int = 20) -> StatusReport:
                 orphaned_since=orphans.get(name) if group is not None else None,
             )
         )
-    registries = tuple(
-        RegistryStatus(info=info, alive=is_alive(info.seen, now))
-        for info in await bus.directory.registries()
-    )
     return StatusReport(
         url=bus.url,
         namespace=bus.namespace,

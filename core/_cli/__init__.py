@@ -34,6 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; every expected failure is one line on stderr and a non-zero exit."""
     from rapid_objection import Error
 
+    from ._namespace import UnusedNamespace
+
     arguments = list(sys.argv[1:] if argv is None else argv)
     only = "worker" if arguments[:1] == ["worker"] else None
     args = build_parser(only).parse_args(arguments)
@@ -45,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise _single(group) from None
     except UsageError as exc:
         fail(str(exc), 2)
+    except UnusedNamespace as exc:
+        fail(str(exc), exc.code)
     except Error as exc:
         fail(str(exc))
     except KeyboardInterrupt:

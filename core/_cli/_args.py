@@ -19,10 +19,15 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line on stderr, without the usage block."""
+    """An ArgumentParser whose errors are one line on stderr, without the usage block,
+    and whose help is plain text (the descriptions come from reStructuredText
+    docstrings: their ````literal```` marks are dropped)."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+    def format_help(self) -> str:
+        return super().format_help().replace("``", "")
 
 
 def add_bus_options(parser: argparse.ArgumentParser, default_url: str | None) -> None:

@@ -16,6 +16,7 @@ from rapid_objection.bus import Bus, DeadLetterEntry, DeadLetters
 from rapid_objection.bus._constants import DEFAULT_NAMESPACE
 
 from ._args import DEFAULT_SERVER_URL, Parser, add_bus_options, bus_url
+from ._namespace import namespace_bus
 
 
 def add_parser(commands: Any) -> None:
@@ -36,7 +37,7 @@ def add_parser(commands: Any) -> None:
 
 def run_list(args: argparse.Namespace) -> int:
     async def main() -> list[DeadLetterEntry]:
-        async with Bus.connect(bus_url(args), args.namespace or DEFAULT_NAMESPACE) as bus:
+        async with namespace_bus(args) as bus:
             return await DeadLetters(bus).list(count=args.count)
 
     entries = anyio.run(main)

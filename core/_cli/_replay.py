@@ -23,6 +23,7 @@ from rapid_objection.bus._constants import DEFAULT_NAMESPACE
 from .._errors import ReplayError
 from .._replay import Selection, parse_time, provenance, redeliver, select, summary
 from ._args import DEFAULT_SERVER_URL, Parser, UsageError, add_bus_options, bus_url
+from ._namespace import namespace_bus
 
 # argparse takes "-15m" for an unknown option rather than the value of --since; values
 # that look like relative times are read as values, as negative numbers are.
@@ -138,7 +139,7 @@ def _table(title: str, entries: Sequence[HistoryEntry]) -> Table:
 
 
 async def _list(args: argparse.Namespace, selection: Selection) -> int:
-    async with Bus.connect(bus_url(args), args.namespace or DEFAULT_NAMESPACE) as bus:
+    async with namespace_bus(args) as bus:
         if args.format == "jsonl":
             async for entry in select(bus, selection):
                 print(_jsonl(entry.entry_id, entry.envelope))

@@ -12,10 +12,10 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from rapid_objection.bus import Bus, StatusReport, collect_status
-from rapid_objection.bus._constants import DEFAULT_NAMESPACE
+from rapid_objection.bus import StatusReport, collect_status
 
-from ._args import DEFAULT_SERVER_URL, Parser, add_bus_options, bus_url
+from ._args import DEFAULT_SERVER_URL, Parser, add_bus_options
+from ._namespace import namespace_bus
 
 
 def add_parser(commands: Any) -> None:
@@ -25,15 +25,33 @@ def add_parser(commands: Any) -> None:
     add_bus_options(parser, DEFAULT_SERVER_URL)
     parser.add_argument("--json", action="store_true", help="one JSON object, for machines")
     parser.add_argument("--failures", type=int, default=20, help="recent failures to show")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="a health check: exit 1, saying why, when a required plugin has no live"
+        " consumer or a registry stopped heartbeating; exit 0 and print nothing else",
+    )
+    parser.add_argument(
+        "--host",
+        help="with --check: fail too unless a live registry or consumer (see --role) runs"
+        ' on HOST (a container\'s healthcheck: --host "$(hostname)")',
+    )
+    parser.add_argument(
+        "--role",
+        choices=("registry", "consumer"),
+        help="with --host: only a registry, or only a consumer, counts",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     async def main() -> StatusReport:
-        async with Bus.connect(bus_url(args), args.namespace or DEFAULT_NAMESPACE) as bus:
+        async with namespace_bus(args) as bus:
             return await collect_status(bus, recent=args.failures)
 
     report = anyio.run(main)
+    if args.check:
+        return check(report, args.host, args.role)
     if args.json:
         print(msgspec.json.encode(report).decode())
     else:
@@ -42,10 +60,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check(report: StatusReport, host: str | None, role: str | None) -> int:
+    """``--check``: each problem on a line of its own on stderr, and exit 1."""
+    problems = report.problems()
+    if host is not None and not report.alive_on(host, role):
+        problems.append(f"no live {role or 'registry or consumer'} on host {host!r}")
+    for problem in problems:
+        print(f"rapid-objection status: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def _ago(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     return f"{seconds:.1f}s" if seconds < 120 else f"{seconds / 60:.0f}m"
+
+
+def _by(registries: tuple[str, ...]) -> str:
+    return f" (by {', '.join(registries)})" if registries else ""
 
 
 def _yes(flag: bool) -> str:
@@ -83,7 +115,8 @@ def render(report: StatusReport, console: Console) -> None:
         plugins.add_row(
             plugin.name,
             plugin.version or "-",
-            _yes(plugin.required),
+            _yes(plugin.required)
+            + (f" ({', '.join(plugin.required_by)})" if plugin.required_by else ""),
             str(len(plugin.hooks)),
             str(plugin.pending),
             "-" if plugin.lag is None else str(plugin.lag),

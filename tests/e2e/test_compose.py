@@ -190,7 +190,9 @@ class Local:
         return self.path(value) if value.startswith("/") else value
 
     def shell(self, command: str) -> str:
-        """A healthcheck's shell command, made local."""
+        """A healthcheck's shell command, made local (and ``$$``, compose's escape of a
+        ``$`` that the shell is to see, unescaped as compose does)."""
+        command = command.replace("$$", "$")
         command = re.sub(r"--namespace \S+", f"--namespace {self.namespace}", command)
         return re.sub(r"\b\w+(\+\w+)?://\S+", lambda match: self.url(match[0]), command)
 

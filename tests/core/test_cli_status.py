@@ -1,0 +1,111 @@
+"""``rapid-objection status``: what operators see is true, and ``--check`` for healthchecks."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+
+from rapid_objection.bus import (
+    AppRegistered,
+    AppUnregistered,
+    Bus,
+    ConnectionInfo,
+    Publisher,
+    collect_status,
+)
+from rapid_objection.bus._publisher import PluginPolicy
+from rapid_objection.plugin_workers import PluginInterface
+from rapid_objection.plugin_workers.testing import running_worker
+from tests.e2e import run_cli
+
+pytestmark = pytest.mark.anyio
+
+
+class Gate(PluginInterface):
+    """Implements one hook: every other event is acked as skipped, not handled."""
+
+    def __init__(self) -> None:
+        super().__init__("gate", "1.0.0")
+
+    async def on_app_registered(self, app_name: str, connection: Any, config: Any) -> None:
+        return None
+
+
+def cli(redis_url: str, namespace: str, *args: str) -> tuple[str, ...]:
+    return ("status", "--bus-url", redis_url, "--namespace", namespace, *args)
+
+
+class TestRequired:
+    async def test_a_registry_policy_makes_a_plugin_required_in_status_and_check(
+        self, redis_bus: Bus, redis_url: str
+    ) -> None:
+        """A plugin that only a registry's configuration marks required shows as
+        required by that registry, and ``--check`` fails, naming it, while it has no
+        live consumer; it passes once a worker of it runs."""
+        namespace = redis_bus.namespace
+        policies = {"gate": PluginPolicy(required=True)}
+        async with Publisher(redis_bus, "reg-status", policies=policies):
+            report = await collect_status(redis_bus)
+            [plugin] = [p for p in report.plugins if p.name == "gate"]
+            assert (plugin.required, plugin.required_by) == (True, ("reg-status",))
+            code, out, err = await run_cli(*cli(redis_url, namespace, "--check"))
+            assert code == 1
+            assert out == ""
+            assert "required plugin 'gate' has no live consumer" in err
+            async with running_worker(Gate(), redis_bus):
+                code, out, err = await run_cli(*cli(redis_url, namespace, "--check"))
+                assert (code, out, err) == (0, "", "")
+                host = socket.gethostname()
+                mine = ("--check", "--host", host, "--role", "registry")
+                assert (await run_cli(*cli(redis_url, namespace, *mine)))[0] == 0
+                elsewhere = ("--check", "--host", "elsewhere")
+                code, _, err = await run_cli(*cli(redis_url, namespace, *elsewhere))
+                assert code == 1
+                assert "no live registry or consumer on host 'elsewhere'" in err
+
+
+class TestHandled:
+    async def test_skipped_events_are_not_counted_as_handled(self, redis_bus: Bus) -> None:
+        """A worker counts as handled only the events whose hook it ran: three events of a
+        hook it lacks (acked as skipped), then one of its own, make one handled."""
+        info = ConnectionInfo(dialect="sqlite")
+        policies = {"gate": PluginPolicy(required=True)}
+        async with (
+            running_worker(Gate(), redis_bus) as worker,
+            Publisher(redis_bus, "reg-handled", policies=policies) as publisher,
+        ):
+            for _ in range(3):
+                await publisher.publish(AppUnregistered(), app="shop")
+            result = await publisher.emit(AppRegistered(connection=info, config={}), app="shop")
+            assert result.ok, result
+            assert worker.consumer.handled == 1
+
+
+class TestNeverUsed:
+    @pytest.mark.parametrize(
+        "command",
+        [("status",), ("dlq", "list"), ("replay",)],
+        ids=["status", "dlq-list", "replay"],
+    )
+    async def test_a_namespace_never_used_is_one_line_and_exit_3(
+        self, redis_url: str, namespace: str, command: tuple[str, ...]
+    ) -> None:
+        """Pointed at an empty namespace, a reading command says so instead of printing
+        empty tables."""
+        args = (*command, "--bus-url", redis_url, "--namespace", namespace)
+        code, out, err = await run_cli(*args)
+        assert code == 3
+        assert out == ""
+        assert f"namespace {namespace!r}" in err
+        assert "has never been used" in err
+        assert len(err.strip().splitlines()) == 1
+
+
+async def test_help_is_plain_text() -> None:
+    """Help texts carry no reStructuredText literal marks."""
+    for command in ("status", "replay", "dlq", "worker", "run"):
+        code, out, _ = await run_cli(command, "--help")
+        assert code == 0
+        assert "``" not in out
