@@ -7,7 +7,13 @@ from rapid_objection.bus import PermanentError, RetryLater
 
 from ._connection import Connection, credentials_variable
 from ._dispatch import Dispatcher, current_delivery, hook_arguments
-from ._errors import EngineUnavailable, PluginError, PluginLoadError, RemoteError
+from ._errors import (
+    ConsumerTaken,
+    EngineUnavailable,
+    PluginError,
+    PluginLoadError,
+    RemoteError,
+)
 from ._interface import PluginInterface, implemented_hooks
 from ._loader import ENTRY_POINT_GROUP, build_plugin, load_plugin_class
 from ._once import run_once
@@ -18,6 +24,7 @@ from ._worker import Worker
 __all__ = [
     "ENTRY_POINT_GROUP",
     "Connection",
+    "ConsumerTaken",
     "Dispatcher",
     "EngineUnavailable",
     "PermanentError",

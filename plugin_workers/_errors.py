@@ -20,6 +20,21 @@ class PluginLoadError(PluginError):
         """import, build, validate or initialize: where loading stopped."""
 
 
+class ConsumerTaken(PluginError):  # noqa: N818 - reads as the condition
+    """A worker started under a consumer name that a live process already uses: two
+    processes under one name would take each other's pending events."""
+
+    def __init__(self, plugin: str, consumer: str, host: str, pid: int) -> None:
+        super().__init__(
+            f"consumer {consumer!r} of plugin {plugin!r} is already in use by process {pid}"
+            f" on {host}: give this worker another --consumer"
+        )
+        self.plugin = plugin
+        self.consumer = consumer
+        self.host = host
+        self.pid = pid
+
+
 class EngineUnavailable(PluginError, LookupError):  # noqa: N818 - reads as the condition
     """``await connection.engine()`` with no engine to give: no live engine and no URL."""
 

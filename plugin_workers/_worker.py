@@ -17,12 +17,13 @@ from anyio.abc import TaskStatus
 from rapid_objection.bus import Bus, BusUnavailable, GroupMissing, LoadError, Manifest, WorkerInfo
 from rapid_objection.bus._constants import HEARTBEAT_INTERVAL
 from rapid_objection.bus._consumer import Consumer
+from rapid_objection.bus._directory import is_alive
 from rapid_objection.bus._keys import unique_name
 from rapid_objection.bus._retry import RetryPolicy
 
 from ._connection import Engines, LiveEngines
 from ._dispatch import Dispatcher
-from ._errors import PluginLoadError
+from ._errors import ConsumerTaken, PluginLoadError
 from ._settings import WorkerSettings
 from ._view import RegistryView
 
@@ -123,6 +124,7 @@ class Worker:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Initialize the plugin, announce it, consume until stopped, shut the plugin down."""
+        await self._check_consumer_name()
         try:
             await self._start_plugin()
         except PluginLoadError as exc:
@@ -150,6 +152,17 @@ class Worker:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._leave()
+
+    async def _check_consumer_name(self) -> None:
+        """Refuse a consumer name that a live process of another host or pid uses (its
+        heartbeat says so); a record of a process of this host that no longer exists is
+        stale, so that a worker restarted under its old name starts at once."""
+        me = (socket.gethostname(), os.getpid())
+        for info in await self.bus.directory.workers(self.name):
+            if info.consumer != self.consumer_name or (info.host, info.pid) == me:
+                continue
+            if is_alive(info.seen) and not (info.host == me[0] and not _exists(info.pid)):
+                raise ConsumerTaken(self.name, self.consumer_name, info.host, info.pid)
 
     async def _start_plugin(self) -> None:
         """validate_configuration (when the plugin has it), then initialize; the only
@@ -232,3 +245,14 @@ class Worker:
                 failed=self.consumer.failed,
             )
         )
+
+
+def _exists(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (signal 0 checks, sends nothing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: it exists
+    return True

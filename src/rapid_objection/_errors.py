@@ -30,6 +30,8 @@
         ├── PluginLoadError        a plugin that cannot be imported, built, validated or
         │                          initialized (.target: module:Class, entry point or
         │                          name; .phase)
+        ├── ConsumerTaken          a worker's consumer name that a live process uses
+        │                          (.plugin, .consumer, .host, .pid)
         ├── EngineUnavailable      a hook's ``connection.engine()`` that has no engine to
         │                          give (.app; also a LookupError)
         └── RemoteError            an error of the registry as a plugin's
