@@ -29,6 +29,7 @@ SIGNALS: set[type[Exception]] = {RetryLater, PermanentError}
 """A hook raises these to ask the bus for something: not errors, so not under the root."""
 INTERNAL = {
     "rapid_objection.core._cli._args.UsageError": "the CLI turns it into exit status 2",
+    "rapid_objection.core._cli._namespace.UnusedNamespace": "the CLI turns it into exit status 3",
     "rapid_objection.core._locks.LockNotTaken": "a runner makes it MigrationFailed, SeedFailed",
     "rapid_objection.core._tracking.NewerBatch": "a runner makes it a failed undo result",
 }
