@@ -22,6 +22,7 @@ from rapid_objection.plugin_workers._settings import ENV_PARENT_PID, ENV_WORKER_
 from ._args import DEFAULT_SERVER_URL, Parser, UsageError, add_bus_options
 
 if TYPE_CHECKING:
+    from rapid_objection.bus import Bus
     from rapid_objection.plugin_workers._settings import WorkerTable
 
     from .._config import PluginConfig
@@ -130,7 +131,6 @@ def worker_table(args: argparse.Namespace) -> tuple[WorkerTable, dict[str, Any]]
 
 
 def run(args: argparse.Namespace) -> int:
-    from rapid_objection.bus import Bus
     from rapid_objection.plugin_workers import (
         PluginLoadError,
         Worker,
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     parent = _supervising_parent()
 
     async def main() -> None:
-        async with Bus.connect(url, namespace) as bus:
+        async with await _connected(url, namespace) as bus:
             worker = Worker(
                 plugin,
                 bus,
@@ -205,6 +205,27 @@ async def _report(url: str, namespace: str, plugin: str, consumer: str, exc: Any
                 )
     except BusError:
         pass
+
+
+async def _connected(url: str, namespace: str) -> Bus:
+    """The opened bus; while Redis does not answer, try again with backoff, saying so
+    once (a worker started before its Redis, as containers are, waits for it)."""
+    from rapid_objection.bus import Bus, BusUnavailable
+    from rapid_objection.bus._retry import Outage
+
+    outage, said = Outage(), False
+    while True:
+        bus = Bus.connect(url, namespace)
+        try:
+            return await bus.open()
+        except BusUnavailable as exc:
+            await bus.close()
+            if not said:
+                logging.getLogger("rapid_objection.worker").warning(
+                    "%s; trying again until it answers", exc
+                )
+                said = True
+            await outage.pause()
 
 
 PARENT_CHECK_INTERVAL = 1.0

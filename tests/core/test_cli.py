@@ -18,6 +18,7 @@ from rapid_objection.bus._publisher import PluginPolicy
 from rapid_objection.plugin_workers import PluginInterface
 from rapid_objection.plugin_workers.testing import running_worker
 from tests.e2e import REPO_ROOT, one_line_error, run_cli, subprocess_env
+from tests.topologies import Servers, free_ports
 
 pytestmark = pytest.mark.anyio
 
@@ -102,15 +103,43 @@ class TestStatus:
 
 
 class TestWorker:
-    async def test_unreachable_bus_is_one_line_naming_the_address_not_the_password(
-        self,
-    ) -> None:
-        """A worker whose bus does not answer: one line with host and port, no password."""
-        line = one_line_error(
-            *await run_cli("worker", "tests.e2e.plugins:PluginA", "--bus-url", SECRET_URL)
-        )
-        assert "127.0.0.1:1" in line
-        assert "hunter2" not in line
+    async def test_a_worker_waits_for_its_redis_saying_so_once(self, tmp_path: Path) -> None:
+        """A worker started before its Redis says once, naming the address and not the
+        password, that the bus does not answer, keeps trying with backoff, and starts
+        working as soon as a server answers there."""
+        [port] = free_ports(1)
+        url = f"redis://:hunter2@127.0.0.1:{port}/0"
+        namespace = f"t-{secrets.token_hex(6)}"
+        log = tmp_path / "worker.log"
+        command = [sys.executable, "-m", "rapid_objection.core._cli", "worker"]
+        command += ["tests.e2e.plugins:PluginA", "--bus-url", url, "--namespace", namespace]
+        servers = Servers(tmp_path / "redis")
+        with log.open("wb") as output:
+            process = await anyio.open_process(
+                command, stdout=output, stderr=output, cwd=REPO_ROOT, env=subprocess_env()
+            )
+        try:
+            await anyio.sleep(2.5)
+            assert process.returncode is None, log.read_text()
+            waiting = [
+                line
+                for line in log.read_text().splitlines()
+                if "does not" in line or "unavailable" in line
+            ]
+            assert len(waiting) == 1, log.read_text()
+            assert f"127.0.0.1:{port}" in waiting[0]
+            assert "hunter2" not in log.read_text()
+            await anyio.to_thread.run_sync(servers.start, port, "--requirepass", "hunter2")
+            async with Bus.connect(url, namespace) as bus:
+                with anyio.fail_after(15):
+                    while not await bus.directory.workers():
+                        await anyio.sleep(0.1)
+        finally:
+            process.terminate()
+            with anyio.move_on_after(10, shield=True):
+                await process.wait()
+            await process.aclose()
+            servers.close()
 
     @pytest.mark.parametrize(
         ("target", "expected"),
