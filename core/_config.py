@@ -14,7 +14,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
@@ -244,6 +244,31 @@ def _read_source(source: Mapping[str, Any] | str | Path) -> tuple[dict[str, Any]
     return dict(source), None, Path.cwd()
 
 
+APP_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+"""What an app name may be: it becomes part of keys, table rows and file names."""
+
+
+def check_app_name(name: object, *, file: str | None = None) -> None:
+    """Raise ``ConfigError`` for a name that is not an app name; the name is shown as a
+    Python literal, so that a newline or another control character is never echoed raw."""
+    if not isinstance(name, str) or not APP_NAME.match(name):
+        raise ConfigError(
+            "an app name is 1-64 letters, digits, '.', '_' or '-', starting with a "
+            f"letter or digit; got {name!r}",
+            path="apps",
+            file=file,
+        )
+
+
+def _check_plugin_name(name: str, file: str | None) -> None:
+    if not name or not name.isprintable() or any(char.isspace() for char in name):
+        raise ConfigError(
+            f"a plugin name is printable and without spaces; got {name!r}",
+            path="plugins",
+            file=file,
+        )
+
+
 def load_registry_config(
     source: RegistryConfig | Mapping[str, Any] | str | Path | None,
 ) -> RegistryConfig:
@@ -264,6 +289,11 @@ def load_registry_config(
             )
         tables[section] = dict(table)
     config = convert(data, RegistryConfig, file=file)
+    # Checked before anything prints them: ``run`` says "app <name>: registering".
+    for name in tables["apps"]:
+        check_app_name(name, file=file)
+    for name in tables["plugins"]:
+        _check_plugin_name(name, file)
     apps = {
         name: _resolve_dirs(convert(app, AppConfig, prefix=f"apps.{name}", file=file), base)
         for name, app in tables["apps"].items()

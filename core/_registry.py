@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
@@ -21,11 +20,12 @@ from ._config import (
     AppConfig,
     PluginConfig,
     RegistryConfig,
+    check_app_name,
     load_app_config,
     load_registry_config,
 )
 from ._connections import ConnectionManager, Engines
-from ._errors import AppAlreadyRegistered, AppNotRegistered, ConfigError, RegistryError
+from ._errors import AppAlreadyRegistered, AppNotRegistered, RegistryError
 from ._gate import Gate
 from ._host import Host, describe
 from ._lifecycle import AppContext, AppRecord, close_connection, register, unregister
@@ -40,9 +40,6 @@ log = logging.getLogger("rapid_objection.registry")
 CLOSE_GRACE = 3.0
 """Seconds past the shutdown deadline for the registry's task to close the publisher and
 the bus (each bounded at 2 s) once everything was cancelled."""
-
-APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-
 
 class AppRegistry:
     """A registry of database apps whose lifecycle steps are published on the bus.
@@ -243,12 +240,7 @@ class AppRegistry:
         of it is in progress), and otherwise the step's own error, after publishing
         operation_failed and closing what was opened.
         """
-        if not isinstance(name, str) or not APP_NAME.match(name):
-            raise ConfigError(
-                "an app name is 1-64 letters, digits, '.', '_' or '-', starting with a "
-                f"letter or digit; got {name!r}",
-                path="apps",
-            )
+        check_app_name(name)
         async with self._gate.admit(f"register_app({name!r})"):
             context = self._require_context()
             if name in self._apps or name in self._registering:

@@ -8,6 +8,7 @@ was handled (nothing acknowledged is lost), and the workers are still up.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -169,6 +170,14 @@ class TestSentinelFailover:
         with client(sentinels.primary) as primary:
             assert primary.xlen(f"ro:{{{namespace}}}:events") == 1
 
+    # While Sentinel has no primary to name ("No master found"), redis-py 8.1's Sentinel
+    # client drops a connection to a Sentinel without closing it; the garbage collector
+    # then warns (ResourceWarning) in whichever test runs. The bus closes every client it
+    # made (tests/bus: no warning without a failover); this test collects that garbage
+    # itself, where the warning is expected, instead of failing a later test with it.
+    @pytest.mark.filterwarnings(
+        "ignore::pytest.PytestUnraisableExceptionWarning", "ignore::ResourceWarning"
+    )
     async def test_a_killed_primary_loses_nothing_acknowledged(
         self, report: Report, sentinels: Sentinels, namespace: str, tmp_path: Path
     ) -> None:
@@ -205,5 +214,6 @@ class TestSentinelFailover:
                 logs = workers.logs()
             assert sentinels.current_primary() == sentinels.replica
             await check(report, bus, run, f"promoted after {promoted[0]:.1f}s")
+        gc.collect()  # see the filterwarnings mark
         assert final.ok, final
         assert running == names, logs
