@@ -13,7 +13,7 @@ from rapid_objection.plugin_workers import PluginLoadError, Worker, load_plugin_
 from ._config import PluginConfig
 from ._supervisor import Supervisor
 
-REQUIRED_METHODS = ("initialize", "shutdown", "get_status")
+
 class PluginFailed(PluginLoadError):  # noqa: N818 - a load outcome, carried in initialize()'s result
     """A plugin that could not be loaded; the message is the seed's troubleshooting text."""
 
@@ -57,13 +57,6 @@ class FailedPlugin:
     name: str
     error: str
     phase: str
-
-
-def validate_interface(plugin_class: type[Any]) -> None:
-    """The seed's interface check: the lifecycle methods must be there."""
-    for method in REQUIRED_METHODS:
-        if not callable(getattr(plugin_class, method, None)):
-            raise PluginLoadError(plugin_class.__name__, f"Plugin must implement {method}() method")
 
 
 async def import_plugin_class(module: str) -> type[Any]:

@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from rapid_objection.bus import Bus, collect_status
 from rapid_objection.bus._directory import is_alive
 from rapid_objection.plugin_workers import PluginLoadError, Worker, build_plugin
+from rapid_objection.plugin_workers._loader import validate_interface
 from rapid_objection.plugin_workers._settings import WorkerTable
 
 from ._config import PluginConfig, RegistryConfig
@@ -37,7 +38,6 @@ from ._loaded import (
     LoadedPlugin,
     PluginFailed,
     import_plugin_class,
-    validate_interface,
 )
 from ._steps import Steps
 from ._supervisor import Supervisor

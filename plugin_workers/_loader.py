@@ -39,6 +39,18 @@ def load_plugin_class(target: str) -> type[Any]:
     return plugin_class
 
 
+REQUIRED_METHODS = ("initialize", "shutdown", "get_status")
+"""The seed's plugin interface: a class without one of these is refused."""
+
+
+def validate_interface(plugin_class: type[Any]) -> None:
+    """The seed's interface check, the same for the registry and ``rapid-objection
+    worker``: the lifecycle methods must be there."""
+    for method in REQUIRED_METHODS:
+        if not callable(getattr(plugin_class, method, None)):
+            raise PluginLoadError(plugin_class.__name__, f"Plugin must implement {method}() method")
+
+
 def build_plugin(plugin_class: type[Any], config: dict[str, Any]) -> Any:
     """Instantiate with the seed's constructor-config pattern when the class takes one."""
     parameters = [

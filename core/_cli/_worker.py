@@ -137,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         build_plugin,
         load_plugin_class,
     )
+    from rapid_objection.plugin_workers._loader import validate_interface
 
     table, bus_table = worker_table(args)
     url = args.bus_url or bus_table.get("url") or DEFAULT_SERVER_URL
@@ -154,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         # Like `python -m`: a plugin module in the working directory is importable.
         sys.path.insert(0, os.getcwd())
     plugin_class = load_plugin_class(args.plugin)
+    validate_interface(plugin_class)  # as the registry checks it, with the same message
     try:
         plugin = build_plugin(plugin_class, config)
     except PluginLoadError as exc:

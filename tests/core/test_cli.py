@@ -255,3 +255,19 @@ class TestUsage:
             )
         assert done.returncode == 0, done.stderr.decode()
         assert b"rapid-objection" in done.stdout
+
+
+class NoLifecycle:
+    """A class the registry refuses: it has no initialize, shutdown or get_status."""
+
+    name = "no-lifecycle"
+
+
+async def test_the_worker_command_refuses_what_the_registry_refuses() -> None:
+    """``rapid-objection worker`` applies the registry's interface check, same message."""
+    code, _, err = await run_cli(
+        "worker", "tests.core.test_cli:NoLifecycle", "--bus-url", "redis://127.0.0.1:1/0"
+    )
+    assert code == 1, err
+    assert "Plugin must implement initialize() method" in err
+    assert len(err.strip().splitlines()) == 1
