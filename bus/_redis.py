@@ -120,10 +120,14 @@ class Redis:
     async def open(self) -> None:
         """Learn the server's shape (cluster or not, unless the URL said) and check that
         it answers; raises ``BusUnavailable`` naming the URL."""
-        if self.topology.cluster is None and await self._cluster_enabled():
-            single, self._client = self._client, clients.build(self.topology, cluster=True)
-            await single.aclose()
-        await self.ping()
+        if self.topology.cluster is None:
+            # INFO's answer is the check that the server answers: no PING besides.
+            if await self._cluster_enabled():
+                single, self._client = self._client, clients.build(self.topology, cluster=True)
+                await single.aclose()
+                await self.ping()  # the cluster client learns the slot map
+        else:
+            await self.ping()
         topology = self.topology
         if self.cluster and self._masters is None:
             self._masters = clients.NodeClients(topology, clients.MAX_CONNECTIONS)
@@ -205,17 +209,10 @@ class Redis:
         """Run ``write`` with a client that reaches ``key``'s server: with ``min_replicas``
         the durable connection, followed by WAIT, so that it counts only once replicated;
         on a cluster a plain client of the slot's master; else the bus's client."""
-        return await self._on_master(key, write, durable=True)
-
-    async def _on_master(
-        self, key: str, write: Callable[[Any], Awaitable[_T]], *, durable: bool
-    ) -> _T:
-        wait = self._durable if durable else None
-        if wait is None and self._masters is None:
+        wait, nodes = self._durable, self._durable or self._masters
+        if nodes is None:
             return await write(self._client)
         async with wait.lock if wait is not None else contextlib.nullcontext():
-            nodes = wait if wait is not None else self._masters
-            assert nodes is not None
             client = nodes.client_for(self._client, key)
             try:
                 result = await write(client)
@@ -281,7 +278,7 @@ class Redis:
                 replies: list[Any] = await pipeline.execute()
             return replies
 
-        replies = await self._on_master(key, write, durable=True)
+        replies = await self._durably(key, write)
         self._notify((key,))
         return [_text(entry_id) for entry_id in replies]
 

@@ -84,7 +84,7 @@ def parse(url: str) -> Topology:
     if scheme not in SCHEMES:
         raise BusUrlError(url, f"scheme must be one of {', '.join(s + '://' for s in SCHEMES)}")
     if scheme == "memory":
-        return Topology(scheme, parts.netloc + parts.path)
+        return Topology(scheme, parts.netloc + parts.path, cluster=False)
     query = parse_qsl(parts.query, keep_blank_values=True)
     ours = {name: value for name, value in query if name in OUR_OPTIONS}
     rest = [(name, value) for name, value in query if name not in OUR_OPTIONS]

@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from rapid_objection.bus import Bus, BusUnavailable, Publisher
+from rapid_objection.bus import Bus, BusUnavailable, Publisher, WaitResult
 from rapid_objection.bus._publisher import PluginPolicy
 from rapid_objection.bus.testing import drained
 from tests.topologies import Cluster, Sentinels, TopologyError, client, start_sentinels
@@ -77,6 +77,39 @@ async def emit_through(
     return run
 
 
+@dataclass
+class Outcome:
+    """A run under load through one disruption, and what the workers did meanwhile."""
+
+    run: Run
+    final: WaitResult
+    """An emit after it all: the bus works again."""
+    names: list[str]
+    running: list[str]
+    logs: str
+
+
+async def under_load(
+    bus: Bus,
+    url: str,
+    directory: Path,
+    disrupt: Callable[[], Awaitable[None]],
+    *,
+    final_timeout: float = EMIT_TIMEOUT,
+) -> Outcome:
+    """Two external workers of a required plugin; emit through ``disrupt``, drain, emit
+    once more."""
+    policies = {Recorder.NAME: PluginPolicy(required=True)}
+    async with process_workers(bus, url, directory) as workers:
+        names = await workers.start(Recorder, 2, concurrency=2, timeout=30)
+        async with Publisher(bus, REGISTRY, policies=policies) as publisher:
+            run = await emit_through(publisher, disrupt)
+            await drained(bus, Recorder.NAME, timeout=DRAIN_TIMEOUT)
+            final = await publisher.emit(registered(), app="final", timeout=final_timeout)
+        running = [name for name in names if workers.running(name)]
+        return Outcome(run, final, names, running, workers.logs())
+
+
 async def check(report: Report, bus: Bus, run: Run, note: str) -> None:
     result = await tally(bus, Recorder.NAME)
     handled = await counts(bus, "handled", Recorder.NAME)
@@ -95,7 +128,6 @@ class TestClusterFailover:
     ) -> None:
         """CLUSTER FAILOVER of the master holding the namespace, with min_replicas=1."""
         url = f"{redis_cluster.url}?min_replicas=1"
-        policies = {Recorder.NAME: PluginPolicy(required=True)}
         async with Bus.connect(url, namespace) as bus:
             master = redis_cluster.master_of(bus.keys.events)
             promoted: list[int] = []
@@ -103,18 +135,11 @@ class TestClusterFailover:
             async def fail_over() -> None:
                 promoted.append(await anyio.to_thread.run_sync(redis_cluster.fail_over, master))
 
-            async with process_workers(bus, url, tmp_path) as workers:
-                names = await workers.start(Recorder, 2, concurrency=2, timeout=30)
-                async with Publisher(bus, REGISTRY, policies=policies) as publisher:
-                    run = await emit_through(publisher, fail_over)
-                    await drained(bus, Recorder.NAME, timeout=DRAIN_TIMEOUT)
-                    final = await publisher.emit(registered(), app="final", timeout=EMIT_TIMEOUT)
-                running = [name for name in names if workers.running(name)]
-                logs = workers.logs()
+            done = await under_load(bus, url, tmp_path, fail_over)
             assert redis_cluster.master_of(bus.keys.events) == promoted[0]
-            await check(report, bus, run, f"master {master} -> {promoted[0]}")
-        assert final.ok, final
-        assert running == names, logs
+            await check(report, bus, done.run, f"master {master} -> {promoted[0]}")
+        assert done.final.ok, done.final
+        assert done.running == done.names, done.logs
 
 
 class TestReshard:
@@ -124,7 +149,6 @@ class TestReshard:
         """The namespace's slot migrates to another master (key by key, as ``redis-cli
         --cluster reshard`` moves it) while events flow: clients follow ASK and MOVED."""
         url = redis_cluster.url
-        policies = {Recorder.NAME: PluginPolicy(required=True)}
         async with Bus.connect(url, namespace) as bus:
             source = redis_cluster.master_of(bus.keys.events)
             target = next(port for port in redis_cluster.masters() if port != source)
@@ -134,18 +158,11 @@ class TestReshard:
                     lambda: redis_cluster.move_slot_of(bus.keys.events, target, pause=0.2)
                 )
 
-            async with process_workers(bus, url, tmp_path) as workers:
-                names = await workers.start(Recorder, 2, concurrency=2, timeout=30)
-                async with Publisher(bus, REGISTRY, policies=policies) as publisher:
-                    run = await emit_through(publisher, reshard)
-                    await drained(bus, Recorder.NAME, timeout=DRAIN_TIMEOUT)
-                    final = await publisher.emit(registered(), app="final", timeout=EMIT_TIMEOUT)
-                running = [name for name in names if workers.running(name)]
-                logs = workers.logs()
+            done = await under_load(bus, url, tmp_path, reshard)
             assert redis_cluster.master_of(bus.keys.events) == target
-            await check(report, bus, run, f"slot moved {source} -> {target}")
-        assert final.ok, final
-        assert running == names, logs
+            await check(report, bus, done.run, f"slot moved {source} -> {target}")
+        assert done.final.ok, done.final
+        assert done.running == done.names, done.logs
 
 
 @pytest.fixture
@@ -185,7 +202,6 @@ class TestSentinelFailover:
         replica, the bus follows, writes wait for the old primary to come back as the
         new replica, and every event acknowledged before or after was handled."""
         url = sentinels.url("min_replicas=1")
-        policies = {Recorder.NAME: PluginPolicy(required=True)}
         old = sentinels.primary
 
         async def kill_primary() -> None:
@@ -204,16 +220,9 @@ class TestSentinelFailover:
 
         promoted: list[float] = []
         async with Bus.connect(url, namespace) as bus:
-            async with process_workers(bus, url, tmp_path) as workers:
-                names = await workers.start(Recorder, 2, concurrency=2, timeout=30)
-                async with Publisher(bus, REGISTRY, policies=policies) as publisher:
-                    run = await emit_through(publisher, kill_primary)
-                    await drained(bus, Recorder.NAME, timeout=DRAIN_TIMEOUT)
-                    final = await publisher.emit(registered(), app="final", timeout=10)
-                running = [name for name in names if workers.running(name)]
-                logs = workers.logs()
+            done = await under_load(bus, url, tmp_path, kill_primary, final_timeout=10)
             assert sentinels.current_primary() == sentinels.replica
-            await check(report, bus, run, f"promoted after {promoted[0]:.1f}s")
+            await check(report, bus, done.run, f"promoted after {promoted[0]:.1f}s")
         gc.collect()  # see the filterwarnings mark
-        assert final.ok, final
-        assert running == names, logs
+        assert done.final.ok, done.final
+        assert done.running == done.names, done.logs
