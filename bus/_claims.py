@@ -10,6 +10,7 @@ idle for long and hold nothing (XGROUP DELCONSUMER strands pending entries other
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from typing import Protocol
@@ -22,6 +23,7 @@ from ._directory import is_alive
 from ._errors import BusUnavailable, GroupMissing
 from ._ids import sorted_ids
 from ._redis import Entry
+from ._restore import Restorer
 
 log = logging.getLogger("rapid_objection.bus")
 
@@ -43,6 +45,9 @@ class Claimant(Protocol):
 
     @property
     def stopping(self) -> bool: ...
+
+    @property
+    def restorer(self) -> Restorer: ...
 
     def in_flight_ids(self) -> list[str]: ...
 
@@ -95,7 +100,9 @@ class Claimer:
                 if rounds % SWEEP_EVERY == 0:
                     await self.sweep()
             except GroupMissing:
-                await self.consumer.bus.ensure_group(self.consumer.plugin)
+                # The namespace lost the group: the consumer puts back its part at once.
+                with contextlib.suppress(BusUnavailable):
+                    await self.consumer.restorer.restore()
             except BusUnavailable as exc:
                 self._reclaim_after = anyio.current_time() + self.idle_ms / 1000
                 log.debug("claim round of %s skipped: %s", self.consumer.consumer, exc)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
 import anyio
@@ -20,18 +20,21 @@ from anyio.abc import TaskStatus
 
 from ._bus import Bus
 from ._claims import Claimer
-from ._constants import CLAIM_IDLE, EVENT_FIELD, READ_BATCH, READ_BLOCK_MS
+from ._constants import CLAIM_IDLE, EVENT_FIELD, READ_BATCH, READ_BLOCK_MS, SIGNATURE_FIELD
 from ._contract import Ack, DeadLetter, decode_envelope
-from ._delivery import Delivery, Done, Handler, ListSink, Sink
+from ._delivery import Delivery, Done, Handler, ListSink, Prepare, Sink
 from ._errors import BusUnavailable, GroupMissing
+from ._event_check import EventCheck
 from ._flush import Flusher
 from ._heads import EnvelopeHead, decode_head
 from ._ids import sorted_ids
 from ._lanes import InlineLanes, Lanes, TaskLanes
-from ._order import AppOrder
+from ._order import PENDING_SCAN, AppOrder
 from ._redact import mask_url
-from ._redis import Entry
+from ._redis import Entry, PendingEntry
+from ._restore import Restorer
 from ._retry import Deferred, Outage, RetryPolicy
+from ._tracebacks import traceback_text
 
 __all__ = ["Consumer", "Delivery", "Handler"]
 
@@ -61,6 +64,7 @@ class Consumer:
         block_ms: int = READ_BLOCK_MS,
         retry: RetryPolicy | None = None,
         claim_idle: float = CLAIM_IDLE,
+        prepare: Prepare | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency of consumer {consumer!r} must be at least 1")
@@ -68,6 +72,7 @@ class Consumer:
         self.plugin = plugin
         self.consumer = consumer
         self._handler = handler
+        self._prepare = prepare
         self._concurrency = concurrency
         self._batch = batch
         self._block_ms = block_ms
@@ -85,12 +90,31 @@ class Consumer:
         self._send: Sink | None = None
         self._hook_time = 0.0
         """Seconds a hook call takes, a moving average: how much to read ahead."""
+        self._check = (
+            EventCheck(bus, bus.keyring, plugin, consumer) if bus.keyring is not None else None
+        )
         self._order = AppOrder(
-            bus.redis, bus.keys.events, plugin, consumer, self._reading.__contains__
+            bus.redis,
+            bus.keys.events,
+            plugin,
+            consumer,
+            self._reading.__contains__,
+            screen=self._check,
         )
         self.flusher = Flusher(
             bus, plugin, consumer, stopping=lambda: self._stopping, settled=self._settled
         )
+        self.position = "0-0"
+        """The newest entry the group handed this consumer (before the first read: the
+        group's position when it started). A group the namespace lost comes back there:
+        every entry after it is delivered, and none before it again."""
+        self.restorer = Restorer(
+            f"consumer {consumer!r} of plugin {plugin!r}",
+            f"namespace {bus.namespace!r} at {bus.url}",
+        )
+        """What this consumer puts back when the namespace lost it: its group first (a
+        worker adds its manifest and heartbeat)."""
+        self.restorer.add(f"consumer group {plugin!r}", self.restore_group)
 
     @property
     def handled(self) -> int:
@@ -99,6 +123,11 @@ class Consumer:
     @property
     def failed(self) -> int:
         return self.flusher.failed
+
+    @property
+    def last_duration(self) -> float | None:
+        """Seconds the last hook this consumer ran took; None before its first."""
+        return self.flusher.last_duration
 
     @property
     def dead_lettered(self) -> int:
@@ -145,9 +174,19 @@ class Consumer:
         if self._read_scope is not None:
             self._read_scope.cancel()
 
+    async def restore_group(self) -> bool:
+        """Create the group again, after ``position``, unless it exists; True when it did
+        not. After an empty restart the stream holds only entries newer than any it held
+        before (the server's clock numbers them), so the first event published after the
+        loss is delivered, whether it came before the group or after."""
+        return await self.bus.ensure_group(self.plugin, start=self.position)
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Consume until ``stop()``; reports readiness once the group exists."""
         await self.bus.ensure_group(self.plugin)
+        for info in await self.bus.redis.xinfo_groups(self.bus.keys.events):
+            if info.name == self.plugin:
+                self.position = info.last_delivered
         stream, receive = anyio.create_memory_object_stream[Done](max_buffer_size=math.inf)
         # ``receive`` closed however the group ends (a registry's shutdown may cancel it).
         async with receive, anyio.create_task_group() as group:
@@ -210,7 +249,6 @@ class Consumer:
             await lanes.settle()
 
     async def _read_loop(self, lanes: Lanes, send: Sink) -> None:
-        redis, key = self.bus.redis, self.bus.keys.events
         outage = Outage()
         while not self._stopping:
             while self._held >= self._capacity and not self._stopping:
@@ -235,44 +273,77 @@ class Consumer:
                 await self._admit([])
                 await lanes.settle()
                 continue
-            entries = []
+            entries: list[Entry] = []
+            rows: list[PendingEntry] | None = None
             block_ms = self._block_ms
             try:
                 # stop() cancels a blocked read at once; anything the server handed over
                 # in that instant stays pending under this name and is reclaimed.
                 with anyio.CancelScope() as self._read_scope:
-                    entries = await redis.xreadgroup(
-                        key, self.plugin, self.consumer, count=wanted, block_ms=block_ms
-                    )
+                    entries, rows = await self._read_new(wanted, block_ms)
                 self._read_scope = None
                 outage.over()
             except GroupMissing:
                 entries = []
-                await self.bus.ensure_group(self.plugin)
+                try:
+                    await self.restorer.restore()
+                except BusUnavailable:
+                    await outage.pause()
             except BusUnavailable:
                 entries = []
                 await outage.pause()
+            if entries:
+                self.position = entries[-1][0]
             self._held += len(entries)
             taken = [self._accept(entry_id, fields, 1, send) for entry_id, fields in entries]
             new = [delivery for delivery in taken if delivery is not None]
+            if rows is not None:
+                # Judged now, as if read now: what is in hand at this instant is not
+                # "elsewhere", even if its ack is flushed before the admission below.
+                rows = self._order.elsewhere(rows)
             if new or self._order.waiting:
-                await self._admit(new)
+                await self._admit(new, rows)
             await lanes.settle()  # also what a claim offered in the meantime
 
-    async def _admit(self, new: list[Delivery]) -> None:
+    async def _read_new(
+        self, count: int, block_ms: int | None
+    ) -> tuple[list[Entry], list[PendingEntry] | None]:
+        """New entries; and, when the order check can use it, the group's pending list
+        read just after them in the same round trip (one round trip per read batch
+        fewer, on the round trip's critical path)."""
+        redis, key = self.bus.redis, self.bus.keys.events
+        if self._order.prefetch:
+            return await redis.xreadgroup_and_pending(
+                key, self.plugin, self.consumer, count=count, block_ms=block_ms, rows=PENDING_SCAN
+            )
+        entries = await redis.xreadgroup(
+            key, self.plugin, self.consumer, count=count, block_ms=block_ms
+        )
+        return entries, None
+
+    async def _admit(self, new: list[Delivery], rows: list[PendingEntry] | None = None) -> None:
         """Hand the lanes what may run now; the rest waits for an older one of its app."""
         async with self._order.lock:
-            await self._admit_locked(new)
+            await self._admit_locked(new, rows)
 
-    async def _admit_locked(self, new: list[Delivery]) -> None:
+    async def _admit_locked(
+        self, new: list[Delivery], rows: list[PendingEntry] | None = None
+    ) -> None:
         assert self._lanes is not None
         try:
-            runnable = await self._order.admit(new)
+            runnable = await self._order.admit(new, rows)
         except (BusUnavailable, GroupMissing):
             self._order.waiting.extend(new)  # checked again on the next round
             return
+        if self._prepare is not None and runnable:
+            await self._prepare(runnable)
         for delivery in runnable:
             self._lanes.put(delivery)
+        if self._order.taken_before and self._send is not None:
+            # Copies of events this group took before (with a keyring): XACK only.
+            for delivery in self._order.taken_before:
+                self._send.send_nowait(Done(delivery.entry_id, None))
+            self._order.taken_before = []
 
     def _accept(
         self,
@@ -284,6 +355,11 @@ class Consumer:
         """The delivery to run for an entry read, or None when it was settled at once."""
         self._reading.add(entry_id)
         data = fields.get(EVENT_FIELD, b"")
+        if self._check is not None and fields:
+            refused = self._check.refusal(entry_id, fields, data, attempt)
+            if refused is not None:
+                send.send_nowait(Done(entry_id, None, dead_letter=refused))
+                return None
         try:
             envelope = decode_envelope(data)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
@@ -297,16 +373,22 @@ class Consumer:
             else:
                 send.send_nowait(Done(entry_id, None))  # another plugin's: XACK only
             return None
+        if self._check is not None and self._check.too_old(envelope):
+            reason = "it is older than the time a group remembers the events it took"
+            letter = self._check.letter(entry_id, fields, data, attempt, reason)
+            send.send_nowait(Done(entry_id, None, dead_letter=letter))
+            return None
         if envelope.target is not None and envelope.target != self.plugin:
             send.send_nowait(Done(entry_id, envelope))  # meant for another plugin: XACK only
             return None
+        delivery = Delivery(entry_id, envelope, attempt, data, fields.get(SIGNATURE_FIELD, b""))
         if attempt > self.retry.max_deliveries:
             # Delivered more often than the budget without an ack: its handler keeps
             # killing the worker. Do not call it again.
             reason = f"delivered {attempt} times without an ack (the worker died handling it)"
-            self._give_up(send, Delivery(entry_id, envelope, attempt, data), reason, reason)
+            self._give_up(send, delivery, reason, reason)
             return None
-        return Delivery(entry_id, envelope, attempt, data)
+        return delivery
 
     def _poison(self, entry_id: str, data: bytes, reason: str) -> DeadLetter:
         now = time.time()
@@ -361,6 +443,8 @@ class Consumer:
         async def run(delivery: Delivery) -> None:
             first_error: str | None = None
             deferrals = 0
+            tries: list[Ack] = []
+            # Failed attempts retried here: outcomes too, written with the last one.
             while True:
                 started = time.perf_counter()
                 answer = await self._call(delivery)
@@ -378,15 +462,24 @@ class Consumer:
                     exhausted = self.retry.exhausted(delivery.attempt)
                     again = replace(delivery, attempt=delivery.attempt + 1)
                 else:
-                    send.send_nowait(Done(delivery.entry_id, delivery.envelope, answer))
+                    send.send_nowait(
+                        Done(delivery.entry_id, delivery.envelope, answer, tries=tuple(tries))
+                    )
                     return
                 first_error = first_error or error
                 if exhausted:
-                    self._give_up(send, delivery, first_error, error)
+                    traceback = answer.traceback if isinstance(answer, Ack) else None
+                    self._give_up(
+                        send, delivery, first_error, error, traceback=traceback, tries=tries
+                    )
                     return
+                if isinstance(answer, Ack):
+                    tries.append(answer)
                 if self._stopping:
                     # Leave it pending: a live consumer reclaims it with its count.
-                    send.send_nowait(Done(delivery.entry_id, delivery.envelope, keep=True))
+                    send.send_nowait(
+                        Done(delivery.entry_id, delivery.envelope, keep=True, tries=tuple(tries))
+                    )
                     return
                 if self._flush_now is not None:
                     await self._flush_now()  # what finished before must not wait on this
@@ -407,10 +500,21 @@ class Consumer:
                 error=mask_url(str(exc)),
                 error_type=type(exc).__name__,
                 attempt=delivery.attempt,
+                traceback=traceback_text(exc),
             )
 
-    def _give_up(self, send: Sink, delivery: Delivery, first: str, last: str) -> None:
-        """Dead-letter ``delivery`` and answer its registry with an error ack."""
+    def _give_up(
+        self,
+        send: Sink,
+        delivery: Delivery,
+        first: str,
+        last: str,
+        *,
+        traceback: str | None = None,
+        tries: Sequence[Ack] = (),
+    ) -> None:
+        """Dead-letter ``delivery`` and answer its registry with an error ack; ``tries``
+        are its failed attempts before the last, ``traceback`` the last one's."""
         envelope, now = delivery.envelope, time.time()
         letter = DeadLetter(
             entry_id=delivery.entry_id,
@@ -426,6 +530,8 @@ class Consumer:
             first_time=envelope.time,
             last_time=now,
             data=delivery.data,
+            signature=delivery.signature,
+            traceback=traceback,
         )
         ack = Ack(
             event_id=envelope.id,
@@ -436,8 +542,9 @@ class Consumer:
             error_type="DeadLettered",
             attempt=delivery.attempt,
             replay=envelope.replay,
+            traceback=traceback,
         )
-        send.send_nowait(Done(delivery.entry_id, envelope, ack, letter))
+        send.send_nowait(Done(delivery.entry_id, envelope, ack, letter, tries=tuple(tries)))
 
     async def _give_back(self, send: Sink) -> None:
         """Leave what waited for order pending for a live peer, as never delivered: its

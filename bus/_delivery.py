@@ -20,9 +20,15 @@ class Delivery:
     attempt: int = 1
     data: bytes = b""
     """The encoded envelope as read, kept for the dead-letter record."""
+    signature: bytes = b""
+    """Its signatures as read (with a keyring), kept with it: a re-drive checks them."""
 
 
 Handler = Callable[[Delivery], Awaitable[Ack | Deferred]]
+
+Prepare = Callable[[list[Delivery]], Awaitable[None]]
+"""Called with the deliveries of a read batch, in stream order, just before their
+handler calls are queued (a plugin's ``prepare_batch``: their I/O done at once)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +42,8 @@ class Done:
     dead_letter: DeadLetter | None = None
     keep: bool = False
     """Leave the entry pending (a stopping worker hands it to a live consumer)."""
+    tries: tuple[Ack, ...] = ()
+    """The failed attempts that this worker retried before (kept as outcomes)."""
 
 
 class Sink(Protocol):

@@ -17,6 +17,7 @@ from ._contract import (
     encode,
 )
 from ._keys import Keys
+from ._owners import AppLease, AppOwners
 from ._redis import Redis
 
 
@@ -40,11 +41,18 @@ class Directory:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
+        self.owners = AppOwners(redis, keys)
+        """The app leases (claim, renew, release): see ``_owners``."""
 
     async def announce(self, manifest: Manifest) -> None:
         """Publish (or replace) a plugin's manifest; a started worker clears load errors."""
         await self._redis.hset(self._keys.plugins, manifest.plugin, encode(manifest))
         await self._redis.hdel(self._keys.load_errors, manifest.plugin)
+
+    async def restore_manifest(self, manifest: Manifest) -> bool:
+        """Write ``manifest`` back unless its plugin has one (HSETNX); True when it had
+        none: the namespace lost it, or it was never announced."""
+        return await self._redis.hsetnx(self._keys.plugins, manifest.plugin, encode(manifest))
 
     async def report_load_error(self, error: LoadError) -> None:
         """Say why a worker of a plugin could not start, for the registry waiting on it."""
@@ -58,8 +66,9 @@ class Directory:
         raw = await self._redis.hgetall(self._keys.plugins)
         return {name: decode_manifest(value) for name, value in raw.items()}
 
-    async def beat_worker(self, info: WorkerInfo) -> None:
-        await self._redis.hset(
+    async def beat_worker(self, info: WorkerInfo) -> bool:
+        """Write a worker's heartbeat; True when its record was not there."""
+        return await self._redis.hset(
             self._keys.workers, worker_field(info.plugin, info.consumer), encode(info)
         )
 
@@ -74,8 +83,9 @@ class Directory:
     async def forget_worker(self, plugin: str, consumer: str) -> None:
         await self._redis.hdel(self._keys.workers, worker_field(plugin, consumer))
 
-    async def beat_registry(self, info: RegistryInfo) -> None:
-        await self._redis.hset(self._keys.registries, info.id, encode(info))
+    async def beat_registry(self, info: RegistryInfo) -> bool:
+        """Write a registry's heartbeat; True when its record was not there."""
+        return await self._redis.hset(self._keys.registries, info.id, encode(info))
 
     async def registries(self) -> list[RegistryInfo]:
         raw = await self._redis.hgetall(self._keys.registries)
@@ -107,29 +117,14 @@ class Directory:
     async def forget_registry(self, registry: str) -> None:
         await self._redis.hdel(self._keys.registries, registry)
 
-    async def claim_app(self, app: str, registry: str) -> str:
-        """Make ``registry`` the owner of ``app`` unless a live registry is; returns the
-        owner. An owner whose heartbeat stopped (it crashed) loses the app."""
-        for _ in range(3):
-            if await self._redis.hsetnx(self._keys.apps, app, registry.encode()):
-                return registry
-            raw = await self._redis.hget(self._keys.apps, app)
-            if raw is None:
-                continue  # released in between: try again
-            owner = raw.decode()
-            if owner == registry:
-                return registry
-            info = await self._redis.hget(self._keys.registries, owner)
-            if info is not None and is_alive(decode_registry(info).seen):
-                return owner
-            await self._redis.hdel(self._keys.apps, app)  # a dead owner's claim
-        return registry
+    async def claim_app(self, app: str, registry: str, ttl_ms: int = LEASE_MS) -> AppLease:
+        """Take the lease of ``app`` for ``registry`` unless another registry holds it;
+        returns the lease that holds now (see ``_owners``)."""
+        return await self.owners.claim(app, registry, ttl_ms)
 
     async def release_app(self, app: str, registry: str) -> None:
-        """Drop ``registry``'s claim on ``app`` (another registry's claim stays)."""
-        owner = await self._redis.hget(self._keys.apps, app)
-        if owner is not None and owner.decode() == registry:
-            await self._redis.hdel(self._keys.apps, app)
+        """Drop ``registry``'s lease on ``app`` (another registry's lease stays)."""
+        await self.owners.release(app, registry)
 
     async def apps(self) -> dict[str, str]:
         """App name -> the registry that owns it."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 from msgspec.structs import replace
@@ -22,6 +23,13 @@ class DeadLetterEntry:
     id: str
     """The dead-letter stream's entry id: what ``dlq redrive`` takes."""
     letter: DeadLetter
+
+    def row(self) -> dict[str, Any]:
+        """The letter as ``dlq list --json`` (and the dashboard) shows it: the id that
+        ``redrive`` takes and every field but the encoded event."""
+        row = msgspec.structs.asdict(self.letter) | {"id": self.id}
+        row.pop("data")
+        return row
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +71,11 @@ class DeadLetters:
         the one it replaces; the dead letter is then removed."""
         entry = await self.get(letter_id)
         letter = entry.letter
+        if self.bus.keyring is not None:
+            verdict = self.bus.keyring.audit_event(letter.data, letter.signature)
+            if verdict.signer is None:
+                # Re-signing it would launder what nobody of ours published.
+                raise RedriveError(letter_id, f"it does not verify: {verdict.reason}")
         try:
             original = decode_envelope(letter.data)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
@@ -72,7 +85,7 @@ class DeadLetters:
             original,
             id=new_event_id(now),
             time=now,
-            replaces=original.id,
+            replaces=original.original_id,  # a re-driven copy still names the first
             target=letter.plugin,
             required=(),
             deadline=0.0,

@@ -81,3 +81,7 @@ class RedriveError(BusError, ValueError):
     def __init__(self, letter_id: str, reason: str) -> None:
         super().__init__(f"cannot re-drive dead letter {letter_id}: {reason}")
         self.letter_id = letter_id
+
+
+class KeyringError(BusError, ValueError):
+    """A keyring file that cannot be read, is not one, or lacks the key asked for."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from ._constants import FAILURES_MAXLEN, RECORD_FIELD
 from ._contract import Failure, FailureKind, decode_failure, encode
 from ._keys import Keys
+from ._outcomes import add_outcomes, of_failure
 from ._redis import Batch, Redis
 
 NO_CONSUMER = "-"
@@ -38,11 +39,16 @@ class FailureLog:
         self._keys = keys
 
     async def record(self, failures: Sequence[Failure]) -> None:
+        """Record ``failures``; those that name their event's stream entry (a registry's
+        verdicts: timeout, no_consumer, crashed) join the outcome history too."""
         if not failures:
             return
         batch = self._redis.batch()
         for failure in failures:
             add_failure(batch, self._keys, failure)
+        add_outcomes(
+            batch, self._keys, [of_failure(f.entry_id, f) for f in failures if f.entry_id]
+        )
         await batch.execute()
 
     async def recent(

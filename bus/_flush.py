@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
+from msgspec.structs import replace
 
 from ._bus import Bus
 from ._constants import (
@@ -20,14 +21,16 @@ from ._constants import (
     ACK_STREAM_REFRESH,
     ACK_STREAM_TTL_MS,
     ACKS_FIELD,
-    RECORD_FIELD,
+    SIGNATURE_FIELD,
 )
-from ._contract import Ack, DeadLetter, Envelope, Failure, encode
+from ._contract import Ack, DeadLetter, Envelope, Failure, OutcomeRecord, encode
 from ._delivery import Done, ListSink
-from ._errors import BusUnavailable
+from ._dlq_bounds import add_dead_letter, cut_down, first_to_dead_letter, is_garbage
+from ._errors import BusUnavailable, GroupMissing
 from ._failures import add_failure
 from ._heads import EnvelopeHead
 from ._ids import sorted_ids
+from ._outcomes import add_outcomes, of_ack, of_letter
 from ._redis import Batch
 from ._retry import Outage
 
@@ -65,6 +68,7 @@ class Flusher:
         self.handled = 0
         self.failed = 0
         self.dead_lettered = 0
+        self.last_duration: float | None = None
 
     def inline(self, finished: ListSink) -> Callable[[], Awaitable[None]]:
         """A flush of whatever ``finished`` holds, for the reader to call itself."""
@@ -102,14 +106,15 @@ class Flusher:
         reply either ran whole, XACKs included, or not at all).
         """
         self._count(done)
-        batch = self._batch(done)
         outage = Outage()
         given_up_at = None
+        batch: Batch | None = None
         uncertain = False
         while True:
             try:
-                if uncertain:
-                    batch = self._batch(await self._unsettled(done))
+                if batch is None or uncertain:
+                    unsettled = await self._unsettled(done) if uncertain else done
+                    batch = self._batch(unsettled, await self._left_out(unsettled))
                 await batch.execute()
                 break
             except BusUnavailable:
@@ -130,15 +135,32 @@ class Flusher:
         ids = sorted_ids(item.entry_id for item in done if not item.keep)
         if not ids:
             return []
-        rows = await self.bus.redis.xpending(
-            self.bus.keys.events,
-            self.plugin,
-            start=ids[0],
-            end=ids[-1],
-            count=UNSETTLED_SCAN,
-        )
+        try:
+            rows = await self.bus.redis.xpending(
+                self.bus.keys.events,
+                self.plugin,
+                start=ids[0],
+                end=ids[-1],
+                count=UNSETTLED_SCAN,
+            )
+        except GroupMissing:
+            # The group went with the namespace (Redis restarted empty): no pending list
+            # says what landed. Write it all again; a registry keeps an event's first ack.
+            return [item for item in done if not item.keep]
         pending = {row.entry_id for row in rows}
         return [item for item in done if not item.keep and item.entry_id in pending]
+
+    async def _left_out(self, done: list[Done]) -> set[str]:
+        """Entries whose dead letter another plugin writes: an entry that was no
+        envelope at all is dead-lettered once, not once per plugin."""
+        redis, keys, bounds = self.bus.redis, self.bus.keys, self.bus.dead_letters
+        return {
+            item.entry_id
+            for item in done
+            if item.dead_letter is not None
+            and is_garbage(item.dead_letter)
+            and not await first_to_dead_letter(redis, keys, bounds, item.entry_id, self.plugin)
+        }
 
     def _count(self, done: list[Done]) -> None:
         for item in done:
@@ -147,28 +169,45 @@ class Flusher:
             # A skipped event (a hook the plugin does not implement) was not handled.
             if item.ack is not None and item.envelope is not None and item.ack.status != "skipped":
                 self.handled += 1
+                self.last_duration = item.ack.duration
                 if item.ack.status == "error":
                     self.failed += 1
 
-    def _batch(self, done: list[Done]) -> Batch:
-        keys = self.bus.keys
+    def _batch(self, done: list[Done], left_out: set[str]) -> Batch:
+        keys, bounds = self.bus.keys, self.bus.dead_letters
         batch = self.bus.redis.batch()
         acks: dict[str, list[Ack]] = {}
+        outcomes: list[OutcomeRecord | None] = []
+        now = time.time()
         for item in done:
+            envelope = item.envelope
+            if envelope is not None:
+                outcomes.extend(of_ack(item.entry_id, envelope, t, now=now) for t in item.tries)
             if item.dead_letter is not None:
-                batch.xadd(keys.dlq, {RECORD_FIELD: encode(item.dead_letter)})
+                if item.entry_id not in left_out:
+                    letter = cut_down(item.dead_letter, bounds)
+                    add_dead_letter(batch, keys, letter, bounds)
                 add_failure(batch, keys, self._dead_letter_failure(item.dead_letter))
-            ack, envelope = item.ack, item.envelope
+                if item.ack is None:
+                    outcomes.append(of_letter(item.dead_letter))
+            ack = item.ack
             if ack is None or envelope is None:
                 continue
+            dead = item.dead_letter is not None
+            outcomes.append(of_ack(item.entry_id, envelope, ack, now=now, dead_lettered=dead))
             if (
                 ack.status == "error"
                 and item.dead_letter is None
                 and isinstance(envelope, Envelope)
             ):
-                add_failure(batch, keys, self._error_failure(envelope, ack))
+                add_failure(batch, keys, self._error_failure(item.entry_id, envelope, ack))
             if self._wants_record(envelope, ack):
+                # The registry needs the error, not its traceback (the outcome keeps it).
+                if ack.traceback is not None:
+                    ack = replace(ack, traceback=None)
                 acks.setdefault(keys.acks(envelope.registry), []).append(ack)
+        # One ZADD for the whole flush, in its MULTI/EXEC: kept exactly when acked.
+        add_outcomes(batch, keys, [record for record in outcomes if record is not None])
         for stream, records in acks.items():
             # One entry per registry and flush: an XADD per ack costs ~6x the encoding.
             fields = (
@@ -176,6 +215,9 @@ class Flusher:
                 if len(records) == 1
                 else {ACKS_FIELD: encode(records)}
             )
+            if self.bus.keyring is not None:
+                (data,) = fields.values()
+                fields[SIGNATURE_FIELD] = self.bus.keyring.seal_acks(self.plugin, data)
             batch.xadd(stream, fields, maxlen=ACK_STREAM_MAXLEN)
             self._refresh_expiry(batch, stream)
         batch.xack(keys.events, self.plugin, [item.entry_id for item in done if not item.keep])
@@ -200,7 +242,7 @@ class Flusher:
             return True
         return ack.status == "ok" and envelope.type != "custom"
 
-    def _error_failure(self, envelope: Envelope, ack: Ack) -> Failure:
+    def _error_failure(self, entry_id: str, envelope: Envelope, ack: Ack) -> Failure:
         return Failure(
             event_id=envelope.id,
             type=envelope.type,
@@ -212,6 +254,8 @@ class Flusher:
             attempt=ack.attempt,
             time=time.time(),
             registry=envelope.registry,
+            traceback=ack.traceback,
+            entry_id=entry_id,
         )
 
     def _dead_letter_failure(self, letter: DeadLetter) -> Failure:
@@ -221,11 +265,13 @@ class Flusher:
             app=letter.app,
             plugin=self.plugin,
             consumer=self.consumer,
-            kind="dead_lettered",
+            kind="unauthenticated" if letter.reason == "unauthenticated" else "dead_lettered",
             error=letter.last_error,
             attempt=letter.attempts,
             time=letter.last_time,
             registry=letter.registry,
+            traceback=letter.traceback,
+            entry_id=letter.entry_id,
         )
 
 

@@ -11,6 +11,8 @@ from typing import Final
 
 import msgspec
 
+from ._contract import Link
+
 
 class EnvelopeHead(msgspec.Struct, frozen=True, kw_only=True):
     """The fields of ``Envelope`` that every schema version keeps; the payload is skipped."""
@@ -24,6 +26,9 @@ class EnvelopeHead(msgspec.Struct, frozen=True, kw_only=True):
     required: tuple[str, ...] = ()
     target: str | None = None
     replay: bool = False
+    seq: int = 0
+    link: Link | None = None
+    replaces: str | None = None
 
 
 _head_decoder: Final = msgspec.msgpack.Decoder(EnvelopeHead)

@@ -49,16 +49,26 @@ class History:
         app: str | None = None,
         types: Collection[str] = (),
         size: int = 100,
+        newest_first: bool = False,
     ) -> Page:
-        """Up to ``size`` matching events after entry ``after`` (or from ``since``)."""
-        start = f"({after}" if after else (time_to_id(since) if since is not None else "-")
-        end = f"{int(until * 1000)}-18446744073709551615" if until is not None else "+"
+        """Up to ``size`` matching events after entry ``after`` (or from ``since``);
+        ``newest_first``: before entry ``after`` (or from ``until``) going back."""
+        low = time_to_id(since) if since is not None else "-"
+        high = f"{int(until * 1000)}-18446744073709551615" if until is not None else "+"
+        if after:
+            low, high = (low, f"({after}") if newest_first else (f"({after}", high)
         found: list[HistoryEntry] = []
         undecodable = 0
         while len(found) < size:
-            chunk = await self._redis.xrange(self._keys.events, start, end, count=size)
+            if newest_first:
+                chunk = await self._redis.xrevrange(self._keys.events, high, low, count=size)
+            else:
+                chunk = await self._redis.xrange(self._keys.events, low, high, count=size)
             for entry_id, fields in chunk:
-                start = f"({entry_id}"
+                if newest_first:
+                    high = f"({entry_id}"
+                else:
+                    low = f"({entry_id}"
                 try:
                     envelope = decode_envelope(fields.get(EVENT_FIELD, b""))
                 except (msgspec.DecodeError, ValueError):

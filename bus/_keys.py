@@ -8,6 +8,14 @@ import socket
 from dataclasses import dataclass
 
 from ._constants import KEY_PREFIX
+from ._errors import NamespaceError
+
+
+def check_namespace(namespace: str) -> str:
+    """``namespace`` when it fits the key scheme, else ``NamespaceError``."""
+    if not namespace or any(char in namespace for char in "{}: "):
+        raise NamespaceError(namespace)
+    return namespace
 
 
 def unique_name() -> str:
@@ -45,6 +53,12 @@ class Keys:
         return self.prefix + "failures"
 
     @property
+    def outcomes(self) -> str:
+        """Sorted set of outcome records, each scored by its event's stream entry time
+        (milliseconds): trimmed with the event stream, read back by a range of events."""
+        return self.prefix + "outcomes"
+
+    @property
     def failure_counts(self) -> str:
         """Hash ``plugin|consumer|kind`` -> count."""
         return self.prefix + "failures:count"
@@ -74,6 +88,17 @@ class Keys:
         """Hash group -> when retention first found it without a live consumer."""
         return self.prefix + "orphans"
 
+    def dlq_seen(self, entry_id: str) -> str:
+        """The plugin that dead-lettered the undecodable entry ``entry_id`` (one dead
+        letter per such entry, not one per plugin); expires with ``dlq_max_age``."""
+        return f"{self.prefix}dlq-seen:{entry_id}"
+
+    @property
+    def retention_lease(self) -> str:
+        """The registry trimming the event stream now (a lease shorter than a trim's
+        interval): one trim at a time per namespace."""
+        return self.prefix + "retention-lease"
+
     @property
     def load_errors(self) -> str:
         """Hash plugin -> why its last worker could not start (cleared when one does)."""
@@ -88,10 +113,38 @@ class Keys:
         """Marker of a "run once per event id" side effect."""
         return f"{self.prefix}once:{plugin}:{event_id}:{name}"
 
+    def seen(self, plugin: str) -> str:
+        """With a keyring: sorted set of the event ids ``plugin``'s group took, each scored
+        by the stream entry that took it."""
+        return f"{self.prefix}seen:{plugin}"
+
+    @property
+    def trims(self) -> str:
+        """With a keyring: the stream of retention trims (what an audit must not call a gap)."""
+        return self.prefix + "trims"
+
     @property
     def apps(self) -> str:
         """Hash app name -> owning registry id (the app directory)."""
         return self.prefix + "apps"
+
+    def app_lease(self, app: str) -> str:
+        """``<token>|<registry>`` of the registry that owns ``app`` (expires unless that
+        registry renews it): see ``_owners``."""
+        return self.prefix + "app-lease:" + app
+
+    def requests(self, registry: str) -> str:
+        """Operators' requests to one registry (migrate, seed): only that registry reads it."""
+        return self.prefix + "requests:" + registry
+
+    def answer(self, request: str) -> str:
+        """The answer to one request (expires soon after it is written)."""
+        return self.prefix + "answer:" + request
+
+    @property
+    def app_tokens(self) -> str:
+        """Hash app name -> the last fencing token given for it (only ever grows)."""
+        return self.prefix + "app-tokens"
 
     def all_fixed(self) -> tuple[str, ...]:
         """Every key of the namespace that does not depend on a registry id."""
@@ -99,6 +152,7 @@ class Keys:
             self.events,
             self.dlq,
             self.failures,
+            self.outcomes,
             self.failure_counts,
             self.plugins,
             self.workers,
@@ -106,5 +160,8 @@ class Keys:
             self.ack_positions,
             self.load_errors,
             self.apps,
+            self.app_tokens,
             self.orphans,
+            self.retention_lease,
+            self.trims,
         )

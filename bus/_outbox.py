@@ -28,11 +28,11 @@ RECOVERY_PAUSE = 0.05
 
 
 class _Slot:
-    __slots__ = ("data", "done", "entry_id", "error", "event_id")
+    __slots__ = ("done", "entry_id", "error", "event_id", "fields")
 
-    def __init__(self, event_id: str, data: bytes) -> None:
+    def __init__(self, event_id: str, fields: dict[bytes, bytes]) -> None:
         self.event_id = event_id
-        self.data = data
+        self.fields = fields
         self.done = anyio.Event()
         self.entry_id = ""
         self.error: BaseException | None = None
@@ -51,12 +51,19 @@ class Outbox:
         self._queue: list[_Slot] = []
         self._sending = False
 
-    async def publish(self, event_id: str, data: bytes) -> str:
-        """Append ``data`` (the encoded envelope ``event_id``); returns its entry id."""
-        slot = _Slot(event_id, data)
-        self._queue.append(slot)
+    async def publish(self, event_id: str, fields: dict[bytes, bytes]) -> str:
+        """Append ``fields`` (the encoded envelope ``event_id``, and its signatures);
+        returns its entry id."""
+        return (await self.publish_many([(event_id, fields)]))[0]
+
+    async def publish_many(self, events: list[tuple[str, dict[bytes, bytes]]]) -> list[str]:
+        """``publish`` of several events, in order, in the same round trip; their entry
+        ids. Raises the first error when any of them could not be sent."""
+        slots = [_Slot(event_id, fields) for event_id, fields in events]
+        self._queue.extend(slots)
         if self._sending:
-            await slot.done.wait()
+            for slot in slots:
+                await slot.done.wait()
         else:
             self._sending = True
             try:
@@ -68,9 +75,10 @@ class Outbox:
                         await self._send()
             finally:
                 self._sending = False
-        if slot.error is not None:
-            raise slot.error
-        return slot.entry_id
+        for slot in slots:
+            if slot.error is not None:
+                raise slot.error
+        return [slot.entry_id for slot in slots]
 
     async def _send(self) -> None:
         slots, self._queue = self._queue, []
@@ -84,8 +92,8 @@ class Outbox:
 
     async def _write(self, slots: list[_Slot]) -> list[str]:
         if len(slots) == 1:
-            return [await self._redis.xadd(self._key, {EVENT_FIELD: slots[0].data})]
-        return await self._redis.xadd_many(self._key, [{EVENT_FIELD: s.data} for s in slots])
+            return [await self._redis.xadd(self._key, slots[0].fields)]
+        return await self._redis.xadd_many(self._key, [s.fields for s in slots])
 
     async def _recover(self, slots: list[_Slot], error: Exception) -> None:
         """Answer each slot of a failed round trip: found in the stream, resent, or failed."""

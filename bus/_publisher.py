@@ -1,9 +1,5 @@
-"""A registry's side of the bus: publish events and await their required acks.
-
-Each registry reads its own ack stream (``ro:{ns}:acks:<registry>``) with one
-background reader that resolves the waits in memory, so waiting costs no polling and
-several registries on one bus never see each other's acks.
-"""
+"""A registry's side of the bus: publish events and await their required acks (which
+its ack reader, bus/_ack_reader.py, hands to the waits)."""
 
 from __future__ import annotations
 
@@ -14,59 +10,80 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import msgspec
-from anyio.abc import TaskStatus
 
+from ._ack_reader import AckReader
 from ._bus import Bus
 from ._constants import (
     ACK_STREAM_GONE_TTL_MS,
     DEFAULT_ACK_TIMEOUT,
     DIRECTORY_REFRESH,
+    DLQ_TRIM_INTERVAL,
     HEARTBEAT_INTERVAL,
-    READ_BATCH,
-    READ_BLOCK_MS,
     REGISTRY_GONE_AFTER,
     RETENTION_INTERVAL,
 )
 from ._contract import (
-    SCHEMA_VERSIONS,
     Ack,
+    AppSchema,
     Envelope,
     Failure,
-    FailureKind,
+    Link,
     Manifest,
     Payload,
     RegistryInfo,
-    decode_ack_entry,
+    encode,
     new_event_id,
     payload_type,
+    written_version,
 )
-from ._directory import is_alive
-from ._errors import BusUnavailable, GroupMissing, RegistryIdTaken
-from ._ids import id_key
+from ._diagnosis import Diagnosis, failure_of, no_live_consumer
+from ._dlq_bounds import trim_dead_letters
+from ._errors import BusUnavailable, RegistryIdTaken
 from ._keys import unique_name
+from ._liveness import Liveness
 from ._redact import redact_struct
-from ._redis import PendingEntry
+from ._restore import Restorer
 from ._retention import Retention, trim_events
-from ._retry import Outage
-from ._waits import Outcome, WaitResult
+from ._signatures import digest
+from ._waits import Outcome, Wait, WaitResult
 
 log = logging.getLogger("rapid_objection.bus")
-
-CATCH_UP_PATIENCE = 1.0
-"""Seconds a diagnosis waits for the ack reader to reach the ack stream's end."""
 
 ACK_GRACE = 0.25
 """Seconds added to a plugin's hook timeout, so that the worker's own timeout ack
 (sent when the hook overruns) reaches the registry before the registry gives up."""
+
+
+@dataclass(frozen=True, slots=True)
+class Emission:
+    """One event for ``Publisher.emit_many``: its payload, its app, and (when not the
+    registry's policy) the plugins it waits for."""
+
+    payload: Payload
+    app: str = ""
+    required: Iterable[str] | None = None
+    trace: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """An event of ``emit_many`` between its envelope and its result."""
+
+    envelope: Envelope
+    data: bytes
+    """The envelope encoded."""
+    wait: Wait
+    unserved: list[Failure]
+    started: float
+    deadline: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,24 +94,9 @@ class PluginPolicy:
     """None: as the plugin's manifest says; True: awaited even before any worker ran."""
     timeout: float | None = None
     """The plugin's hook timeout, which is also its ack deadline (plus ``ACK_GRACE``)."""
-
-
-@dataclass
-class _Wait:
-    required: frozenset[str]
-    outcomes: dict[str, Outcome] = field(default_factory=dict)
-    others: dict[str, Outcome] = field(default_factory=dict)
-    done: anyio.Event = field(default_factory=anyio.Event)
-
-    def add(self, outcome: Outcome) -> None:
-        if outcome.plugin not in self.required:
-            self.others[outcome.plugin] = outcome
-            return
-        if outcome.plugin in self.outcomes:
-            return  # the first answer (or the diagnosis) stands; a re-delivery's is late
-        self.outcomes[outcome.plugin] = outcome
-        if len(self.outcomes) == len(self.required):
-            self.done.set()
+    starting: bool = False
+    """This registry is starting the plugin's first worker: its events wait in the group
+    for it until their deadline, instead of failing at once for want of a live consumer."""
 
 
 class Publisher:
@@ -116,24 +118,35 @@ class Publisher:
         self.policies = dict(policies or {})
         self.ack_timeout = ack_timeout
         self.apps: set[str] = set()
+        self.schemas: dict[str, AppSchema] = {}
+        """Where each app's migrations stand; the heartbeat shows it."""
         self.manifests: dict[str, Manifest] = {}
+        self.liveness = Liveness(bus.directory)
         self.retention = retention
-        self.late_acks = 0
-        """Acks of events nobody waits for any more: past their deadline, or published
-        before this registry restarted (those are kept in ``unclaimed_acks``)."""
-        self.unclaimed_acks: deque[Ack] = deque(maxlen=1000)
-        self._ack_position = "0-0"
-        self._saved_position = ""
-        self._trimmed = 0.0
-        self._ack_key = bus.keys.acks(self.registry_id)
-        self._waits: dict[str, _Wait] = {}
-        self._advanced = anyio.Event()
-        """Set (and replaced) each time the ack reader has routed a batch."""
+        self.acks = AckReader(bus, self.registry_id)
+        self._waits = self.acks.waits
         self._seq = 0
+        self._chain = new_event_id() if bus.keyring is not None else None
+        self._prev: bytes | None = None
+        self._encoded: tuple[str, bytes] | None = None
+        """The last envelope made, encoded once (its digest links the next one)."""
         self._started = time.time()
         self._refreshed = 0.0
+        self._dlq_trimmed = 0.0
         self._stack: AsyncExitStack | None = None
         self._holder = f"{socket.gethostname()}|{os.getpid()}"
+        self._published = "0-0"
+        """The entry id of the newest event this registry published."""
+        self._position = "0-0"
+        """``_published`` as of the last heartbeat that found the namespace whole: where
+        a group the namespace lost comes back (every event after it is delivered)."""
+        self.restorer = Restorer(
+            f"registry {self.registry_id!r}", f"namespace {bus.namespace!r} at {bus.url}"
+        )
+        """What this registry puts back when the namespace lost it (bus/_restore.py): its
+        record, the groups of the plugins its configuration lists, its ack position.
+        Whatever else a registry owns there (app owners) adds a step of its own."""
+        self.restorer.add("registry record", self._beat)
 
     async def __aenter__(self) -> Publisher:
         async with AsyncExitStack() as stack:
@@ -148,11 +161,17 @@ class Publisher:
             for plugin in self.policies:
                 # Events published before a plugin's first worker starts wait for it.
                 await self.bus.ensure_group(plugin)
+                self.restorer.add(f"consumer group {plugin!r}", self._group_restorer(plugin))
+            self.restorer.add("ack stream", self.acks.restore_position)
+            newest = await self.bus.redis.xrevrange(self.bus.keys.events, "+", "-", count=1)
+            self._published = self._position = newest[0][0] if newest else "0-0"
             # The reader first: it loads the saved ack position, which the first
             # heartbeat would otherwise overwrite with the initial one.
-            await group.start(self._read_acks)
+            await group.start(self.acks.run)
             await self._beat()
             group.start_soon(self._heartbeat)
+            if self.retention is not None:
+                group.start_soon(self._retain)
             self._stack = stack.pop_all()
         return self
 
@@ -173,22 +192,20 @@ class Publisher:
                     # A generated id never comes back: its position and acks are litter.
                     # The stream expires soon rather than now (see ACK_STREAM_GONE_TTL_MS).
                     await self.bus.redis.hdel(self.bus.keys.ack_positions, self.registry_id)
-                    await self.bus.redis.pexpire(self._ack_key, ACK_STREAM_GONE_TTL_MS)
-                elif self._ack_position != self._saved_position:
+                    await self.bus.redis.pexpire(self.acks.key, ACK_STREAM_GONE_TTL_MS)
+                else:
                     # A stable id comes back: it continues after the last ack it read.
-                    await self.bus.redis.hset(
-                        self.bus.keys.ack_positions,
-                        self.registry_id,
-                        self._ack_position.encode(),
-                    )
+                    await self.acks.save_position()
             except BusUnavailable:
                 log.warning("could not remove registry %s from %s", self.registry_id, self.bus.url)
 
     # -- the required set -----------------------------------------------------------------
 
     async def refresh_directory(self) -> None:
-        """Re-read the plugin manifests (done every few seconds in the background)."""
+        """Re-read the plugin manifests and the workers' heartbeats (done every few
+        seconds in the background)."""
         self.manifests = await self.bus.directory.manifests()
+        await self.liveness.refresh()
         self._refreshed = time.monotonic()
 
     def required_for(self, event_type: str) -> tuple[str, ...]:
@@ -240,10 +257,10 @@ class Publisher:
         self._seq += 1
         now = time.time()
         payload = redact_struct(payload)
-        return Envelope(
+        envelope = Envelope(
             id=new_event_id(now),
             type=event_type,
-            version=SCHEMA_VERSIONS[event_type],
+            version=written_version(payload),
             registry=self.registry_id,
             app=app,
             time=now,
@@ -254,12 +271,30 @@ class Publisher:
             replay=replay,
             replaces=replaces,
             trace=trace,
+            link=None if self._chain is None else Link(self._chain, self._prev),
         )
+        if self._chain is not None:
+            data = encode(envelope)
+            self._prev = digest(data)
+            self._encoded = (envelope.id, data)
+        return envelope
 
-    async def publish(self, payload: Payload, *, app: str = "") -> tuple[Envelope, str]:
+    def _encoding(self, envelope: Envelope) -> bytes:
+        """``envelope`` encoded: once only, when ``envelope()`` chained it already."""
+        made, self._encoded = self._encoded, None
+        return made[1] if made is not None and made[0] == envelope.id else encode(envelope)
+
+    async def _send(self, envelope: Envelope) -> str:
+        """Publish ``envelope``, encoded once."""
+        return await self.bus.publish_encoded(envelope.id, self._encoding(envelope))
+
+    async def publish(
+        self, payload: Payload, *, app: str = "", trace: str | None = None
+    ) -> tuple[Envelope, str]:
         """Publish without waiting for anyone; returns the envelope and its entry id."""
-        envelope = self.envelope(payload, app=app)
-        return envelope, await self.bus.publish(envelope)
+        envelope = self.envelope(payload, app=app, trace=trace)
+        self._published = entry_id = await self._send(envelope)
+        return envelope, entry_id
 
     async def emit(
         self,
@@ -272,184 +307,188 @@ class Publisher:
     ) -> WaitResult:
         """Publish one event and wait until every required plugin answered or time ran out.
 
-        Plugins that did not answer in time are diagnosed with XPENDING: the consumer
-        holding the event is named, and a ``timeout`` or ``no_consumer`` failure is
-        recorded against it. Raises ``BusUnavailable`` when Redis cannot be reached.
+        A required plugin without a live consumer (no worker heartbeat within the
+        liveness window) is decided at once: ``timed_out``, and a ``no_consumer`` failure
+        recorded, without waiting for the deadline. Plugins that did not answer in time
+        are diagnosed with XPENDING: the consumer holding the event is named, and a
+        ``timeout``, ``crashed`` or ``no_consumer`` failure is recorded against it.
+        Raises ``BusUnavailable`` when Redis cannot be reached.
         """
-        event_type = payload_type(payload)
-        needed = tuple(required) if required is not None else self.required_for(event_type)
+        emission = Emission(payload, app=app, required=required, trace=trace)
+        return (await self.emit_many([emission], timeout=timeout))[0]
+
+    async def emit_many(
+        self, events: Iterable[Emission | Payload], *, timeout: float | None = None
+    ) -> list[WaitResult]:
+        """``emit`` for several events at once (each of its own app, when it says so):
+        published in one round trip, in order, then awaited together; their results
+        in the same order. Each event waits for its own required plugins until its own
+        deadline, as ``emit`` would.
+
+        Raises ``BusUnavailable`` when any of them could not be published (the others
+        were, and are delivered; their acks count as late).
+        """
+        pending: list[_Pending] = []
+        try:
+            for event in events:
+                emission = event if isinstance(event, Emission) else Emission(event)
+                pending.append(await self._begin(emission, timeout))
+            if not pending:
+                return []
+            entry_ids = await self.bus.publish_encoded_many(
+                [(p.envelope.id, p.data) for p in pending]
+            )
+            self._published = entry_ids[-1]
+            await self.bus.failures.record(
+                [
+                    msgspec.structs.replace(failure, entry_id=entry_id)
+                    for p, entry_id in zip(pending, entry_ids, strict=True)
+                    for failure in p.unserved
+                ]
+            )
+            return [
+                await self._conclude(p, entry_id)
+                for p, entry_id in zip(pending, entry_ids, strict=True)
+            ]
+        finally:
+            for p in pending:
+                del self._waits[p.envelope.id]
+
+    async def _begin(self, emission: Emission, timeout: float | None) -> _Pending:
+        """One event's envelope, encoded, and its wait registered (before it is sent:
+        an ack can come back before the publish returns)."""
+        event_type = payload_type(emission.payload)
+        needed = (
+            tuple(emission.required)
+            if emission.required is not None
+            else self.required_for(event_type)
+        )
         started = time.monotonic()
         limit = timeout if timeout is not None else self._deadline_for(needed)
         envelope = self.envelope(
-            payload, app=app, required=needed, deadline=time.time() + limit, trace=trace
+            emission.payload,
+            app=emission.app,
+            required=needed,
+            deadline=time.time() + limit,
+            trace=emission.trace,
         )
-        wait = _Wait(frozenset(needed))
+        data = self._encoding(envelope)
+        wait = Wait(frozenset(needed))
+        unserved = [
+            failure_of(
+                envelope,
+                self.registry_id,
+                plugin,
+                None,
+                "no_consumer",
+                error=no_live_consumer(plugin),
+            )
+            for plugin in await self.liveness.absent(self._may_fail_at_once(needed))
+        ]
+        for failure in unserved:
+            # Fail closed, and at once: nobody alive would answer before the deadline.
+            wait.add(Outcome(plugin=failure.plugin, status="timed_out", error=failure.error))
         self._waits[envelope.id] = wait
-        try:
-            entry_id = await self.bus.publish(envelope)
-            if needed and not wait.done.is_set():
-                # asyncio.timeout, not an anyio scope: once per event on the registry's
-                # hot path (4 us against 11); the registry runs on asyncio (redis-py).
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(limit - (time.monotonic() - started)):
-                        await wait.done.wait()
-            missing = [plugin for plugin in needed if plugin not in wait.outcomes]
-            if missing:
-                # Still registered: an ack that lands during the diagnosis resolves it.
-                await self._diagnose(envelope, entry_id, missing, wait)
-            outcomes = dict(wait.outcomes)
-        finally:
-            del self._waits[envelope.id]
+        return _Pending(envelope, data, wait, unserved, started, started + limit)
+
+    async def _conclude(self, pending: _Pending, entry_id: str) -> WaitResult:
+        """Wait for one published event's acks until its deadline, diagnose what is missing."""
+        envelope, wait = pending.envelope, pending.wait
+        while not wait.complete and (left := pending.deadline - time.monotonic()) > 0:
+            # asyncio.timeout, not an anyio scope: once per event on the registry's
+            # hot path (4 us against 11); the registry runs on asyncio (redis-py).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await wait.woken.wait()
+            if not wait.complete and wait.woken.is_set():
+                # The heartbeat found a plugin still missing without a live consumer.
+                wait.rearm()
+                await self._diagnosis(envelope, entry_id).run(wait.missing(), wait, early=True)
+        if missing := wait.missing():
+            # Still registered: an ack that lands during the diagnosis resolves it.
+            await self._diagnosis(envelope, entry_id).run(missing, wait)
+        ended = wait.completed_at if wait.completed_at is not None else time.monotonic()
+        outcomes = wait.outcomes
         return WaitResult(
             event_id=envelope.id,
             entry_id=entry_id,
-            type=event_type,
-            app=app,
-            required=needed,
-            outcomes={plugin: outcomes[plugin] for plugin in needed},
-            elapsed=time.monotonic() - started,
+            type=envelope.type,
+            app=envelope.app,
+            required=envelope.required,
+            outcomes={plugin: outcomes[plugin] for plugin in envelope.required},
+            elapsed=ended - pending.started,
             others=dict(wait.others),
         )
 
-    async def _diagnose(
-        self, envelope: Envelope, entry_id: str, missing: list[str], wait: _Wait
-    ) -> None:
-        """Who held each missing plugin's copy of the event; records one failure each.
+    def _diagnosis(self, envelope: Envelope, entry_id: str) -> Diagnosis:
+        return Diagnosis(self.bus, self.registry_id, envelope, entry_id, self.acks.catch_up)
 
-        An ack written between the deadline and the XPENDING below is not lost: the
-        worker writes it with its XACK in one transaction, so once XPENDING has been
-        asked, reading the ack stream up to its end finds every such ack.
-        """
-        redis, key = self.bus.redis, self.bus.keys.events
-        workers = await self.bus.directory.workers()
-        held: dict[str, list[PendingEntry]] = {}
-        for plugin in missing:
-            try:
-                held[plugin] = await redis.xpending(
-                    key, plugin, start=entry_id, end=entry_id, count=1
-                )
-            except GroupMissing:
-                held[plugin] = []
-        await self._catch_up()
-        failures: list[Failure] = []
-        for plugin in missing:
-            if plugin in wait.outcomes:
-                continue  # answered after all: its ack is the outcome
-            pending = held[plugin]
-            holder = pending[0].consumer if pending else None
-            alive = any(w.plugin == plugin and is_alive(w.seen) for w in workers)
-            holder_alive = any(
-                w.plugin == plugin and w.consumer == holder and is_alive(w.seen) for w in workers
-            )
-            kind: FailureKind
-            if holder is not None:
-                # A holder whose heartbeat stopped died with the event in hand.
-                kind = "timeout" if holder_alive else "crashed"
-            else:
-                kind = "timeout" if alive else "no_consumer"
-            if holder is not None:
-                error = f"no ack from consumer {holder!r} before the deadline"
-            elif alive:
-                error = "no consumer of the group had taken the event before the deadline"
-            else:
-                error = f"no live consumer of plugin {plugin!r}"
-            wait.outcomes[plugin] = Outcome(
-                plugin=plugin, status="timed_out", consumer=holder, error=error
-            )
-            failures.append(
-                Failure(
-                    event_id=envelope.id,
-                    type=envelope.type,
-                    app=envelope.app,
-                    plugin=plugin,
-                    consumer=holder,
-                    kind=kind,
-                    error=error,
-                    attempt=pending[0].deliveries if pending else 0,
-                    time=time.time(),
-                    registry=self.registry_id,
-                )
-            )
-        await self.bus.failures.record(failures)
+    def _may_fail_at_once(self, plugins: Iterable[str]) -> list[str]:
+        """The plugins of ``plugins`` that are decided once they lack a live consumer:
+        all but those this registry is starting (their events wait for the first worker)."""
+        return [
+            plugin
+            for plugin in plugins
+            if (policy := self.policies.get(plugin)) is None or not policy.starting
+        ]
 
-    async def _catch_up(self) -> None:
-        """Wait (briefly) until the ack reader has routed every ack written so far."""
-        newest = await self.bus.redis.xrevrange(self._ack_key, "+", "-", count=1)
-        if not newest:
-            return
-        target = id_key(newest[0][0])
-        with anyio.move_on_after(CATCH_UP_PATIENCE):
-            while id_key(self._ack_position) < target:
-                await self._advanced.wait()
+    def _wake_unserved(self) -> None:
+        """Wake the waits whose missing plugins include one that has lost its last live
+        consumer: they are decided now rather than at their deadline."""
+        for wait in self._waits.values():
+            if any(not self.liveness.live(p) for p in self._may_fail_at_once(wait.missing())):
+                wait.wake()
 
     # -- background -----------------------------------------------------------------------
-
-    async def _read_acks(
-        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Resolve waits from this registry's ack stream: one reader, no polling."""
-        redis = self.bus.redis
-        # Continue where this registry id stopped reading (acks that arrived while it
-        # was down are still there); a new id starts at the stream's end.
-        saved = await redis.hget(self.bus.keys.ack_positions, self.registry_id)
-        if saved is not None:
-            self._ack_position = saved.decode()
-        else:
-            newest = await redis.xrevrange(self._ack_key, "+", "-", count=1)
-            self._ack_position = newest[0][0] if newest else "0-0"
-        self._saved_position = self._ack_position
-        task_status.started()
-        outage = Outage()
-        while True:
-            try:
-                entries = await redis.xread(
-                    self._ack_key, self._ack_position, count=READ_BATCH, block_ms=READ_BLOCK_MS
-                )
-                outage.over()
-            except BusUnavailable as exc:
-                log.warning("ack reader of registry %s: %s", self.registry_id, exc)
-                await outage.pause()
-                continue
-            for entry_id, fields in entries:
-                self._ack_position = entry_id
-                self._route(fields)
-            if entries:
-                self._advanced.set()
-                self._advanced = anyio.Event()
-            if entries:
-                # The waiters just resolved run (and publish their next events) before
-                # this reader spends a command's worth of CPU on its next blocking read.
-                await anyio.lowlevel.checkpoint()
-
-    def _route(self, fields: dict[bytes, bytes]) -> None:
-        try:
-            acks = decode_ack_entry(fields)
-        except (KeyError, msgspec.DecodeError, msgspec.ValidationError):
-            log.warning("registry %s skipped an undecodable ack", self.registry_id)
-            return
-        for ack in acks:
-            self._resolve(ack)
-
-    def _resolve(self, ack: Ack) -> None:
-        wait = self._waits.get(ack.event_id)
-        if wait is None:
-            self.late_acks += 1
-            self.unclaimed_acks.append(ack)
-            return
-        wait.add(Outcome.from_ack(ack))
 
     async def _heartbeat(self) -> None:
         while True:
             await anyio.sleep(HEARTBEAT_INTERVAL)
             try:
-                await self._beat()
+                if await self._beat():
+                    # Its record was gone: the namespace lost its data (an empty restart).
+                    await self.restorer.restore("registry record")
+                    await self.refresh_directory()
+                else:
+                    self._position = self._published
                 if time.monotonic() - self._refreshed >= DIRECTORY_REFRESH:
                     await self.refresh_directory()
-                if self.retention and time.monotonic() - self._trimmed >= RETENTION_INTERVAL:
-                    self._trimmed = time.monotonic()
-                    await trim_events(self.bus, self.retention)
+                else:
+                    await self.liveness.refresh()
+                self._wake_unserved()
+                if time.monotonic() - self._dlq_trimmed >= DLQ_TRIM_INTERVAL:
+                    # Writers cap the dead letters too; this applies the age alone.
+                    self._dlq_trimmed = time.monotonic()
+                    bus = self.bus
+                    await trim_dead_letters(bus.redis, bus.keys, bus.dead_letters)
             except BusUnavailable as exc:
                 log.warning("heartbeat of registry %s: %s", self.registry_id, exc)
+
+    async def _retain(self) -> None:
+        """Trim the event stream every ``RETENTION_INTERVAL``, one registry of the
+        namespace at a time (whoever takes the short lease): two trims at once could
+        each remove the same excess, leaving fewer events than ``max_len``."""
+        assert self.retention is not None
+        warned: set[str] = set()
+        lease = int(RETENTION_INTERVAL * 900)  # ms: free again before this one's next pass
+        while True:
+            await anyio.sleep(RETENTION_INTERVAL)
+            try:
+                if await self.bus.redis.set(
+                    self.bus.keys.retention_lease,
+                    self.registry_id.encode(),
+                    ttl_ms=max(lease, 1),
+                    only_if_absent=True,
+                ):
+                    await trim_events(self.bus, self.retention, warned=warned)
+            except BusUnavailable as exc:
+                log.warning("retention of registry %s: %s", self.registry_id, exc)
+
+    def _group_restorer(self, plugin: str) -> Callable[[], Awaitable[bool]]:
+        async def restore() -> bool:
+            return await self.bus.ensure_group(plugin, start=self._position)
+
+        return restore
 
     async def _clean_up_gone_registries(self) -> None:
         """Drop the ack streams and entries of registries gone for long (crashed ones
@@ -461,7 +500,8 @@ class Publisher:
                 await self.bus.redis.hdel(self.bus.keys.ack_positions, info.id)
                 await self.bus.directory.forget_registry(info.id)
 
-    async def _beat(self) -> None:
+    async def _beat(self) -> bool:
+        """Write the heartbeat (and hold the id); True when the record was not there."""
         info = RegistryInfo(
             id=self.registry_id,
             host=socket.gethostname(),
@@ -470,8 +510,10 @@ class Publisher:
             seen=time.time(),
             apps=tuple(sorted(self.apps)),
             required=tuple(sorted(name for name, p in self.policies.items() if p.required)),
+            signed=self.bus.keyring is not None,
+            schemas={app: schema for app, schema in self.schemas.items() if app in self.apps},
         )
-        await self.bus.directory.beat_registry(info)
+        new = await self.bus.directory.beat_registry(info)
         other = await self.bus.directory.claim_registry(self.registry_id, self._holder)
         if other is not None:
             log.error(
@@ -479,11 +521,18 @@ class Publisher:
                 self.registry_id,
                 other,
             )
-        if self._ack_position != self._saved_position:
-            await self.bus.redis.hset(
-                self.bus.keys.ack_positions, self.registry_id, self._ack_position.encode()
-            )
-            self._saved_position = self._ack_position
+        await self.acks.save_position()
+        return new
+
+    @property
+    def late_acks(self) -> int:
+        """Acks of events nobody waits for any more (past their deadline, or published
+        before this registry restarted: those are kept in ``unclaimed_acks``)."""
+        return self.acks.late
+
+    @property
+    def unclaimed_acks(self) -> deque[Ack]:
+        return self.acks.unclaimed
 
     def stats(self) -> dict[str, Any]:
         return {"registry": self.registry_id, "waiting": len(self._waits), "seq": self._seq}

@@ -13,21 +13,29 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import anyio
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from . import _redis_clients as clients
-from ._errors import BusUnavailable, BusUrlError, GroupMissing
+from ._errors import BusRefused, BusUnavailable, BusUrlError, GroupMissing
 from ._redact import mask_url
 from ._redis_failures import FAILURES, translate
 from ._redis_memory import MemoryServer, memory_server
+from ._sends import sends
 from ._topology import Topology
 from ._topology import parse as parse_topology
+from ._wire import Command, Wires, range_entries, stream_entries, text_of
 
 _T = TypeVar("_T")
+CONNECTION_SETUP: Final = ("SELECT", "CLUSTER|SLOTS", "COMMAND", "ASKING")
+"""What redis-py sends on its own: SELECT of a database other than 0 on each new
+connection; on a cluster, the slot map (CLUSTER SLOTS), the command table (COMMAND,
+COMMAND GETKEYS) and ASKING while a slot moves. Its CLIENT SETINFO (the library's name
+and version, Redis 7.2+) is left out: redis-py ignores a refusal, and a 7.0 server does
+not know the command, so no ACL naming it could be applied there."""
 Fields = Mapping[bytes, bytes]
 Entry = tuple[str, dict[bytes, bytes]]
 """A stream entry: its id and its fields (empty when the entry was deleted)."""
@@ -69,12 +77,56 @@ def check_url(url: str) -> str:
     return parse_topology(url).scheme
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _raise_group_missing(exc: Exception, key: str, group: str) -> None:
+    """GroupMissing when ``exc`` says the group (or its stream) is not there."""
+    # NOGROUP: no such group; "no such key": XINFO on a stream that is not there;
+    # "requires the key to exist": fakeredis's words for NOGROUP on a missing stream.
+    text = str(exc)
+    if "NOGROUP" in text or any(
+        words in text.lower() for words in ("no such key", "requires the key to exist")
+    ):
+        raise GroupMissing(key, group) from None
+
+
+def _raw_pending_entry(row: Sequence[Any]) -> PendingEntry:
+    """One row of XPENDING's extended form as the server sends it (id, consumer, idle
+    milliseconds, deliveries)."""
+    entry_id, consumer, idle_ms, deliveries = row
+    return PendingEntry(text_of(entry_id), text_of(consumer), int(idle_ms), int(deliveries))
+
+
+def _pending_entry(row: Any) -> PendingEntry:
+    """One row of XPENDING's extended form, as redis-py parses it."""
+    return PendingEntry(
+        entry_id=text_of(row["message_id"]),
+        consumer=text_of(row["consumer"]),
+        idle_ms=int(row["time_since_delivered"]),
+        deliveries=int(row["times_delivered"]),
+    )
+
+
+def _flat(fields: Fields) -> list[Any]:
+    """An entry's fields as XADD's words: name, value, name, value..."""
+    return [word for pair in fields.items() for word in pair]
+
+
+def _scored(members: Mapping[Any, float]) -> list[Any]:
+    """Sorted-set members as ZADD's words: score, member, score, member..."""
+    return [word for member, score in members.items() for word in (score, member)]
+
+
+def _trim(maxlen: int | None, *, exact: bool = False) -> Command:
+    """XADD's words for ``MAXLEN`` (approximate unless ``exact``); none without it."""
+    return () if maxlen is None else ("MAXLEN", "=" if exact else "~", maxlen)
+
+
+def _block(millis: int | None) -> Command:
+    """A read's words for ``BLOCK``; none for a read that answers at once."""
+    return ("BLOCK", millis) if millis else ()
 
 
 def _entries(raw: Sequence[Any] | None) -> list[Entry]:
-    return [(_text(entry_id), dict(fields or {})) for entry_id, fields in raw or ()]
+    return [(text_of(entry_id), dict(fields or {})) for entry_id, fields in raw or ()]
 
 
 class Redis:
@@ -95,6 +147,8 @@ class Redis:
         self._durable: clients.Durable | None = None
         self._masters: clients.NodeClients | None = None
         """On a cluster: plain clients to the masters, for batches (see _redis_clients)."""
+        self._wires: Wires | None = None
+        """On a single server: raw multi-command round trips (see _wire)."""
 
     @classmethod
     def connect(cls, url: str) -> Redis:
@@ -117,6 +171,7 @@ class Redis:
             raise BusUrlError(url, str(exc)) from None
         return cls(url, client, None, topology)
 
+    @sends("INFO", "PING", *CONNECTION_SETUP)
     async def open(self) -> None:
         """Learn the server's shape (cluster or not, unless the URL said) and check that
         it answers; raises ``BusUnavailable`` naming the URL."""
@@ -129,6 +184,8 @@ class Redis:
         else:
             await self.ping()
         topology = self.topology
+        if not self.cluster and self._memory is None and self._wires is None:
+            self._wires = Wires(self._client.connection_pool)
         if self.cluster and self._masters is None:
             self._masters = clients.NodeClients(topology, clients.MAX_CONNECTIONS)
         if topology.min_replicas and self._durable is None:
@@ -157,6 +214,9 @@ class Redis:
         return self._memory is not None
 
     async def close(self) -> None:
+        wires, self._wires = self._wires, None
+        if wires is not None:
+            await wires.close()
         durable, self._durable = self._durable, None
         if durable is not None:
             await durable.close()
@@ -172,6 +232,28 @@ class Redis:
                 with contextlib.suppress(*FAILURES):
                     await parser_node.disconnect()
         await clients.close(self._client)
+
+    @property
+    def wires(self) -> Wires | None:
+        """The raw round trips, where they may stand in for redis-py's pipelines: a
+        single server, no write waiting for replicas (``min_replicas`` sends WAIT)."""
+        return self._wires if self._durable is None else None
+
+    async def _on_wire(self, wires: Wires, commands: Sequence[Command]) -> list[Any]:
+        """``commands`` in one round trip; a lost connection raises ``BusUnavailable``."""
+        try:
+            return await wires.send(commands)
+        except FAILURES as exc:
+            translated = self._translated(exc, str(commands[0][0]))
+            if translated is exc:
+                raise
+            raise translated from None
+
+    async def _one_on_wire(self, wires: Wires, words: Command) -> Any:
+        """One command on a raw round trip (cheaper than redis-py's own by its pool)."""
+        (reply,) = await self._on_wire(wires, [words])
+        self._raise_first([reply], str(words[0]))
+        return reply
 
     def _translated(self, exc: BaseException, command: str = "") -> BaseException:
         return translate(exc, self.url, command)
@@ -229,6 +311,7 @@ class Redis:
                 raise BusUnavailable(self.url, f"the master of {key} changed: {exc}") from None
         return result
 
+    @sends("WAIT")
     async def _replicated(self, client: Any) -> None:
         """WAIT for ``min_replicas`` replicas of the writes made so far on ``client``."""
         wanted, timeout = self.topology.min_replicas, self.topology.replica_timeout
@@ -241,14 +324,17 @@ class Redis:
 
     # -- server ---------------------------------------------------------------------------
 
+    @sends("PING")
     async def ping(self) -> None:
         await self._call("ping")
 
+    @sends("INFO")
     async def server_version(self) -> tuple[int, ...]:
         info = await self._call("info", "server")
         version = info.get("redis_version", "0") if isinstance(info, dict) else "0"
         return tuple(int(part) for part in str(version).split(".") if part.isdigit())
 
+    @sends("COMMAND|DOCS")
     async def supports_readgroup_claim(self) -> bool:
         """Whether XREADGROUP takes the CLAIM option (Redis 8.4+): asked of the server's
         command docs, not assumed from a version (forks and backports differ)."""
@@ -267,8 +353,15 @@ class Redis:
 
     # -- writes ---------------------------------------------------------------------------
 
+    @sends("XADD")
     async def xadd_many(self, key: str, entries: Sequence[Fields]) -> list[str]:
         """XADD several entries in one pipelined round trip (not a transaction)."""
+        if (wires := self.wires) is not None:
+            commands = [("XADD", key, "*", *_flat(fields)) for fields in entries]
+            replies = await self._on_wire(wires, commands)
+            self._raise_first(replies, "XADD")
+            self._notify((key,))
+            return [text_of(entry_id) for entry_id in replies]
 
         async def write(client: Any) -> list[Any]:
             pipeline = client.pipeline(transaction=False)
@@ -280,11 +373,15 @@ class Redis:
 
         replies = await self._durably(key, write)
         self._notify((key,))
-        return [_text(entry_id) for entry_id in replies]
+        return [text_of(entry_id) for entry_id in replies]
 
+    @sends("XADD")
     async def xadd(self, key: str, fields: Fields, maxlen: int | None = None) -> str:
         """XADD one entry; ``maxlen`` trims approximately (``MAXLEN ~``)."""
-        if self._durable is None:  # the hot path, without a closure
+        if (wires := self.wires) is not None:  # the hot path
+            words = ("XADD", key, *_trim(maxlen), "*", *_flat(fields))
+            entry_id = await self._one_on_wire(wires, words)
+        elif self._durable is None:
             entry_id = await self._call("xadd", key, dict(fields), maxlen=maxlen, approximate=True)
         else:
             entry_id = await self._durably(
@@ -294,11 +391,46 @@ class Redis:
                 ),
             )
         self._notify((key,))
-        return _text(entry_id)
+        return text_of(entry_id)
 
     def batch(self, *, atomic: bool = True) -> Batch:
         """A pipeline; ``atomic`` wraps it in MULTI/EXEC (all keys share one slot)."""
         return Batch(self, atomic)
+
+    @sends("WATCH", "UNWATCH", "MULTI", "EXEC")
+    async def transaction(
+        self, watched: Sequence[str], plan: Callable[[Watched], Awaitable[Batch | None]]
+    ) -> list[Any] | None:
+        """Compare and set: WATCH ``watched``, let ``plan`` read them and return the writes
+        to make (or None to make none), then MULTI/EXEC those writes, which Redis refuses
+        when a watched key changed meanwhile; the plan is then run again on the new values.
+
+        Every key is of one namespace (one cluster slot, one server). Works where Lua may
+        not (the embedded bus runs no scripts). Returns the writes' replies or None.
+        """
+
+        async def attempt(client: Any) -> list[Any] | None:
+            for _ in range(_CONTENDED_TRIES):
+                async with client.pipeline(transaction=True) as pipe:
+                    try:
+                        async with self._errors():
+                            await pipe.watch(*watched)
+                            batch = await plan(Watched(pipe))
+                            if batch is None:
+                                await pipe.unwatch()
+                                return None
+                            pipe.multi()
+                            for name, args, kwargs in batch.commands:
+                                getattr(pipe, name)(*args, **kwargs)
+                            replies: list[Any] = await pipe.execute()
+                            return replies
+                    except redis_errors.WatchError:
+                        continue  # a watched key changed: plan again on its new value
+            raise BusUnavailable(
+                self.url, f"{watched[0]} kept changing: {_CONTENDED_TRIES} tries failed"
+            )
+
+        return await self._durably(watched[0], attempt)
 
     def wake(self, key: str) -> None:
         """Wake the embedded bus's blocked readers of ``key`` (a real BLOCK just times out)."""
@@ -308,41 +440,71 @@ class Redis:
         if self._memory is not None:
             self._memory.notifier.notify(keys)
 
+    @sends("PEXPIRE")
     async def pexpire(self, key: str, millis: int) -> bool:
         return bool(await self._call("pexpire", key, millis))
 
+    @sends("EXISTS")
     async def exists(self, *keys: str) -> int:
         """EXISTS: how many of ``keys`` exist (all of one namespace: one slot)."""
         return int(await self._call("exists", *keys)) if keys else 0
 
+    @sends("DEL")
     async def delete(self, *keys: str) -> int:
         return int(await self._call("delete", *keys)) if keys else 0
 
+    @sends("SCAN")
     async def scan_keys(self, pattern: str) -> list[str]:
         async with self._errors():
-            return [_text(key) async for key in self._client.scan_iter(match=pattern, count=500)]
+            return [text_of(key) async for key in self._client.scan_iter(match=pattern, count=500)]
+
+    @sends("MEMORY|USAGE")
+    async def memory_usage(self, keys: Sequence[str]) -> list[int | None]:
+        """MEMORY USAGE of each key (bytes, with Redis's default sampling of large
+        values), pipelined; None for a key that is gone. Raises ``BusRefused`` where the
+        server has no MEMORY command (the embedded bus) or the user may not run it."""
+        if not keys:
+            return []
+        pipeline = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipeline.memory_usage(key)
+        try:
+            replies: list[Any] = await pipeline.execute()
+        except FAILURES as exc:
+            translated = self._translated(exc, "MEMORY USAGE")
+            if isinstance(translated, BusUnavailable | BusRefused):
+                raise translated from None
+            raise BusRefused(self.url, "MEMORY USAGE", str(exc)) from None
+        return [None if reply is None else int(reply) for reply in replies]
 
     # -- hashes ---------------------------------------------------------------------------
 
-    async def hset(self, key: str, name: str, value: bytes) -> None:
-        await self._call("hset", key, name, value)
+    @sends("HSET")
+    async def hset(self, key: str, name: str, value: bytes) -> bool:
+        """HSET one field; True when the field is new (it was not there before)."""
+        return bool(await self._call("hset", key, name, value))
 
+    @sends("HGET")
     async def hget(self, key: str, name: str) -> bytes | None:
         value: bytes | None = await self._call("hget", key, name)
         return value
 
+    @sends("HGETALL")
     async def hgetall(self, key: str) -> dict[str, bytes]:
         raw = await self._call("hgetall", key)
-        return {_text(name): value for name, value in raw.items()}
+        return {text_of(name): value for name, value in raw.items()}
 
+    @sends("HDEL")
     async def hdel(self, key: str, *names: str) -> int:
         return int(await self._call("hdel", key, *names)) if names else 0
 
+    @sends("HSETNX")
     async def hsetnx(self, key: str, name: str, value: bytes) -> bool:
         return bool(await self._call("hsetnx", key, name, value))
 
     # -- streams: groups ------------------------------------------------------------------
 
+    @sends("XGROUP|CREATE")
     async def ensure_group(self, key: str, group: str, start: str = "0") -> bool:
         """XGROUP CREATE ... MKSTREAM; False when the group already exists (BUSYGROUP)."""
         try:
@@ -353,6 +515,7 @@ class Redis:
             raise
         return True
 
+    @sends("XREADGROUP")
     async def xreadgroup(
         self,
         key: str,
@@ -366,6 +529,11 @@ class Redis:
         """XREADGROUP; ``start=">"`` for new entries, ``"0"`` for this consumer's pending."""
 
         async def read(block: int | None) -> list[Entry]:
+            if (wires := self._wires) is not None:
+                words = ("XREADGROUP", "GROUP", group, consumer, "COUNT", count, *_block(block))
+                replies = await self._on_wire(wires, [(*words, "STREAMS", key, start)])
+                self._raise_group_reply(replies, key, group, "XREADGROUP")
+                return stream_entries(replies[0])
             raw = await self._group_call(
                 key, group, "xreadgroup", group, consumer, {key: start}, count=count, block=block
             )
@@ -374,12 +542,49 @@ class Redis:
         # Only new entries can be waited for; a pending re-read answers at once.
         return await self._read_blocking(key, block_ms if start == ">" else None, read)
 
+    @sends("XREADGROUP", "XPENDING")
+    async def xreadgroup_and_pending(
+        self, key: str, group: str, consumer: str, *, count: int, block_ms: int | None, rows: int
+    ) -> tuple[list[Entry], list[PendingEntry]]:
+        """XREADGROUP of new entries and then the group's first ``rows`` pending entries
+        (every consumer's, oldest first) as they are just after that read: on a server in
+        one round trip (a pipeline: XPENDING runs once the blocked read returned), on
+        the embedded bus and a cluster as two calls, one after the other."""
+        if self._memory is not None or self.cluster:
+            entries = await self.xreadgroup(key, group, consumer, count=count, block_ms=block_ms)
+            return entries, await self.xpending(key, group, count=rows)
+        if (wires := self._wires) is not None:
+            read = ("XREADGROUP", "GROUP", group, consumer, "COUNT", count, *_block(block_ms))
+            commands = [(*read, "STREAMS", key, ">"), ("XPENDING", key, group, "-", "+", rows)]
+            replies = await self._on_wire(wires, commands)
+            self._raise_group_reply(replies, key, group, "XREADGROUP")
+            return stream_entries(replies[0]), [_raw_pending_entry(row) for row in replies[1]]
+        pipeline = self._client.pipeline(transaction=False)
+        pipeline.xreadgroup(group, consumer, {key: ">"}, count=count, block=block_ms or None)
+        pipeline.xpending_range(key, group, min="-", max="+", count=rows)
+        try:
+            async with self._errors():
+                # Errors as replies, not raised: redis-py rewrites a raised one's message
+                # (its first word is the code that says whether it is transient).
+                raw, pending = await pipeline.execute(raise_on_error=False)
+                for reply in (raw, pending):
+                    if isinstance(reply, Exception):
+                        raise reply
+        except redis_errors.ResponseError as exc:
+            _raise_group_missing(exc, key, group)
+            raise
+        return (_entries(raw[0][1]) if raw else []), [_pending_entry(row) for row in pending]
+
+    @sends("XREAD")
     async def xread(
         self, key: str, last_id: str, *, count: int, block_ms: int | None
     ) -> list[Entry]:
         """XREAD after ``last_id``; blocks up to ``block_ms`` when nothing is there."""
 
         async def read(block: int | None) -> list[Entry]:
+            if (wires := self._wires) is not None:
+                words = ("XREAD", "COUNT", count, *_block(block), "STREAMS", key, last_id)
+                return stream_entries(await self._one_on_wire(wires, words))
             raw = await self._call("xread", {key: last_id}, count=count, block=block)
             return _entries(raw[0][1]) if raw else []
 
@@ -423,18 +628,14 @@ class Redis:
                 )
             return await self._call(name, *args, **kwargs)
         except redis_errors.ResponseError as exc:
-            # NOGROUP: no such group; "no such key": XINFO on a stream that is not there;
-            # "requires the key to exist": fakeredis's words for NOGROUP on a missing stream.
-            text = str(exc)
-            if "NOGROUP" in text or any(
-                words in text.lower() for words in ("no such key", "requires the key to exist")
-            ):
-                raise GroupMissing(key, group) from None
+            _raise_group_missing(exc, key, group)
             raise
 
+    @sends("XACK")
     async def xack(self, key: str, group: str, entry_ids: Sequence[str]) -> int:
         return int(await self._call("xack", key, group, *entry_ids)) if entry_ids else 0
 
+    @sends("XPENDING")
     async def xpending(
         self,
         key: str,
@@ -447,6 +648,13 @@ class Redis:
         min_idle_ms: int | None = None,
     ) -> list[PendingEntry]:
         """XPENDING's extended form: who holds which entries."""
+        if (wires := self._wires) is not None:
+            idle = () if min_idle_ms is None else ("IDLE", min_idle_ms)
+            holder = () if consumer is None else (consumer,)
+            words = ("XPENDING", key, group, *idle, start, end, count, *holder)
+            replies = await self._on_wire(wires, [words])
+            self._raise_group_reply(replies, key, group, "XPENDING")
+            return [_raw_pending_entry(row) for row in replies[0]]
         raw = await self._group_call(
             key,
             group,
@@ -459,16 +667,88 @@ class Redis:
             consumername=consumer,
             idle=min_idle_ms,
         )
-        return [
-            PendingEntry(
-                entry_id=_text(row["message_id"]),
-                consumer=_text(row["consumer"]),
-                idle_ms=int(row["time_since_delivered"]),
-                deliveries=int(row["times_delivered"]),
-            )
-            for row in raw
-        ]
+        return [_pending_entry(row) for row in raw]
 
+    @sends("ZADD", "XPENDING")
+    async def xpending_and_claim(
+        self,
+        key: str,
+        group: str,
+        *,
+        end: str,
+        count: int,
+        claims: str,
+        members: Mapping[str, float],
+    ) -> tuple[list[PendingEntry], int]:
+        """In one round trip: ``members`` added to sorted set ``claims`` where absent (ZADD
+        NX: the first claim of each stands, whoever made it; how many were added), and
+        the group's pending entries up to ``end`` (XPENDING, extended form)."""
+        if (wires := self.wires) is not None:
+            commands = [
+                ("ZADD", claims, "NX", *_scored(members)),
+                ("XPENDING", key, group, "-", end, count),
+            ]
+            replies = await self._on_wire(wires, commands)
+            self._raise_group_reply(replies, key, group, "XPENDING")
+            return [_raw_pending_entry(row) for row in replies[1]], int(replies[0])
+
+        async def write(client: Any) -> list[Any]:
+            pipeline = client.pipeline(transaction=False)
+            pipeline.zadd(claims, dict(members), nx=True)
+            pipeline.xpending_range(key, group, min="-", max=end, count=count)
+            async with self._errors():
+                replies: list[Any] = await pipeline.execute(raise_on_error=False)
+            return replies
+
+        added, rows = await self._durably(key, write)
+        for reply in (added, rows):
+            if isinstance(reply, redis_errors.ResponseError):
+                text = str(reply)
+                if "NOGROUP" in text or "requires the key to exist" in text.lower():
+                    raise GroupMissing(key, group)
+                raise self._translated(reply, "XPENDING")
+        return [_pending_entry(row) for row in rows], int(added)
+
+    def _raise_first(self, replies: Sequence[Any], command: str) -> None:
+        """Raise the first error reply of a raw round trip, classified as ``_call``'s."""
+        for reply in replies:
+            if isinstance(reply, redis_errors.RedisError):
+                translated = self._translated(reply, command)
+                if translated is reply:
+                    raise reply
+                raise translated from None
+
+    def _raise_group_reply(
+        self, replies: Sequence[Any], key: str, group: str, command: str
+    ) -> None:
+        """``_raise_first``, with a missing group or stream as ``GroupMissing``."""
+        for reply in replies:
+            if isinstance(reply, redis_errors.ResponseError):
+                _raise_group_missing(reply, key, group)
+        self._raise_first(replies, command)
+
+    @sends("ZMSCORE")
+    async def zmscore(self, key: str, members: Sequence[str]) -> list[float | None]:
+        scores = await self._call("zmscore", key, list(members))
+        return [None if score is None else float(score) for score in scores]
+
+    @sends("ZREMRANGEBYSCORE")
+    async def zremrangebyscore(self, key: str, low: float, high: float) -> int:
+        return int(await self._call("zremrangebyscore", key, low, high))
+
+    @sends("ZRANGE")
+    async def zrange_by_score(
+        self, key: str, low: str, high: str, *, count: int, reverse: bool = False
+    ) -> list[bytes]:
+        """Members scored from ``low`` to ``high`` (``-inf``, ``(5`` for exclusive...),
+        at most ``count``, in score order or ``reverse`` (ZRANGE BYSCORE [REV] LIMIT)."""
+        first, last = (high, low) if reverse else (low, high)
+        members: list[bytes] = await self._call(
+            "zrange", key, first, last, byscore=True, desc=reverse, offset=0, num=count
+        )
+        return members
+
+    @sends("XCLAIM")
     async def xclaim_ids(
         self,
         key: str,
@@ -497,8 +777,9 @@ class Redis:
             durable=True,
             **extra,
         )
-        return [_text(entry_id) for entry_id in raw]
+        return [text_of(entry_id) for entry_id in raw]
 
+    @sends("XAUTOCLAIM")
     async def xautoclaim(
         self, key: str, group: str, consumer: str, *, min_idle_ms: int, start: str, count: int
     ) -> tuple[str, list[Entry], list[str]]:
@@ -515,9 +796,10 @@ class Redis:
             count=count,
             durable=True,
         )
-        deleted = [_text(entry_id) for entry_id in raw[2]] if len(raw) > 2 else []
-        return _text(raw[0]), _entries(raw[1]), deleted
+        deleted = [text_of(entry_id) for entry_id in raw[2]] if len(raw) > 2 else []
+        return text_of(raw[0]), _entries(raw[1]), deleted
 
+    @sends("XINFO|GROUPS")
     async def xinfo_groups(self, key: str) -> list[GroupInfo]:
         try:
             raw = await self._call("xinfo_groups", key)
@@ -527,20 +809,21 @@ class Redis:
             raise
         return [
             GroupInfo(
-                name=_text(row["name"]),
+                name=text_of(row["name"]),
                 consumers=int(row["consumers"]),
                 pending=int(row["pending"]),
-                last_delivered=_text(row["last-delivered-id"]),
+                last_delivered=text_of(row["last-delivered-id"]),
                 lag=None if row.get("lag") is None else int(row["lag"]),
             )
             for row in raw
         ]
 
+    @sends("XINFO|CONSUMERS")
     async def xinfo_consumers(self, key: str, group: str) -> list[ConsumerInfo]:
         raw = await self._group_call(key, group, "xinfo_consumers", key, group)
         return [
             ConsumerInfo(
-                name=_text(row["name"]),
+                name=text_of(row["name"]),
                 pending=int(row["pending"]),
                 idle_ms=int(row["idle"]),
                 inactive_ms=None if row.get("inactive") is None else int(row["inactive"]),
@@ -548,6 +831,7 @@ class Redis:
             for row in raw
         ]
 
+    @sends("XGROUP|DESTROY")
     async def destroy_group(self, key: str, group: str) -> bool:
         """XGROUP DESTROY; False when there was no such group."""
         try:
@@ -557,44 +841,94 @@ class Redis:
                 return False
             raise
 
+    @sends("XGROUP|DELCONSUMER")
     async def delete_consumer(self, key: str, group: str, consumer: str) -> int:
         """XGROUP DELCONSUMER; its pending entries become unclaimable, so drain first."""
         return int(await self._group_call(key, group, "xgroup_delconsumer", key, group, consumer))
 
+    @sends("XRANGE")
     async def xrange(self, key: str, start: str, end: str, count: int) -> list[Entry]:
+        if (wires := self._wires) is not None:
+            words = ("XRANGE", key, start, end, "COUNT", count)
+            return range_entries(await self._one_on_wire(wires, words))
         return _entries(await self._call("xrange", key, min=start, max=end, count=count))
 
+    @sends("XREVRANGE")
     async def xrevrange(self, key: str, end: str, start: str, count: int) -> list[Entry]:
         return _entries(await self._call("xrevrange", key, max=end, min=start, count=count))
 
+    @sends("SET")
     async def set(
         self, key: str, value: bytes, *, ttl_ms: int, only_if_absent: bool = False
     ) -> bool:
         """SET ... PX [NX]; False when ``only_if_absent`` and the key exists."""
         return bool(await self._call("set", key, value, px=ttl_ms, nx=only_if_absent))
 
+    @sends("GET")
     async def get(self, key: str) -> bytes | None:
         value: bytes | None = await self._call("get", key)
         return value
 
+    @sends("XPENDING")
     async def oldest_pending(self, key: str, group: str) -> str | None:
         """The smallest entry id in a group's pending list (XPENDING summary form)."""
         summary = await self._group_call(key, group, "xpending", key, group)
         lowest = summary.get("min") if isinstance(summary, dict) else None
-        return None if not lowest else _text(lowest)
+        return None if not lowest else text_of(lowest)
 
-    async def xtrim_minid(self, key: str, minid: str) -> int:
-        """XTRIM MINID (exact): drop entries older than ``minid``; returns how many."""
-        return int(await self._call("xtrim", key, minid=minid, approximate=False))
+    @sends("XTRIM")
+    async def xtrim(
+        self,
+        key: str,
+        *,
+        minid: str | None = None,
+        maxlen: int | None = None,
+        limit: int | None = None,
+    ) -> int:
+        """XTRIM by MINID or MAXLEN; returns how many entries went.
 
+        Without ``limit`` exact, to the entry. With ``limit`` approximate (``~``): whole
+        stream nodes only, at most ``limit`` entries (0: no cap; the server's default
+        cap of 10,000 entries per call never applies), so a call costs a few
+        microseconds per node however far behind the stream is.
+        """
+        options: dict[str, Any] = (
+            {"approximate": False} if limit is None else {"approximate": True, "limit": limit}
+        )
+        return int(await self._call("xtrim", key, maxlen=maxlen, minid=minid, **options))
+
+    @sends("XDEL")
     async def xdel(self, key: str, *entry_ids: str) -> int:
         return int(await self._call("xdel", key, *entry_ids)) if entry_ids else 0
 
+    @sends("XLEN")
     async def xlen(self, key: str) -> int:
         return int(await self._call("xlen", key))
 
+    @sends("HINCRBY")
     async def hincrby(self, key: str, name: str, amount: int = 1) -> int:
         return int(await self._call("hincrby", key, name, amount))
+
+
+_CONTENDED_TRIES: Final = 20
+"""How often ``transaction`` plans again when its watched keys keep changing."""
+
+
+class Watched:
+    """The reads of a ``Redis.transaction`` plan, made on the connection that WATCHes."""
+
+    def __init__(self, pipe: Any) -> None:
+        self._pipe = pipe
+
+    @sends("GET")
+    async def get(self, key: str) -> bytes | None:
+        value: bytes | None = await self._pipe.get(key)
+        return value
+
+    @sends("HGET")
+    async def hget(self, key: str, name: str) -> bytes | None:
+        value: bytes | None = await self._pipe.hget(key, name)
+        return value
 
 
 class Batch:
@@ -609,35 +943,93 @@ class Batch:
         self._redis = redis
         self._atomic = atomic
         self._commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        self._words: list[Command] = []
+        """The same commands as the server reads them, for ``Redis.wires``."""
         self._streams: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._commands)
 
-    def _add(self, name: str, *args: Any, **kwargs: Any) -> Batch:
+    def _add(self, words: Command, name: str, *args: Any, **kwargs: Any) -> Batch:
+        self._words.append(words)
         self._commands.append((name, args, kwargs))
         return self
 
-    def xadd(self, key: str, fields: Fields, maxlen: int | None = None) -> Batch:
+    @sends("XADD")
+    def xadd(
+        self, key: str, fields: Fields, maxlen: int | None = None, *, exact: bool = False
+    ) -> Batch:
+        """XADD; ``maxlen`` trims approximately (``MAXLEN ~``) unless ``exact``."""
         self._streams.add(key)
-        return self._add("xadd", key, dict(fields), maxlen=maxlen, approximate=True)
+        words = ("XADD", key, *_trim(maxlen, exact=exact), "*", *_flat(fields))
+        return self._add(words, "xadd", key, dict(fields), maxlen=maxlen, approximate=not exact)
 
+    @sends("XTRIM")
+    def xtrim_minid(self, key: str, minid: str) -> Batch:
+        """XTRIM MINID (exact): drop the entries older than ``minid``."""
+        words = ("XTRIM", key, "MINID", minid)
+        return self._add(words, "xtrim", key, minid=minid, approximate=False)
+
+    @sends("ZADD")
+    def zadd(self, key: str, members: Mapping[bytes, float]) -> Batch:
+        """ZADD of several members at once (one command)."""
+        if not members:
+            return self
+        return self._add(("ZADD", key, *_scored(members)), "zadd", key, dict(members))
+
+    @sends("XACK")
     def xack(self, key: str, group: str, entry_ids: Sequence[str]) -> Batch:
-        return self._add("xack", key, group, *entry_ids) if entry_ids else self
+        if not entry_ids:
+            return self
+        return self._add(("XACK", key, group, *entry_ids), "xack", key, group, *entry_ids)
 
+    @sends("PEXPIRE")
     def pexpire(self, key: str, millis: int) -> Batch:
-        return self._add("pexpire", key, millis)
+        return self._add(("PEXPIRE", key, millis), "pexpire", key, millis)
 
+    @sends("HSET")
     def hset(self, key: str, name: str, value: bytes) -> Batch:
-        return self._add("hset", key, name, value)
+        return self._add(("HSET", key, name, value), "hset", key, name, value)
 
+    @sends("HINCRBY")
     def hincrby(self, key: str, name: str, amount: int = 1) -> Batch:
-        return self._add("hincrby", key, name, amount)
+        return self._add(("HINCRBY", key, name, amount), "hincrby", key, name, amount)
 
+    @sends("HDEL")
+    def hdel(self, key: str, *names: str) -> Batch:
+        return self._add(("HDEL", key, *names), "hdel", key, *names)
+
+    @sends("SET")
+    def set(self, key: str, value: bytes, *, ttl_ms: int) -> Batch:
+        return self._add(("SET", key, value, "PX", ttl_ms), "set", key, value, px=ttl_ms)
+
+    @sends("DEL")
+    def delete(self, *keys: str) -> Batch:
+        return self._add(("DEL", *keys), "delete", *keys)
+
+    @property
+    def commands(self) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+        return list(self._commands)
+
+    @sends("MULTI", "EXEC")
     async def execute(self) -> list[Any]:
-        """Send every command; safe to call again after ``BusUnavailable``."""
+        """Send every command; safe to call again after ``BusUnavailable``. The replies
+        are the server's (raw on a single server, redis-py's parsing elsewhere): callers
+        that read them read counts and entry ids, the same either way."""
         if not self._commands:
             return []
+        redis = self._redis
+        if (wires := redis.wires) is not None:
+            if self._atomic:
+                replies = await redis._on_wire(wires, [("MULTI",), *self._words, ("EXEC",)])
+                # A refusal while queueing (OOM, NOPERM...) aborts the whole (EXECABORT).
+                redis._raise_first(replies, "EXEC")
+                replies = list(replies[-1])  # EXEC's array: the commands' own replies
+            else:
+                replies = await redis._on_wire(wires, self._words)
+            redis._raise_first(replies, "EXEC")
+            redis._notify(sorted(self._streams))
+            return replies
 
         async def write(client: Any) -> list[Any]:
             pipeline = client.pipeline(transaction=self._atomic)

@@ -11,6 +11,7 @@ from ._contract import Failure, RegistryInfo
 from ._directory import is_alive
 from ._errors import GroupMissing
 from ._failures import FailureCount
+from ._footprint import MemoryReport, memory_report
 
 
 class ConsumerStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -27,6 +28,8 @@ class ConsumerStatus(msgspec.Struct, frozen=True, kw_only=True):
     hook_errors: int = 0
     """Of those, the ones whose hook raised, by its heartbeat."""
     in_flight: int = 0
+    last_duration: float | None = None
+    """Seconds the last hook this consumer ran took, by its heartbeat."""
     failures: int = 0
     """Failure records (``ro:{ns}:failures``) against this consumer: errors, timeouts,
     crashes, dead letters, as the registries recorded them."""
@@ -67,6 +70,26 @@ class StatusReport(msgspec.Struct, frozen=True, kw_only=True):
     plugins: tuple[PluginStatus, ...]
     failure_counts: tuple[FailureCount, ...]
     recent_failures: tuple[Failure, ...]
+    memory: MemoryReport | None = None
+    """Keys and bytes per family of keys (MEMORY USAGE); None when not collected."""
+    signed: bool = False
+    """Whether every live registry signs its events (has a keyring); False: the bus is
+    unauthenticated, and any client that can write to it is trusted."""
+
+    def json(self) -> bytes:
+        """The report as one JSON object: ``status --json`` and the dashboard's
+        ``GET /api/status`` both print exactly this."""
+        return msgspec.json.encode(self)
+
+    @property
+    def unauthenticated(self) -> int:
+        """Events dead-lettered because they failed verification (all plugins)."""
+        return sum(c.count for c in self.failure_counts if c.kind == "unauthenticated")
+
+    @property
+    def forged(self) -> int:
+        """Acks ignored because they failed verification."""
+        return sum(c.count for c in self.failure_counts if c.kind == "forged")
 
     def problems(self) -> list[str]:
         """What ``status --check`` fails on: a required plugin without a live consumer,
@@ -136,6 +159,7 @@ async def collect_status(bus: Bus, *, recent: int = 20) -> StatusReport:
                     handled=beat.handled if beat else 0,
                     hook_errors=beat.failed if beat else 0,
                     in_flight=beat.in_flight if beat else 0,
+                    last_duration=beat.last_duration if beat else None,
                     failures=per_consumer.get((name, consumer), 0),
                 )
             )
@@ -163,4 +187,8 @@ async def collect_status(bus: Bus, *, recent: int = 20) -> StatusReport:
         plugins=tuple(plugins),
         failure_counts=tuple(counts),
         recent_failures=tuple(await bus.failures.recent(recent)),
+        memory=await memory_report(bus),
+        signed=any(r.alive for r in registries) and all(
+            r.info.signed for r in registries if r.alive
+        ),
     )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import anyio
 
 from ._contract import Ack
 
@@ -85,3 +88,42 @@ class WaitResult:
             for name, outcome in every.items()
             if outcome.status == "acked" and outcome.result is not None
         }
+
+
+@dataclass
+class Wait:
+    """One event's wait in progress: the outcomes so far, and the event that wakes the
+    waiter (every required plugin has answered, or one may have lost its consumers)."""
+
+    required: frozenset[str]
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    others: dict[str, Outcome] = field(default_factory=dict)
+    woken: anyio.Event = field(default_factory=anyio.Event)
+    completed_at: float | None = None
+    """``time.monotonic()`` when the last required outcome came in (a batch's waiter may
+    look later: its results' ``elapsed`` still end here)."""
+
+    @property
+    def complete(self) -> bool:
+        return len(self.outcomes) == len(self.required)
+
+    def missing(self) -> list[str]:
+        return sorted(self.required - self.outcomes.keys())
+
+    def add(self, outcome: Outcome) -> None:
+        if outcome.plugin not in self.required:
+            self.others[outcome.plugin] = outcome
+            return
+        if outcome.plugin in self.outcomes:
+            return  # the first answer (or the diagnosis) stands; a re-delivery's is late
+        self.outcomes[outcome.plugin] = outcome
+        if self.complete:
+            self.completed_at = time.monotonic()
+            self.woken.set()
+
+    def wake(self) -> None:
+        """Have the waiter look again before its deadline."""
+        self.woken.set()
+
+    def rearm(self) -> None:
+        self.woken = anyio.Event()
