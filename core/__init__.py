@@ -16,6 +16,7 @@ if _typing.TYPE_CHECKING:
     from ._connections import ConnectionManager
     from ._errors import (
         AppAlreadyRegistered,
+        AppNotOwned,
         AppNotRegistered,
         ConfigError,
         ConnectionFailed,
@@ -27,18 +28,29 @@ if _typing.TYPE_CHECKING:
     )
     from ._plugins import PluginManager
     from ._registry import AppRegistry
-    from ._results import InitializeResult, ShutdownResult, UnregisterResult
+    from ._results import (
+        ChangeResult,
+        FileState,
+        InitializeResult,
+        MigrationStatus,
+        ShutdownResult,
+        UnregisterResult,
+    )
 
 _LAZY = {
     "AppAlreadyRegistered": "._errors",
     "AppConfig": "._config",
+    "AppNotOwned": "._errors",
     "AppNotRegistered": "._errors",
     "AppRegistry": "._registry",
+    "ChangeResult": "._results",
     "ConfigError": "._errors",
     "ConnectionFailed": "._errors",
     "ConnectionManager": "._connections",
+    "FileState": "._results",
     "InitializeResult": "._results",
     "MigrationFailed": "._errors",
+    "MigrationStatus": "._results",
     "ModelLoadError": "._errors",
     "PluginConfig": "._config",
     "PluginManager": "._plugins",
@@ -53,13 +65,17 @@ _LAZY = {
 __all__ = [
     "AppAlreadyRegistered",
     "AppConfig",
+    "AppNotOwned",
     "AppNotRegistered",
     "AppRegistry",
+    "ChangeResult",
     "ConfigError",
     "ConnectionFailed",
     "ConnectionManager",
+    "FileState",
     "InitializeResult",
     "MigrationFailed",
+    "MigrationStatus",
     "ModelLoadError",
     "PluginConfig",
     "PluginInterface",

@@ -46,7 +46,9 @@ thread of a process at a time (a lock here; waiting for it counts against
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import logging
 import re
 import threading
@@ -164,14 +166,22 @@ class AlembicMigrations:
         return tuple(context.get_current_heads())
 
     @contextmanager
-    def lock(self) -> Iterator[Batch]:
+    def lock(self, *, atomic: bool = False) -> Iterator[Batch]:
         """Alembic's process lock, then the app's migration lock."""
+        with (
+            self._process_lock(),
+            migration_lock(self.engine, self.tracker, self.config, atomic=atomic) as batch,
+        ):
+            yield batch
+
+    @contextmanager
+    def _process_lock(self) -> Iterator[None]:
+        """``_alembic_lock``, waited for up to ``lock_timeout``; ``LockNotTaken`` after."""
         timeout = self.config.lock_timeout
         if not _alembic_lock.acquire(timeout=max(timeout, 0.0)):
             raise LockNotTaken("alembic (in this process)", "migration", self.app, timeout)
         try:
-            with migration_lock(self.engine, self.tracker, self.config) as batch:
-                yield batch
+            yield
         finally:
             _alembic_lock.release()
 
@@ -358,6 +368,37 @@ class AlembicMigrations:
                 f"{_joined(wanted)}"
             )
 
+    def new_revision(self, message: str, metadata: list[sa.MetaData] | None = None) -> str:
+        """Write a new revision file (Alembic's ``revision``); its path. With ``metadata``
+        (the app's models), Alembic's autogenerate compares it with the database, which
+        must be at the heads: ``env.py`` passes ``target_metadata`` and ``include_object``
+        from ``config.attributes`` to ``context.configure``."""
+        self.script()  # a ConfigError when the directory is not a usable one
+        with self._process_lock():
+            try:
+                with self.engine.connect() as connection:
+                    config = self._alembic_config(connection)
+                    config.attributes["target_metadata"] = metadata
+                    config.attributes["include_object"] = _models_only
+                    # Alembic prints "Generating <path> ... done": the caller says what it
+                    # made.
+                    with contextlib.redirect_stdout(io.StringIO()):
+                        made = command.revision(
+                            config, message=message, autogenerate=bool(metadata)
+                        )
+                    connection.commit()
+            except Exception as exc:  # Alembic's own errors, a template missing, env.py's
+                raise ConfigError(
+                    f"Alembic could not write the revision: {type(exc).__name__}: {exc}",
+                    path="migrations.alembic",
+                    file=self.directory,
+                ) from exc
+        revisions = made if isinstance(made, list) else [made]
+        found = [r for r in revisions if r is not None]
+        if not found:
+            raise ConfigError("Alembic wrote no revision", path="migrations.alembic")
+        return str(found[0].path)
+
     def status(self) -> dict[str, Any]:
         """``current`` and ``head`` revisions, ``applied`` and ``pending`` ones, ``batches``."""
         script = self.script()
@@ -376,6 +417,15 @@ class AlembicMigrations:
                 for row in tracked
             ],
         }
+
+
+def _models_only(
+    item: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    """Autogenerate's filter: a table of the database that no model declares is left
+    alone (an app may share its database with others, and the registry keeps its own
+    tables there); dropping a table is written by hand."""
+    return not (type_ == "table" and reflected and compare_to is None)
 
 
 def _settle(connection: sa.Connection) -> None:

@@ -18,7 +18,14 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
-from rapid_objection.bus._constants import DEFAULT_ACK_TIMEOUT, DEFAULT_NAMESPACE
+from rapid_objection.bus._constants import (
+    DEFAULT_ACK_TIMEOUT,
+    DEFAULT_NAMESPACE,
+    DLQ_MAX_AGE,
+    DLQ_MAX_LEN,
+    DLQ_PAYLOAD_PREFIX,
+)
+from rapid_objection.bus._dlq_bounds import DeadLetterBounds
 from rapid_objection.bus._topology import with_options
 from rapid_objection.plugin_workers._settings import WorkerSettings
 
@@ -96,6 +103,9 @@ class RegistrySection(_Section):
     shutdown_timeout: float = 30.0
     enable_health_monitoring: bool = False
     health_check_interval: float = 30.0
+    ownership_ttl: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    """Seconds an app's ownership lease outlives its last renewal (renewed every third
+    of it): a registry paused or cut off longer loses its apps to another registry."""
 
 
 class BusSection(_Section):
@@ -108,6 +118,24 @@ class BusSection(_Section):
     """Replicas every protocol write waits for (WAIT) before it counts."""
     retention_max_age: float | None = None
     retention_max_len: int | None = None
+    dlq_max_len: Annotated[int, msgspec.Meta(ge=1)] = DLQ_MAX_LEN
+    """Dead letters kept at most; the oldest go first."""
+    dlq_max_age: Annotated[float, msgspec.Meta(gt=0)] = DLQ_MAX_AGE
+    """Seconds a dead letter is kept."""
+    dlq_payload_prefix: Annotated[int, msgspec.Meta(ge=0)] = DLQ_PAYLOAD_PREFIX
+    """Bytes kept of an entry that was no envelope at all (with its size and SHA-256)."""
+
+    @property
+    def dead_letters(self) -> DeadLetterBounds:
+        """The ``dlq_*`` keys, as this registry and the workers it supervises apply them."""
+        return DeadLetterBounds(
+            max_len=self.dlq_max_len,
+            max_age=self.dlq_max_age,
+            payload_prefix=self.dlq_payload_prefix,
+        )
+    keyring: str | None = None
+    """The keyring file (``rapid-objection keys init``); default: env
+    ``RAPID_OBJECTION_KEYRING``; none: the bus is unauthenticated (docs/security.md)."""
 
     @property
     def connect_url(self) -> str:

@@ -42,6 +42,7 @@ from rapid_objection.bus import ConnectionInfo, mask_url
 from ._config import AppConfig, DatabaseConfig
 from ._errors import AppAlreadyRegistered, ConfigError, ConnectionFailed
 from ._memory_pool import TurnPool
+from ._operable import Operable
 
 CONNECT_TIMEOUT: Final = 5
 """Seconds a driver waits for the server on open, unless the user set a timeout."""
@@ -441,7 +442,7 @@ class Engines:
         return engine
 
 
-class ConnectionManager:
+class ConnectionManager(Operable):
     """What ``register_app`` returns: one app's engine, sessions and models.
 
     ``info_source`` tells the app's connection as the engine table sees it now (shared,

@@ -43,6 +43,25 @@ class AppNotRegistered(RegistryError):  # noqa: N818 - reads as the condition
         super().__init__(f"app {app!r} is not registered")
 
 
+class AppNotOwned(RegistryError):  # noqa: N818 - reads as the condition
+    """This registry lost app ``app`` to another owner (its lease ran out: the process
+    was paused or cut off for longer than ``ownership_ttl``); it no longer serves it and
+    touches neither its database nor its events."""
+
+    app: str
+
+    def __init__(self, app: str, registry: str, owner: str | None = None) -> None:
+        self.app = app
+        self.registry = registry
+        self.owner = owner
+        """The registry that holds the app now, when one does."""
+        now = f"registry {owner!r} owns it now" if owner else "another registry took it over"
+        super().__init__(
+            f"registry {registry!r} no longer owns app {app!r}: its ownership lease ran "
+            f"out and {now}; nothing of the app was changed"
+        )
+
+
 class ConnectionFailed(RegistryError):  # noqa: N818 - reads as the condition
     def __init__(self, app: str, url: str, reason: str) -> None:
         self.app = app

@@ -2,8 +2,10 @@
 
 register: app_registration_started → connection (new or shared) → connection_created →
 auto_operations_started → migrations → seeds → models → auto_operations_completed →
-app_registered. On failure: operation_failed, cleanup (connection_shutdown), and the
-original error raised.
+app_registered. All or nothing: on a failure at any stage what this registration
+applied is rolled back (models, seeds, migrations), operation_failed names the stage
+(and a rollback step that failed), the connection and the claim are released, and the
+original error is raised with a note saying what was rolled back.
 
 unregister: app_unregistration_started → app_rollback_started → seeds rollback →
 migrations rollback → models cleared → app_rollback_completed → connection_shutdown
@@ -37,14 +39,14 @@ from rapid_objection.bus import (
     OperationResult,
     mask_url,
 )
-from rapid_objection.bus._directory import Directory
 
 from ._app_data import AppChanges, Undoable
 from ._config import AppConfig, to_dict
 from ._connections import ConnectionManager, Engines
-from ._errors import AppAlreadyRegistered
+from ._errors import AppNotOwned
 from ._listeners import Listeners
 from ._models import ModelSet, load_models
+from ._ownership import Ownership
 from ._results import UnregisterResult
 from ._steps import Steps
 
@@ -57,8 +59,8 @@ class AppContext:
 
     registry_id: str
     engines: Engines
-    directory: Directory
-    """Where an app's single owner on the bus is claimed and released."""
+    ownership: Ownership
+    """The leases of this registry's apps: claimed, confirmed before changes, released."""
     steps: Steps
     listeners: Listeners
 
@@ -86,6 +88,18 @@ class AppRecord:
         return status
 
 
+def changes_of(ctx: AppContext, name: str, record: AppRecord) -> AppChanges:
+    """The runners of registered app ``name`` under its app lock, fenced by its lease."""
+    return AppChanges(
+        record.migrations,
+        record.seeds,
+        record.manager.engine,
+        name,
+        record.config.migrations.lock_timeout,
+        fence=partial(ctx.ownership.fence, name),
+    )
+
+
 async def register(ctx: AppContext, name: str, config: AppConfig) -> AppRecord:
     """The registration lifecycle of one app."""
     engines = ctx.engines
@@ -95,10 +109,8 @@ async def register(ctx: AppContext, name: str, config: AppConfig) -> AppRecord:
     stage = "app_registration_started"
     claimed = False
     try:
-        # One owner per app on the bus: a live registry that holds the name keeps it.
-        owner = await ctx.directory.claim_app(name, ctx.registry_id)
-        if owner != ctx.registry_id:
-            raise AppAlreadyRegistered(name, owner=owner)
+        # One owner per app on the bus: the registry that holds its lease keeps it.
+        await ctx.ownership.claim(name)
         claimed = True
         await ctx.steps.step(AppRegistrationStarted(config=to_dict(config)), name)
         stage = "connection"
@@ -127,9 +139,13 @@ async def register(ctx: AppContext, name: str, config: AppConfig) -> AppRecord:
             info_source=lambda: engines.info(name),
             reused=lease.reused,
         )
-        changes = AppChanges.of(name, manager.engine, config)
+        changes = AppChanges.of(
+            name, manager.engine, config, fence=partial(ctx.ownership.fence, name)
+        )
         migrations, seeds = changes.migrations, changes.seeds
-        # One app lock across the whole registration, its rollback included.
+        # One app lock across the whole registration, its rollback included; a lock
+        # that is not taken fails the first stage that needs it.
+        stage = "migrations" if migrations is not None else "seeds"
         await anyio.to_thread.run_sync(changes.acquire)
         operations: list[OperationResult] = []
         if migrations is not None:
@@ -156,6 +172,8 @@ async def register(ctx: AppContext, name: str, config: AppConfig) -> AppRecord:
             AutoOperationsCompleted(operations=tuple(operations), success=True), name
         )
         stage = "app_registered"
+        # Still the owner (a pause may have cost the lease): else this rolls back.
+        await ctx.ownership.confirm(name)
         await ctx.steps.step(
             AppRegistered(connection=engines.info(name), config=to_dict(config)), name
         )
@@ -196,14 +214,47 @@ async def _undo_registration(
     claimed: bool,
 ) -> None:
     """A registration that failed (or was cancelled) at ``stage``: roll back what it
-    applied and release what it took."""
+    applied (models, seeds, migrations), say so on ``exc`` and in operation_failed, and
+    release what it took (the connection reference, the claim on the bus).
+
+    The caller re-raises ``exc``; a rollback step that fails is not raised but added to
+    it (a note naming both) and to operation_failed (``rollback_error``)."""
     # Cancelled: the caller wants to stop now, so the cleanup awaits no acks.
     wait = not isinstance(exc, anyio.get_cancelled_exc_class())
-    await _report_failure(ctx, name, "register_app", stage, exc)
+    undone: list[str] = []
+    error: str | None = None
     if models is not None:
+        if models:
+            undone.append(f"models ({', '.join(sorted(models))})")
         models.clear()
     if changes is not None:
-        await anyio.to_thread.run_sync(changes.roll_back)
+        rollback = await anyio.to_thread.run_sync(changes.roll_back)
+        undone += rollback.undone
+        error = rollback.error
+    done = ", ".join(undone) or "nothing of it was applied"
+    if error is None:
+        exc.add_note(
+            f"registration of app {name!r} failed at stage {stage} and was rolled back: {done}"
+        )
+    else:
+        exc.add_note(
+            f"registration of app {name!r} failed at stage {stage}, and rolling it back failed "
+            f"too: {mask_url(error)} (undone: {done})"
+        )
+    context: dict[str, Any] = {"stage": stage, "rolled_back": undone}
+    if error is not None:
+        context["rollback_error"] = mask_url(error)
+    await report_failure(ctx, name, "register_app", stage, exc, context=context)
+    if error is not None:
+        await ctx.listeners.emit(
+            "error",
+            {
+                "component": "AppRegistry",
+                "phase": "rollback",
+                "app": name,
+                "error": mask_url(error),
+            },
+        )
     if opened:
         await _release(ctx, name, None, registry_shutdown=False, wait=wait)
     if claimed:
@@ -220,19 +271,14 @@ async def unregister(
     errors: list[str] = []
     stage = "app_unregistration_started"
     try:
+        await ctx.ownership.confirm(name)
         await ctx.steps.step(AppUnregistrationStarted(options=options), name)
         if rollback:
             stage = "app_rollback_started"
             info = ctx.engines.info(name)
             await ctx.steps.step(AppRollbackStarted(connection=info, options=options), name)
             stage = "seeds"
-            changes = AppChanges(
-                record.migrations,
-                record.seeds,
-                record.manager.engine,
-                name,
-                record.config.migrations.lock_timeout,
-            )
+            changes = changes_of(ctx, name, record)
             # Abandoned on a timeout (unregister_app(timeout=...)): a frozen server must
             # not hold the caller; the thread ends when the driver gives up.
             results, failures = await anyio.to_thread.run_sync(
@@ -252,7 +298,7 @@ async def unregister(
                 veto=not steps,
             )
         if errors and not force:
-            await _report_failure(
+            await report_failure(
                 ctx, name, "unregister_app", "rollback", RuntimeError("; ".join(errors))
             )
             return UnregisterResult(
@@ -260,12 +306,12 @@ async def unregister(
             )
         stage = "connection_shutdown"
         closed = await _release(ctx, name, record, registry_shutdown=False)
-        await ctx.directory.release_app(name, ctx.registry_id)
+        await ctx.ownership.release(name)
         stage = "app_unregistered"
         await ctx.steps.step(AppUnregistered(options=options), name, veto=False)
     except BaseException as exc:
         with anyio.CancelScope(shield=True):
-            await _report_failure(ctx, name, "unregister_app", stage, exc)
+            await report_failure(ctx, name, "unregister_app", stage, exc)
         raise
     return UnregisterResult(
         name, not errors, rollback, steps, closed, time.monotonic() - started, errors
@@ -291,10 +337,7 @@ async def close_connection(
     """Registry shutdown: release an app's connection (no rollback), models cleared."""
     _clear_models(record)
     await _release(ctx, name, record, registry_shutdown=registry_shutdown)
-    try:
-        await ctx.directory.release_app(name, ctx.registry_id)
-    except BusError as exc:
-        log.warning("could not release app %s in the directory: %s", name, exc)
+    await _release_claim(ctx, name)
 
 
 async def _release(
@@ -330,13 +373,19 @@ async def _release(
 
 async def _release_claim(ctx: AppContext, name: str) -> None:
     try:
-        await ctx.directory.release_app(name, ctx.registry_id)
+        await ctx.ownership.release(name)
     except BusError as exc:
         log.warning("could not release app %s in the directory: %s", name, exc)
 
 
-async def _report_failure(
-    ctx: AppContext, name: str, operation: str, stage: str, exc: BaseException
+async def report_failure(
+    ctx: AppContext,
+    name: str,
+    operation: str,
+    stage: str,
+    exc: BaseException,
+    *,
+    context: dict[str, Any] | None = None,
 ) -> None:
     """Publish operation_failed (best effort: a failure to report never hides the error)."""
     if isinstance(exc, anyio.get_cancelled_exc_class()):
@@ -347,7 +396,7 @@ async def _report_failure(
         operation=operation,
         error_type=type(exc).__name__,
         error_message=message,
-        context={"stage": stage},
+        context={"stage": stage, **(context or {}), **_reason(exc)},
     )
     await ctx.listeners.emit(
         "error", {"component": "AppRegistry", "phase": stage, "app": name, "error": message}
@@ -357,3 +406,14 @@ async def _report_failure(
         await ctx.steps.step(payload, name, veto=False, wait=wait)
     except Exception as report_error:
         log.warning("operation_failed of %s not published: %s", name, report_error)
+
+
+def _reason(exc: BaseException) -> dict[str, str]:
+    """What operation_failed's context says of the cause, beyond the error itself."""
+    return {"reason": "ownership_lost"} if isinstance(exc, AppNotOwned) else {}
+
+
+async def ownership_lost(ctx: AppContext, error: AppNotOwned) -> None:
+    """Say that this registry lost ``error.app`` (it no longer serves it): an ``error``
+    listener event and operation_failed, ``reason`` ownership_lost."""
+    await report_failure(ctx, error.app, "ownership", "lease", error)

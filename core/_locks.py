@@ -63,6 +63,10 @@ class Batch:
     connection: sa.Connection
     step: Callable[[], AbstractContextManager[object]]
     transactional_ddl: bool
+    atomic: bool = False
+    """The whole batch is one transaction (each step a SAVEPOINT in it): an error
+    raised out of the batch's ``with`` undoes every step (``exclusive(atomic=True)``
+    on a dialect with transactional DDL)."""
 
 
 _local_locks: weakref.WeakKeyDictionary[sa.Engine, dict[str, threading.Lock]] = (
@@ -139,7 +143,13 @@ def release(connection: sa.Connection, statement: sa.Executable) -> None:
 
 @contextmanager
 def _postgresql(
-    connection: sa.Connection, tracker: Tracker, purpose: str, what: str, wait: Wait
+    connection: sa.Connection,
+    tracker: Tracker,
+    purpose: str,
+    what: str,
+    wait: Wait,
+    *,
+    atomic: bool,
 ) -> Iterator[Batch]:
     key = advisory_key(purpose, tracker.app)
 
@@ -152,7 +162,11 @@ def _postgresql(
         raise LockNotTaken(f"pg_advisory_lock({key})", what, tracker.app, wait.timeout)
     try:
         tracker.ensure(connection)
-        yield Batch(connection, _in_transaction(connection), transactional_ddl=True)
+        if atomic:
+            with connection.begin():
+                yield Batch(connection, connection.begin_nested, True, atomic=True)
+        else:
+            yield Batch(connection, _in_transaction(connection), transactional_ddl=True)
     finally:
         release(connection, sa.select(sa.func.pg_advisory_unlock(key)))
 
@@ -179,7 +193,9 @@ def _mysql(
 
 
 @contextmanager
-def _sqlite(connection: sa.Connection, tracker: Tracker, what: str, wait: Wait) -> Iterator[Batch]:
+def _sqlite(
+    connection: sa.Connection, tracker: Tracker, what: str, wait: Wait, atomic: bool
+) -> Iterator[Batch]:
     tracker.ensure(connection)
     previous = int(connection.exec_driver_sql("PRAGMA busy_timeout").scalar() or 0)
     waited = int(wait.left() * 1000)
@@ -199,17 +215,26 @@ def _sqlite(connection: sa.Connection, tracker: Tracker, what: str, wait: Wait) 
             raise
         finally:
             connection.exec_driver_sql(f"PRAGMA busy_timeout = {previous}")
-        yield Batch(connection, connection.begin_nested, transactional_ddl=True)
+        # One transaction already: atomic only says that a failed batch is undone whole.
+        yield Batch(connection, connection.begin_nested, True, atomic=atomic)
 
 
 @contextmanager
 def exclusive(
-    engine: sa.Engine, tracker: Tracker, *, purpose: str, what: str, timeout: float
+    engine: sa.Engine,
+    tracker: Tracker,
+    *,
+    purpose: str,
+    what: str,
+    timeout: float,
+    atomic: bool = False,
 ) -> Iterator[Batch]:
     """A connection holding the batch lock of ``tracker.app`` for ``purpose``.
 
     ``purpose`` names the lock (``migrate``, ``seed``); ``what`` names it in the error
     (``migration``, ``seed``). Raises ``LockNotTaken`` after ``timeout`` seconds.
+    ``atomic``: the batch is one transaction where DDL is transactional (PostgreSQL,
+    SQLite; ``Batch.atomic`` says whether it is).
     """
     wait = Wait(timeout, time.monotonic() + timeout)
     local = local_lock(engine, f"{purpose}\0{tracker.app}")
@@ -219,11 +244,11 @@ def exclusive(
         with engine.connect() as connection:
             dialect = connection.dialect.name
             if dialect == "postgresql":
-                held = _postgresql(connection, tracker, purpose, what, wait)
+                held = _postgresql(connection, tracker, purpose, what, wait, atomic=atomic)
             elif dialect in ("mysql", "mariadb"):
                 held = _mysql(connection, tracker, purpose, what, wait)
             elif dialect == "sqlite":
-                held = _sqlite(connection, tracker, what, wait)
+                held = _sqlite(connection, tracker, what, wait, atomic)
             else:
                 held = _unlocked(connection, tracker)
             with held as batch:

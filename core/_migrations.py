@@ -56,11 +56,16 @@ def operations(connection: sa.Connection) -> Operations:
 
 
 def migration_lock(
-    engine: sa.Engine, tracker: Tracker, config: MigrationsConfig
+    engine: sa.Engine, tracker: Tracker, config: MigrationsConfig, *, atomic: bool = False
 ) -> AbstractContextManager[Batch]:
     """The batch lock of one app's migrations (plain or Alembic)."""
     return exclusive(
-        engine, tracker, purpose=LOCK_PURPOSE, what="migration", timeout=config.lock_timeout
+        engine,
+        tracker,
+        purpose=LOCK_PURPOSE,
+        what="migration",
+        timeout=config.lock_timeout,
+        atomic=atomic,
     )
 
 
@@ -85,8 +90,8 @@ class Migrations:
     def details(self) -> dict[str, Any]:
         return {}
 
-    def lock(self) -> AbstractContextManager[Batch]:
-        return migration_lock(self.engine, self.tracker, self.config)
+    def lock(self, *, atomic: bool = False) -> AbstractContextManager[Batch]:
+        return migration_lock(self.engine, self.tracker, self.config, atomic=atomic)
 
     def forward(self, batch: Batch) -> Progress:
         progress = forward(batch, self.tracker, self._scripts(), _upgrade)

@@ -4,7 +4,7 @@ health_check event, and the plugins' returned dicts merged into the app's health
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -13,6 +13,7 @@ from anyio.abc import TaskStatus
 from rapid_objection.bus import BusError, HealthCheck
 
 from ._connections import answer_timeout
+from ._errors import AppNotOwned
 from ._health import check_within
 from ._lifecycle import AppRecord
 from ._steps import Steps
@@ -22,9 +23,13 @@ log = logging.getLogger("rapid_objection.health")
 AppRecords = Callable[[], Mapping[str, AppRecord]]
 """The apps registered now (a fresh mapping on each call)."""
 
+Confirm = Callable[[str], Awaitable[object]]
+"""Confirms that this registry still owns an app (``Ownership.confirm``): raises
+``AppNotOwned`` when it does not, before anything of the app is written."""
+
 
 async def check_app(
-    steps: Steps, name: str, record: AppRecord, apps: AppRecords | None = None
+    steps: Steps, confirm: Confirm, name: str, record: AppRecord, apps: AppRecords | None = None
 ) -> dict[str, Any]:
     """Check one app now; its health (with every answering plugin's dict) is returned
     and kept as the app's latest health. With ``apps``, an app that left meanwhile (it
@@ -33,6 +38,7 @@ async def check_app(
     health = await check_within(name, record.manager.engine, timeout)
     if apps is not None and apps().get(name) is not record:
         return health
+    await confirm(name)  # the health_check event and the app's health are the owner's
     # Every plugin that implements the hook is awaited (not only required ones): the
     # point of the event is to collect what they return.
     result = await steps.step(
@@ -49,8 +55,9 @@ async def check_app(
 class HealthMonitor:
     """Checks every registered app each ``interval`` seconds until stopped."""
 
-    def __init__(self, steps: Steps, apps: AppRecords, interval: float) -> None:
+    def __init__(self, steps: Steps, confirm: Confirm, apps: AppRecords, interval: float) -> None:
         self.steps = steps
+        self.confirm = confirm
         self.apps = apps
         self.interval = interval
         self._stop = anyio.Event()
@@ -92,6 +99,8 @@ class HealthMonitor:
                 if record is None or self._stop.is_set():
                     continue
                 try:
-                    await check_app(self.steps, name, record, self.apps)
+                    await check_app(self.steps, self.confirm, name, record, self.apps)
                 except BusError as exc:
                     log.warning("health check of %s not published: %s", name, exc)
+                except AppNotOwned:
+                    continue  # lost to another registry: reported as it was found

@@ -146,7 +146,13 @@ class PluginManager:
             if loaded.supervisor is not None:
                 plugins[name]["processes"] = loaded.supervisor.status()
         for name, failure in self.failed.items():
-            plugins[name] = {"status": "failed", "error": failure.error, "phase": failure.phase}
+            plugins[name] = {
+                "status": "failed",
+                "error": failure.error,
+                "phase": failure.phase,
+                # Still awaited (fail closed): its hooks fail while no worker of it runs.
+                "required": self._required_here(name),
+            }
         counts = {
             "total": len(configured) + len(set(self._plugins) - set(configured)),
             "enabled": sum(1 for c in configured.values() if c.enabled),
@@ -175,8 +181,7 @@ class PluginManager:
             await self._load_with_timeout(name, config, limit)
         finally:
             if name not in self._plugins and name not in self._loading:
-                # A plugin that did not load must not be awaited on every hook.
-                self._drop_policy(name)
+                self._settle_policy(name)
 
     async def _load_with_timeout(self, name: str, config: PluginConfig, limit: float) -> None:
         try:
@@ -208,24 +213,33 @@ class PluginManager:
                 name, f"Plugin '{name}' missing required 'module' property", "config"
             )
         with self._reserve(name):
-            await self._await_policy(name, config)
-            if config.mode == "inline":
-                plugin_class = await import_plugin_class(config.module)
-                instance = build_plugin(plugin_class, dict(config.config))
-                loaded = await self._start_inline(name, instance, config)
-            elif config.mode == "process":
-                loaded = await self._start_processes(name, config)
-            else:
-                loaded = LoadedPlugin(name, "external", config)
-                await self._await_manifest(name, self.settings.load_timeout, config.module)
+            try:
+                await self._await_policy(name, config)
+                loaded = await self._start(name, config, config.module)
+            except BaseException:
+                self._settle_policy(name)
+                raise
             self.failed.pop(name, None)
             self._plugins[name] = loaded
-        await self._require_host().steps.refresh()  # its manifest now decides what it awaits
+        steps = self._require_host().steps
+        steps.set_policy(name, config)  # running: no live consumer now fails its hooks at once
+        await steps.refresh()  # its manifest now decides what it awaits
         await self._listeners.emit(
             "plugin-loaded",
             {"name": name, "plugin": name, "mode": loaded.mode, "version": loaded.version},
         )
         return loaded
+
+    async def _start(self, name: str, config: PluginConfig, module: str) -> LoadedPlugin:
+        """Start ``name`` in its mode; returns once a worker of it has announced itself."""
+        if config.mode == "inline":
+            plugin_class = await import_plugin_class(module)
+            instance = build_plugin(plugin_class, dict(config.config))
+            return await self._start_inline(name, instance, config)
+        if config.mode == "process":
+            return await self._start_processes(name, config)
+        await self._await_manifest(name, self.settings.load_timeout, module)
+        return LoadedPlugin(name, "external", config)
 
     async def load_instance(self, instance: Any, config: PluginConfig) -> LoadedPlugin:
         """Run an already-built plugin object inline (``AppRegistry.load_plugin``)."""
@@ -237,15 +251,17 @@ class PluginManager:
                     await self._await_policy(name, config)
                     loaded = await self._start_inline(name, instance, config)
             except TimeoutError:
-                self._drop_policy(name)
+                self._settle_policy(name)
                 raise PluginFailed(
                     name, f"Timeout ({int(limit * 1000)}ms): load plugin '{name}'", "timeout"
                 ) from None
             except BaseException:
-                self._drop_policy(name)  # not awaited on every hook after all
+                self._settle_policy(name)
                 raise
             self._plugins[name] = loaded
-        await self._require_host().steps.refresh()
+        steps = self._require_host().steps
+        steps.set_policy(name, config)
+        await steps.refresh()
         await self._listeners.emit(
             "plugin-loaded",
             {"name": name, "plugin": name, "mode": "inline", "version": loaded.version},
@@ -269,7 +285,7 @@ class PluginManager:
         while it loads then waits in the group for its first worker."""
         host = self._require_host()
         await host.bus.ensure_group(name)
-        host.steps.set_policy(name, config)
+        host.steps.set_policy(name, config, starting=True)
 
     async def _start_inline(self, name: str, instance: Any, config: PluginConfig) -> LoadedPlugin:
         validate_interface(type(instance))
@@ -324,9 +340,10 @@ class PluginManager:
             workers=config.workers,
             bus_url=self.config.bus.connect_url,
             namespace=bus.namespace,
-            table=WorkerTable.of(name, config.config, config),
+            table=WorkerTable.of(name, config.config, config, self.config.bus.dead_letters),
             consumer_prefix=self.registry_id,
             shutdown_timeout=self.settings.shutdown_timeout,
+            keyring=bus.keyring,
         )
         loaded = LoadedPlugin(name, "process", config, supervisor=supervisor)
 
@@ -388,8 +405,9 @@ class PluginManager:
         loaded = self._plugins.pop(name, None)
         if loaded is None:
             return False
-        # No step waits for a plugin that is leaving, even while it drains.
-        self._drop_policy(name)
+        # No step waits for a plugin that is leaving, even while it drains (unless the
+        # configuration requires it: then its steps fail closed).
+        self._settle_policy(name)
         limit = timeout if timeout is not None else self.settings.shutdown_timeout
         with anyio.move_on_after(limit, shield=True) as scope:
             if loaded.worker is not None:
@@ -401,6 +419,9 @@ class PluginManager:
                 await loaded.stopped.wait()
         if scope.cancelled_caught:
             self._stalled.add(name)
+        if self._host is not None and self._required_here(name):
+            # Still awaited: the next step must know at once that its worker is gone.
+            await self._host.steps.refresh()
         await self._listeners.emit(
             "plugin-unloaded", {"name": name, "plugin": name, "mode": loaded.mode}
         )
@@ -436,6 +457,20 @@ class PluginManager:
         self._plugins.clear()
         self._stalled.clear()
 
-    def _drop_policy(self, name: str) -> None:
-        if self._host is not None:
+    def _settle_policy(self, name: str) -> None:
+        """``name`` does not run here (it failed to load, or is unloaded): a plugin the
+        configuration marks required stays awaited, so that its hooks fail closed (at
+        once, as ``no_consumer``, while no live worker of it serves); any other is no
+        longer awaited."""
+        if self._host is None:
+            return
+        configured = self.config.plugins.get(name)
+        if configured is not None and self._required_here(name):
+            self._host.steps.set_policy(name, configured)
+        else:
             self._host.steps.drop_policy(name)
+
+    def _required_here(self, name: str) -> bool:
+        """Whether this registry's configuration marks ``name`` required (and enabled)."""
+        configured = self.config.plugins.get(name)
+        return configured is not None and configured.enabled and configured.required

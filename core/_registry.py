@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -14,7 +16,9 @@ import anyio
 
 from rapid_objection.bus import Bus, Publisher, Retention, mask_url
 from rapid_objection.bus._directory import is_alive
+from rapid_objection.bus._keyring import ENV_KEYRING, Keyring
 from rapid_objection.bus._keys import unique_name
+from rapid_objection.bus._requests import Requests
 
 from ._config import (
     AppConfig,
@@ -25,14 +29,29 @@ from ._config import (
     load_registry_config,
 )
 from ._connections import ConnectionManager, Engines
-from ._errors import AppAlreadyRegistered, AppNotRegistered, RegistryError
+from ._errors import AppAlreadyRegistered, AppNotOwned, AppNotRegistered, RegistryError
 from ._gate import Gate
 from ._host import Host, describe
-from ._lifecycle import AppContext, AppRecord, close_connection, register, unregister
+from ._lifecycle import (
+    AppContext,
+    AppRecord,
+    close_connection,
+    ownership_lost,
+    register,
+    unregister,
+)
 from ._listeners import Listener, Listeners
 from ._monitor import HealthMonitor, check_app
+from ._ownership import Ownership
 from ._plugins import PluginHost, PluginManager
-from ._results import FailedPluginInfo, InitializeResult, ShutdownResult, UnregisterResult
+from ._requested import answer, check_action, requested, status_of, track_schema
+from ._results import (
+    ChangeResult,
+    FailedPluginInfo,
+    InitializeResult,
+    ShutdownResult,
+    UnregisterResult,
+)
 from ._steps import Steps, policies
 
 log = logging.getLogger("rapid_objection.registry")
@@ -40,6 +59,7 @@ log = logging.getLogger("rapid_objection.registry")
 CLOSE_GRACE = 3.0
 """Seconds past the shutdown deadline for the registry's task to close the publisher and
 the bus (each bounded at 2 s) once everything was cancelled."""
+
 
 class AppRegistry:
     """A registry of database apps whose lifecycle steps are published on the bus.
@@ -63,6 +83,8 @@ class AppRegistry:
         self._host: Host[tuple[Bus, Steps]] | None = None
         self._gate = Gate(self.id)
         self._apps: dict[str, AppRecord] = {}
+        self._lost: dict[str, tuple[AppRecord, AppNotOwned]] = {}
+        """Apps whose ownership lease another registry took: no longer served."""
         self._registering: set[str] = set()
         self._unregistering: set[str] = set()
         self._monitor: HealthMonitor | None = None
@@ -86,7 +108,17 @@ class AppRegistry:
         try:
             (bus, steps), tasks = await host.start()
             self._bus = bus
-            self._context = AppContext(self.id, self.engines, bus.directory, steps, self._listeners)
+            ownership = Ownership(
+                bus.directory.owners,
+                self.id,
+                self.config.registry.ownership_ttl,
+                self._ownership_lost,
+            )
+            self._context = AppContext(self.id, self.engines, ownership, steps, self._listeners)
+            await tasks.start("app ownership", ownership.run, self._ownership_crashed)
+            # Operators' migrate and seed requests (rapid-objection migrate APP up).
+            serve = partial(Requests(bus).serve, self.id, partial(answer, self))
+            await tasks.start("operator requests", serve, self._requests_crashed)
             self.plugins.attach(PluginHost(bus, steps, tasks))
             self.initialized = True
             self._gate.open()
@@ -94,7 +126,10 @@ class AppRegistry:
             await steps.refresh()
             if self.config.registry.enable_health_monitoring:
                 monitor = HealthMonitor(
-                    steps, lambda: dict(self._apps), self.config.registry.health_check_interval
+                    steps,
+                    ownership.confirm,
+                    lambda: dict(self._apps),
+                    self.config.registry.health_check_interval,
                 )
                 self._monitor, self._monitor_error = monitor, None
                 await tasks.start("health monitor", monitor.run, self._monitor_crashed)
@@ -112,7 +147,16 @@ class AppRegistry:
     async def _open(self, stack: AsyncExitStack) -> tuple[Bus, Steps]:
         """In the registry's own task: the bus and the publisher."""
         settings = self.config.bus
-        bus = await stack.enter_async_context(Bus.connect(settings.connect_url, settings.namespace))
+        path = settings.keyring or os.environ.get(ENV_KEYRING) or None
+        keyring = Keyring.load(path) if path else None
+        bus = await stack.enter_async_context(
+            Bus.connect(
+                settings.connect_url,
+                settings.namespace,
+                dead_letters=settings.dead_letters,
+                keyring=keyring,
+            )
+        )
         for other in await bus.directory.registries():
             if other.id == self.id and is_alive(other.seen):
                 # Two registries under one id would share an ack stream and apps.
@@ -137,6 +181,34 @@ class AppRegistry:
 
     def _monitor_crashed(self, exc: BaseException) -> None:
         self._monitor_error = mask_url(describe(exc))
+
+    def _requests_crashed(self, exc: BaseException) -> None:
+        log.error("registry %s no longer answers requests: %s", self.id, describe(exc))
+
+    def _ownership_crashed(self, exc: BaseException) -> None:
+        log.error("leases of registry %s no longer renewed: %s", self.id, describe(exc))
+
+    async def _ownership_lost(self, error: AppNotOwned) -> None:
+        """Another registry holds an app of ours now: stop serving it and say so. (A
+        registration under way fails on its own, by its next confirm or fence.)"""
+        record = self._apps.pop(error.app, None)
+        if record is None:
+            return
+        self._lost[error.app] = (record, error)
+        context = self._require_context()
+        context.steps.track_app(error.app, registered=False)
+        await ownership_lost(context, error)
+
+    async def _forget_lost(self, name: str) -> AppNotOwned:
+        """Let go of a lost app here (its models, this registry's connection to it; no
+        event, nothing in its database); the error to raise for it."""
+        record, error = self._lost.pop(name)
+        record.models = None
+        record.manager.models = {}
+        if not record.released:
+            record.released = True
+            await anyio.to_thread.run_sync(self.engines.release, name)
+        return AppNotOwned(name, self.id, error.owner)
 
     async def shutdown(self, timeout: float | None = None) -> ShutdownResult:
         """Refuse new operations and cancel those in flight (each rolls back), close
@@ -188,6 +260,7 @@ class AppRegistry:
             # Whatever the apps' events did, no engine outlives the registry.
             await anyio.to_thread.run_sync(self.engines.close_all)
             self._apps.clear()
+            self._lost.clear()
             host, self._host = self._host, None
             if scope.cancelled_caught:
                 self.plugins.hurry()
@@ -245,6 +318,8 @@ class AppRegistry:
             context = self._require_context()
             if name in self._apps or name in self._registering:
                 raise AppAlreadyRegistered(name)
+            if name in self._lost:
+                await self._forget_lost(name)  # lost to another registry: a new start
             self._registering.add(name)
             try:
                 app_config = load_app_config(name, config)
@@ -253,15 +328,52 @@ class AppRegistry:
             finally:
                 self._registering.discard(name)
             context.steps.track_app(name, registered=True)
+            record.manager.attach(
+                partial(self.change, name),
+                partial(status_of, name, record.migrations, record.seeds),
+            )
+            await track_schema(context.steps, name, record)
             await self._listeners.emit("app-registered", {"app": name, "reused": record.reused})
         return record.manager
+
+    async def change(
+        self, name: str, action: str, steps: int = 1, *, requested_by: str = ""
+    ) -> ChangeResult:
+        """Migrate, roll back, seed or unseed registered app ``name`` (``action``: migrate,
+        rollback_migrations, seed, rollback_seeds; ``steps`` batches for a rollback), under
+        its app lock and fence, published as requested auto-operations. What
+        ``app.migrate()`` and ``rapid-objection migrate`` call."""
+        checked = check_action(action, steps)
+        record = self._record(name)
+        if name in self._unregistering:
+            raise AppNotRegistered(name)
+        async with self._gate.admit(f"{action}({name!r})"):
+            context = self._require_context()
+            try:
+                result = await requested(
+                    context, name, record, checked, steps, requested_by=requested_by
+                )
+            except AppNotOwned:
+                if name not in self._lost:
+                    raise
+                raise await self._forget_lost(name) from None
+            finally:
+                if name in self._apps:
+                    with anyio.CancelScope(shield=True):
+                        await track_schema(context.steps, name, record)
+        return result
 
     async def unregister_app(
         self, name: str, rollback: bool = True, force: bool = False, timeout: float | None = None
     ) -> UnregisterResult:
         """Roll back (seeds, then migrations, then models) and close the connection unless
-        other apps still share it; each step published and awaited."""
+        other apps still share it; each step published and awaited.
+
+        Raises ``AppNotOwned``, touching nothing, when another registry took the app
+        over (this registry was paused or cut off past ``ownership_ttl``)."""
         record = self._apps.get(name)
+        if record is None and name in self._lost:
+            raise await self._forget_lost(name)
         if record is None or name in self._unregistering:
             # A second unregistration at once would roll back a second batch.
             raise AppNotRegistered(name)
@@ -271,6 +383,10 @@ class AppRegistry:
             try:
                 with anyio.fail_after(timeout if timeout is not None else float("inf")):
                     result = await unregister(context, name, record, rollback=rollback, force=force)
+            except AppNotOwned:
+                if name not in self._lost:
+                    raise
+                raise await self._forget_lost(name) from None
             finally:
                 self._unregistering.discard(name)
                 if record.released:
@@ -280,6 +396,7 @@ class AppRegistry:
             if result.success or force:
                 self._apps.pop(name, None)
                 context.steps.track_app(name, registered=False)
+                record.manager.attach(None, partial(status_of, name, None, None))
                 await self._listeners.emit("app-unregistered", result.as_dict())
         return result
 
@@ -290,11 +407,18 @@ class AppRegistry:
         await close_connection(context, name, record, registry_shutdown=True)
         context.steps.track_app(name, registered=False)
 
-    def get_app(self, name: str) -> ConnectionManager:
+    def _record(self, name: str) -> AppRecord:
+        """The record of a registered app, else ``AppNotOwned`` (lost to another
+        registry) or ``AppNotRegistered``."""
         record = self._apps.get(name)
-        if record is None:
-            raise AppNotRegistered(name)
-        return record.manager
+        if record is not None:
+            return record
+        if name in self._lost:
+            raise AppNotOwned(name, self.id, self._lost[name][1].owner)
+        raise AppNotRegistered(name)
+
+    def get_app(self, name: str) -> ConnectionManager:
+        return self._record(name).manager
 
     def has_app(self, name: str) -> bool:
         return name in self._apps
@@ -304,11 +428,10 @@ class AppRegistry:
 
     async def check_health(self, name: str) -> dict[str, Any]:
         """Run one health check of ``name`` now (as the monitor does each interval)."""
-        record = self._apps.get(name)
-        if record is None:
-            raise AppNotRegistered(name)
+        record = self._record(name)
         async with self._gate.admit(f"check_health({name!r})"):
-            health = await check_app(self._require_context().steps, name, record)
+            context = self._require_context()
+            health = await check_app(context.steps, context.ownership.confirm, name, record)
         return health
 
     async def get_status(self) -> dict[str, Any]:

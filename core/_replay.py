@@ -24,7 +24,9 @@ import time
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
+import msgspec
 from msgspec.structs import replace
 
 from rapid_objection.bus import (
@@ -38,9 +40,11 @@ from rapid_objection.bus import (
     HealthCheck,
     HistoryEntry,
     OperationFailed,
+    OutcomeRecord,
     new_event_id,
 )
 from rapid_objection.bus._directory import is_alive
+from rapid_objection.bus._outcomes import matches
 
 from ._errors import ReplayError
 
@@ -72,38 +76,94 @@ def parse_time(text: str, *, now: float | None = None) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Selection:
-    """Which events of the history: a time window, an app, event types, a count."""
+    """Which events of the history: a time window, an app, event types, a count; and,
+    by their outcomes, a plugin, a consumer, statuses."""
 
     since: float | None = None
     until: float | None = None
     app: str | None = None
     types: Collection[str] = ()
     limit: int | None = None
-    """At most this many events, oldest first; None: all of them."""
+    """At most this many events; None: all of them."""
+    plugin: str | None = None
+    """Only events with an outcome of this plugin (and only those outcomes)."""
+    consumer: str | None = None
+    """Only events with an outcome of this consumer (and only those outcomes)."""
+    statuses: Collection[str] = ()
+    """Only events with an outcome of one of these statuses (and only those outcomes)."""
+    newest_first: bool = False
+    """The newest events first (``--last N``: with ``limit``, the newest N)."""
+
+    @property
+    def by_outcome(self) -> bool:
+        """Whether the selection looks at the events' outcomes."""
+        return self.plugin is not None or self.consumer is not None or bool(self.statuses)
+
+    def outcomes_of(self, records: Sequence[OutcomeRecord]) -> list[OutcomeRecord]:
+        """The records of ``records`` that the outcome filters keep."""
+        return [
+            record
+            for record in records
+            if matches(
+                record, plugin=self.plugin, consumer=self.consumer, statuses=self.statuses
+            )
+        ]
 
 
-async def select(bus: Bus, selection: Selection) -> AsyncIterator[HistoryEntry]:
-    """The selected events of ``bus``'s stream, oldest first, read page by page."""
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """A selected event and its outcomes (those the selection keeps), oldest first."""
+
+    entry: HistoryEntry
+    outcomes: list[OutcomeRecord]
+
+
+async def answered(
+    bus: Bus, selection: Selection, *, outcomes: bool = True
+) -> AsyncIterator[Answered]:
+    """The selected events of ``bus``'s stream with their outcomes, read page by page
+    (one outcome lookup per page); without ``outcomes`` and outcome filters, none are
+    looked up."""
     if selection.limit is not None and selection.limit <= 0:
         return
+    lookup = outcomes or selection.by_outcome
     remaining = selection.limit
     cursor: str | None = None
     while True:
+        # With outcome filters a page may keep few of its events: read full pages.
+        size = PAGE_SIZE if remaining is None or selection.by_outcome else min(PAGE_SIZE, remaining)
         page = await bus.history.page(
             after=cursor,
             since=selection.since,
             until=selection.until,
             app=selection.app,
             types=selection.types,
-            size=PAGE_SIZE if remaining is None else min(PAGE_SIZE, remaining),
+            size=size,
+            newest_first=selection.newest_first,
+        )
+        found = (
+            await bus.outcomes.for_events(entry.entry_id for entry in page.entries)
+            if lookup and page.entries
+            else {}
         )
         for entry in page.entries:
-            yield entry
-        if remaining is not None:
-            remaining -= len(page.entries)
-        if page.cursor is None or remaining == 0:
+            kept = selection.outcomes_of(found.get(entry.entry_id, []))
+            if selection.by_outcome and not kept:
+                continue
+            yield Answered(entry, kept)
+            if remaining is not None:
+                remaining -= 1
+                if remaining == 0:
+                    return
+        if page.cursor is None:
             return
         cursor = page.cursor
+
+
+async def select(bus: Bus, selection: Selection) -> AsyncIterator[HistoryEntry]:
+    """The selected events of ``bus``'s stream, oldest first (or newest first)."""
+    async for found in answered(bus, selection, outcomes=False):
+        yield found.entry
 
 
 def is_copy(envelope: Envelope) -> bool:
@@ -121,7 +181,7 @@ def copy_for(envelope: Envelope, plugin: str, *, now: float | None = None) -> En
         time=moment,
         replay=True,
         target=plugin,
-        replaces=envelope.id,
+        replaces=envelope.original_id,
         required=(),
         deadline=0.0,
     )
@@ -227,6 +287,24 @@ def provenance(envelope: Envelope) -> str:
     if envelope.target is not None:
         parts.append(f"for {envelope.target}")
     return " ".join(parts)
+
+
+def details(envelope: Envelope) -> str:
+    """Where an event comes from and what it says, on one line (``replay``'s tables and
+    ``--follow``): its provenance, then its summary."""
+    return " ".join(filter(None, (provenance(envelope), summary(envelope))))
+
+
+def as_row(entry: HistoryEntry) -> dict[str, Any]:
+    """One event for JSON readers (the dashboard): its stream entry id, its envelope as
+    ``replay --format jsonl`` prints it, and the two short texts of the ``replay`` table."""
+    envelope = entry.envelope
+    return {
+        "entry_id": entry.entry_id,
+        **msgspec.to_builtins(envelope),
+        "provenance": provenance(envelope),
+        "summary": summary(envelope),
+    }
 
 
 def describe(entries: Sequence[HistoryEntry]) -> str:

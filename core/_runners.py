@@ -84,7 +84,7 @@ class Changes(Protocol):
         """Details every result of these changes carries (Alembic: its version table)."""
         ...
 
-    def lock(self) -> AbstractContextManager[Batch]: ...
+    def lock(self, *, atomic: bool = False) -> AbstractContextManager[Batch]: ...
 
     def forward(self, batch: Batch) -> Progress:
         """The pending ones as one new batch; stops at the first that fails."""
@@ -100,38 +100,65 @@ class Changes(Protocol):
 S = TypeVar("S", bound=Changes)
 
 
+class _Discarded(Exception):  # noqa: N818 - internal signal, never seen outside
+    """Raised out of an atomic batch that failed, so that its transaction undoes it whole."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+
 class Runner(Generic[S]):
     """Apply a batch of ``changes`` under their lock, and undo exactly that batch.
 
-    A runner remembers the batch its ``apply()`` made: its ``undo()`` undoes that batch
-    and nothing else (nothing at all when the apply found nothing pending), and once it
-    succeeded, a second ``undo()`` does nothing. A runner that applied nothing yet
-    undoes the newest batch (a maintenance ``undo()``).
+    A runner remembers the batches its ``apply()`` made: its ``undo()`` undoes the
+    newest of them and nothing else (nothing at all when the applies found nothing
+    pending), and once they are all undone, a further ``undo()`` does nothing. A runner
+    that applied nothing yet undoes the newest batch (a maintenance ``undo()``);
+    ``rollback()`` undoes the newest batches whoever made them (an operator's request).
     """
 
     def __init__(self, changes: S) -> None:
         self.changes = changes
         self.log = logging.getLogger(f"rapid_objection.{changes.kind.operation}")
         self.applied = False
-        """``apply()`` ran (even if it failed): ``undo()`` undoes ``batch`` only."""
-        self.batch: int | None = None
-        """The batch ``apply()`` made and no ``undo()`` has undone yet."""
+        """``apply()`` ran (even if it failed): ``undo()`` undoes ``batches`` only."""
+        self.batches: list[int] = []
+        """The batches ``apply()`` made that no undo has undone yet, oldest first."""
 
-    def apply(self) -> OperationResult:
-        """Apply the pending changes as one batch; ``MigrationFailed``/``SeedFailed`` on error."""
+    @property
+    def batch(self) -> int | None:
+        """The newest batch ``apply()`` made that no undo has undone yet."""
+        return self.batches[-1] if self.batches else None
+
+    def apply(self, *, atomic: bool = False) -> OperationResult:
+        """Apply the pending changes as one batch; ``MigrationFailed``/``SeedFailed`` on error.
+
+        ``atomic``: where DDL is transactional the batch is one transaction, and a
+        failure leaves nothing of it (else the files before the failed one stay).
+        """
         changes, kind = self.changes, self.changes.kind
         started = time.perf_counter()
-        # Until a batch is known to be made, there is nothing of this runner's to undo.
-        self.applied, self.batch = True, None
+        # Until a batch is known to be made, there is nothing of this one to undo.
+        self.applied = True
         try:
-            with changes.lock() as batch:
+            with changes.lock(atomic=atomic) as batch:
                 progress = changes.forward(batch)
+                if progress.failed is not None and progress.done and batch.atomic:
+                    raise _Discarded(progress)
+        except _Discarded as discarded:
+            progress = discarded.progress
+            progress.reason = (
+                f"{describe(progress.error or RuntimeError('failed'))}; nothing of batch "
+                f"{progress.batch} is applied (one transaction: {', '.join(progress.done)} "
+                "undone with it)"
+            )
+            progress.done = []
         except LockNotTaken as exc:
             raise kind.failure(changes.app, exc.lock, str(exc)) from None
         except sa.exc.SQLAlchemyError as exc:
             raise kind.failure(changes.app, changes.tracker.table.name, describe(exc)) from exc
-        if progress.done:
-            self.batch = progress.batch
+        if progress.done and progress.batch is not None:
+            self.batches.append(progress.batch)
         if progress.failed is not None:
             reason = progress.reason or failure_reason(progress, transactional_ddl=True)
             raise kind.failure(changes.app, progress.failed, reason) from progress.error
@@ -151,21 +178,54 @@ class Runner(Generic[S]):
         )
 
     def undo(self) -> OperationResult:
-        """Undo the newest batch in reverse order; a failed result names the failed step."""
+        """Undo this runner's newest batch in reverse order; a failed result names the
+        failed step."""
+        if self.applied and self.batch is None:
+            # This runner's batches are undone already, or its apply had nothing to do.
+            started = time.perf_counter()
+            return OperationResult(
+                operation=self.changes.kind.operation,
+                success=True,
+                duration=time.perf_counter() - started,
+                details={
+                    "action": self.changes.kind.undo,
+                    **self.changes.details(),
+                    "batch": None,
+                    "durations": {},
+                },
+            )
+        return self._undo(self.batch, atomic=False)
+
+    def rollback(self, steps: int) -> list[OperationResult]:
+        """Undo the newest ``steps`` batches, newest first, each atomic where DDL is
+        transactional (a failed one stays whole); stops at the first that fails or when
+        none is left."""
+        results: list[OperationResult] = []
+        for _ in range(steps):
+            result = self._undo(None, atomic=True)
+            if result.success and result.details.get("batch") is None:
+                break  # nothing left to undo
+            results.append(result)
+            if not result.success:
+                break
+        return results
+
+    def _undo(self, target: int | None, *, atomic: bool) -> OperationResult:
         changes, kind = self.changes, self.changes.kind
         started = time.perf_counter()
         details = {"action": kind.undo, **changes.details()}
-        if self.applied and self.batch is None:
-            # This runner's batch is undone already, or its apply had nothing to do.
-            return OperationResult(
-                operation=kind.operation,
-                success=True,
-                duration=time.perf_counter() - started,
-                details={**details, "batch": None, "durations": {}},
-            )
         try:
-            with changes.lock() as batch:
-                progress = changes.backward(batch, self.batch)
+            try:
+                with changes.lock(atomic=atomic) as batch:
+                    progress = changes.backward(batch, target)
+                    if progress.failed is not None and progress.done and batch.atomic:
+                        raise _Discarded(progress)
+            except _Discarded as discarded:
+                progress = discarded.progress
+                # Both lists are in the order of undoing: the whole batch is still there.
+                progress.remaining = [*progress.done, *progress.remaining]
+                progress.done = []
+                progress.details.pop("untracked", None)
         except (RegistryError, LockNotTaken, NewerBatch, sa.exc.SQLAlchemyError) as exc:
             return OperationResult(
                 operation=kind.operation,
@@ -184,7 +244,8 @@ class Runner(Generic[S]):
         }
         error: str | None = None
         if progress.failed is None:
-            self.batch = None
+            # The batch asked for is gone now (undone here, or before by someone else).
+            self.batches = [b for b in self.batches if b not in (progress.batch, target)]
         else:
             error = f"{progress.failed}: {describe(progress.error or RuntimeError('failed'))}"
             shown |= {"failed": progress.failed, "remaining": progress.remaining}

@@ -122,3 +122,36 @@ def describe(exc: BaseException) -> str:
             described += f" [SQL: {statement[:_SQL_SHOWN]}]"
         return described
     return f"{type(exc).__name__}: {exc}"
+
+
+_STUBS: Final = '''"""{title}"""
+
+import sqlalchemy as sa  # noqa: F401 - for the columns of op.create_table, op.add_column
+
+
+def upgrade(op):
+    pass
+
+
+def downgrade(op):
+    pass
+'''
+
+
+def new_migration(directory: str | None, name: str) -> Path:
+    """Write the next ``NNN_name.py`` of ``directory`` with ``upgrade(op)`` and
+    ``downgrade(op)`` stubs: one past the highest number, at least three digits."""
+    if directory is None:
+        raise ConfigError("no migrations directory is set", path="migrations.directory")
+    label = re.sub(r"\W+", "_", name.strip().lower()).strip("_")
+    if not label:
+        raise ConfigError(f"{name!r} makes no file name", path="migrations.directory")
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    found = [NUMBERED.match(path.name) for path in root.glob("*.py")]
+    numbers = [match["number"] for match in found if match is not None]
+    width = max((len(number) for number in numbers), default=3)
+    path = root / f"{max((int(n) for n in numbers), default=0) + 1:0{width}d}_{label}.py"
+    with path.open("x") as file:  # never over a file that is there
+        file.write(_STUBS.format(title=name.strip().rstrip(".") + "."))
+    return path

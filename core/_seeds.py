@@ -72,13 +72,14 @@ class Seeds:
     def details(self) -> dict[str, Any]:
         return {}
 
-    def lock(self) -> AbstractContextManager[Batch]:
+    def lock(self, *, atomic: bool = False) -> AbstractContextManager[Batch]:
         return exclusive(
             self.engine,
             self.tracker,
             purpose=LOCK_PURPOSE,
             what="seed",
             timeout=self.lock_timeout,
+            atomic=atomic,
         )
 
     def forward(self, batch: Batch) -> Progress:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
-from rapid_objection.bus import BusError, Payload, Publisher, WaitResult
+from rapid_objection.bus import AppSchema, BusError, Payload, Publisher, WaitResult
+from rapid_objection.bus import _tracing as tracing
 from rapid_objection.bus._contract import payload_type
 from rapid_objection.bus._publisher import PluginPolicy
 
@@ -49,11 +50,21 @@ class Steps:
         ``wait=False`` publishes without awaiting anyone: the cleanup after a cancelled
         operation, whose caller asked to stop now.
         """
-        await self._listeners.emit("step-started", {"app": app, "event": payload_type(payload)})
+        event_type = payload_type(payload)
         if not wait:
             required = ()
-        result = await self._publisher.emit(payload, app=app, required=required)
-        await self._listeners.emit("step", {"app": app, "event": result.type, "result": result})
+        # The span (OpenTelemetry, when installed) covers the publish, the wait and a veto.
+        with tracing.step_span(event_type, app, self.registry_id) as span:
+            await self._listeners.emit("step-started", {"app": app, "event": event_type})
+            trace = tracing.traceparent()
+            result = await self._publisher.emit(payload, app=app, required=required, trace=trace)
+            tracing.step_done(span, result)
+            await self._listeners.emit("step", {"app": app, "event": result.type, "result": result})
+            await self._judge(result, app, veto=veto)
+        return result
+
+    async def _judge(self, result: WaitResult, app: str, *, veto: bool) -> None:
+        """Warn of each failed or timed-out plugin; raise the veto of an aborting one."""
         for outcome in (*result.failed, *result.timed_out):
             plugin = self._policy_of(outcome.plugin)
             reason = outcome.error or outcome.status
@@ -70,7 +81,6 @@ class Steps:
             )
             if veto and plugin is not None and plugin.on_failure == "abort":
                 raise PluginVeto(app, result.type, outcome.plugin, outcome.consumer, reason)
-        return result
 
     def implementers(self, hook: str) -> list[str]:
         """The required plugins of ``hook`` and every plugin whose manifest declares it."""
@@ -79,10 +89,11 @@ class Steps:
         awaited |= {plugin for plugin, manifest in manifests.items() if hook in manifest.hooks}
         return sorted(awaited)
 
-    def set_policy(self, name: str, config: PluginConfig) -> None:
-        """Await ``name`` as ``config`` says from the next step on."""
+    def set_policy(self, name: str, config: PluginConfig, *, starting: bool = False) -> None:
+        """Await ``name`` as ``config`` says from the next step on (``starting``: its
+        first worker is on its way, so its events wait for it instead of failing at once)."""
         self._publisher.policies[name] = PluginPolicy(
-            required=config.required or None, timeout=config.timeout
+            required=config.required or None, timeout=config.timeout, starting=starting
         )
 
     def drop_policy(self, name: str) -> None:
@@ -94,6 +105,11 @@ class Steps:
             self._publisher.apps.add(name)
         else:
             self._publisher.apps.discard(name)
+            self._publisher.schemas.pop(name, None)
+
+    def track_schema(self, name: str, schema: AppSchema) -> None:
+        """Where ``name``'s migrations stand now (the heartbeat shows it)."""
+        self._publisher.schemas[name] = schema
 
     async def refresh(self) -> None:
         """Re-read the plugin manifests now; a bus failure is logged, not raised."""

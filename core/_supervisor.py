@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import anyio
 from anyio.abc import Process, TaskStatus
 
+from rapid_objection.bus._keyfile import KeyFile
+from rapid_objection.bus._keyring import ENV_KEYRING, RELOAD_CHECK, Keyring
 from rapid_objection.bus._retry import RESTART, Backoff, Outage
 from rapid_objection.plugin_workers._settings import ENV_PARENT_PID, ENV_WORKER_TABLE, WorkerTable
 
@@ -51,8 +56,13 @@ class Supervisor:
         table: WorkerTable,
         consumer_prefix: str,
         shutdown_timeout: float,
+        keyring: Keyring | None = None,
     ) -> None:
         self.plugin = plugin
+        self.keyring = keyring
+        """The registry's whole ring: the workers get their plugin's export of it only."""
+        self._export: Path | None = None
+        self._exported: KeyFile | None = None
         self.module = module
         self.workers = workers
         self.bus_url = bus_url
@@ -88,10 +98,34 @@ class Supervisor:
         }
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        async with anyio.create_task_group() as group:
-            for slot in range(self.workers):
-                group.start_soon(self._keep, slot)
-            task_status.started()
+        try:
+            async with anyio.create_task_group() as group:
+                if self.keyring is not None:
+                    self._write_export(self.keyring)
+                    group.start_soon(self._follow_keyring, self.keyring)
+                for slot in range(self.workers):
+                    group.start_soon(self._keep, slot)
+                task_status.started()
+        finally:
+            if self._export is not None:
+                shutil.rmtree(self._export.parent, ignore_errors=True)
+
+    def _write_export(self, keyring: Keyring) -> None:
+        """This plugin's export of the ring, in a directory only this user can read; the
+        workers read it again when it changes (a rotation)."""
+        keys = keyring.keys
+        if keys is self._exported:
+            return
+        if self._export is None:
+            self._export = Path(tempfile.mkdtemp(prefix="ro-keys-")) / f"{self.plugin}.json"
+        keys.export(self.plugin).save(self._export)
+        self._exported = keys
+
+    async def _follow_keyring(self, keyring: Keyring) -> None:
+        while not self._stopping:
+            with anyio.move_on_after(RELOAD_CHECK):
+                await self._stopped.wait()
+            self._write_export(keyring)
 
     async def _keep(self, slot: int) -> None:
         crashes = Outage(self.backoff)
@@ -152,6 +186,10 @@ class Supervisor:
             ENV_BUS_URL: self.bus_url,
             ENV_PARENT_PID: str(os.getpid()),
         }
+        # Never the registry's own ring: its plugin's export, or no keyring at all.
+        env.pop(ENV_KEYRING, None)
+        if self._export is not None:
+            env[ENV_KEYRING] = str(self._export)
         # A session of its own: a Ctrl-C at the registry's terminal is for the registry,
         # which then stops its workers itself (SIGTERM, drained), not a crash to restart.
         return await anyio.open_process(

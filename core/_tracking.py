@@ -26,10 +26,26 @@ BINARY_COLLATION: Final = "utf8mb4_bin"
 """MySQL/MariaDB: names compared byte for byte (the default collation ignores case)."""
 
 
-def _name_type() -> sa.types.TypeEngine[str]:
+def name_type() -> sa.types.TypeEngine[str]:
     return sa.String(255).with_variant(
         mysql.VARCHAR(255, charset="utf8mb4", collation=BINARY_COLLATION), "mysql", "mariadb"
     )
+
+
+def ensure_table(connection: sa.Connection, table: sa.Table) -> bool:
+    """Create ``table`` if it is missing (committed); whether this created it."""
+    if sa.inspect(connection).has_table(table.name):
+        return False
+    try:
+        connection.execute(CreateTable(table, if_not_exists=True))
+        connection.commit()
+    except sa.exc.DBAPIError:
+        # Another app of this database (which holds another lock) created it
+        # meanwhile; PostgreSQL reports that race as a unique violation.
+        connection.rollback()
+        if not sa.inspect(connection).has_table(table.name):
+            raise
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +75,8 @@ class Tracker:
         self.table = sa.Table(
             table,
             sa.MetaData(),
-            sa.Column("app", _name_type(), primary_key=True),
-            sa.Column("name", _name_type(), primary_key=True),
+            sa.Column("app", name_type(), primary_key=True),
+            sa.Column("name", name_type(), primary_key=True),
             sa.Column("batch", sa.Integer, nullable=False),
             # Naive UTC: the one datetime type every dialect stores alike (MySQL with
             # microseconds, like the others).
@@ -76,17 +92,10 @@ class Tracker:
 
     def ensure(self, connection: sa.Connection) -> None:
         """Create the table if it is missing, and end the transaction this opened."""
-        if not self.exists(connection):
-            try:
-                connection.execute(CreateTable(self.table, if_not_exists=True))
-                connection.commit()
-            except sa.exc.DBAPIError:
-                # Another app of this database (which holds another lock) created it
-                # meanwhile; PostgreSQL reports that race as a unique violation.
-                connection.rollback()
-                if not self.exists(connection):
-                    raise
-        elif connection.dialect.name in ("mysql", "mariadb"):
+        if not ensure_table(connection, self.table) and connection.dialect.name in (
+            "mysql",
+            "mariadb",
+        ):
             self._binary_names(connection)
         connection.commit()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import logging
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -38,12 +39,15 @@ from rapid_objection.bus import (
     mask_url,
     redact,
 )
+from rapid_objection.bus._tracebacks import traceback_text
 
 from ._connection import Connection, Engines
 from ._errors import RemoteError
 from ._interface import implemented_hooks
 
 CustomHandlers = Callable[[str], list[Callable[..., Any]]]
+
+log = logging.getLogger("rapid_objection.hooks")
 
 HOOK_THREADS = 8
 """Threads a worker's plain ``def`` hooks may occupy at once (a worker passes its
@@ -57,8 +61,9 @@ _timeout: ContextVar[float] = ContextVar("rapid_objection_hook_timeout", default
 
 
 def current_delivery() -> Delivery:
-    """The delivery whose hook is running: ``.envelope.id`` is the idempotency key,
-    ``.attempt`` the delivery attempt. Raises ``LookupError`` outside a hook."""
+    """The delivery whose hook is running: ``.envelope.original_id`` is the idempotency
+    key (the same for a replayed or re-driven copy), ``.attempt`` the delivery attempt.
+    Raises ``LookupError`` outside a hook."""
     delivery = _current.get()
     if delivery is None:
         raise LookupError("current_delivery() is only known inside a hook call")
@@ -200,6 +205,20 @@ class _Watchdog:
             self._handle = loop.call_at(min(self._deadlines.values()), self._check)
 
 
+def _fields(ack: Ack, envelope: Envelope) -> dict[str, Any]:
+    """A hook's log record fields (the JSON log format shows each one)."""
+    return {
+        "plugin": ack.plugin,
+        "consumer": ack.consumer,
+        "event_id": envelope.id,
+        "event_type": envelope.type,
+        "app": envelope.app,
+        "attempt": ack.attempt,
+        "outcome": ack.status,
+        "duration": round(ack.duration, 6),
+    }
+
+
 class Dispatcher:
     """Calls one plugin's hooks under its hook timeout; never raises."""
 
@@ -223,6 +242,33 @@ class Dispatcher:
         self.hooks = frozenset(implemented_hooks(plugin))
         self._watchdog = _Watchdog()
         self._custom_handlers = custom_handlers or (lambda name: [])
+        batch = getattr(plugin, "prepare_batch", None)
+        self.prepare_batch: Callable[[list[Delivery]], Any] | None = (
+            batch if inspect.iscoroutinefunction(batch) else None
+        )
+        """The plugin's ``async def prepare_batch(deliveries)``, when it has one."""
+
+    async def prepare(self, deliveries: list[Delivery]) -> None:
+        """Hand the plugin's ``prepare_batch`` the deliveries of a read batch whose hooks
+        are about to run, under the hook timeout. It is an optimisation only: every hook
+        still runs and acks its own event, so a batch that fails or overruns is logged
+        and each hook does its work alone."""
+        if self.prepare_batch is None:
+            return
+        chosen = [delivery for delivery in deliveries if self._targets(delivery.envelope)]
+        if not chosen:
+            return
+        try:
+            with anyio.fail_after(self.timeout):
+                await self.prepare_batch(chosen)
+        except Exception as exc:
+            log.warning(
+                "plugin %s: prepare_batch of %d events failed (%s: %s); each hook runs alone",
+                self.plugin_name,
+                len(chosen),
+                type(exc).__name__,
+                mask_url(str(exc)),
+            )
 
     def _targets(self, envelope: Envelope) -> list[Callable[..., Any]]:
         if isinstance(envelope.payload, Custom):
@@ -230,6 +276,10 @@ class Dispatcher:
         if envelope.type not in self.hooks:
             return []
         return [getattr(self.plugin, HOOK_METHODS[envelope.type])]
+
+    def handles(self, envelope: Envelope) -> bool:
+        """Whether a hook or handler of the plugin runs for ``envelope`` (else: skipped)."""
+        return bool(self._targets(envelope))
 
     async def __call__(self, delivery: Delivery) -> Ack | Deferred:
         envelope = delivery.envelope
@@ -257,12 +307,15 @@ class Dispatcher:
             self._watchdog.begin(task, self.timeout)
             try:
                 results = [await _call(target, arguments, self._threads) for target in targets]
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as cancelled:
                 if not self._watchdog.end(task):
                     raise  # cancelled from outside: the worker is stopping
                 task.uncancel()
                 overran = True
+                # Where the hook was waiting when its time ran out: what to look at.
+                stuck: str | None = traceback_text(cancelled)
             else:
+                stuck = None
                 overran = self._watchdog.end(task)
                 if overran:
                     task.uncancel()  # the hook swallowed the cancellation and went on
@@ -274,27 +327,61 @@ class Dispatcher:
                         f"; it returned only after {duration:.2f}s (a plain def hook's "
                         "thread cannot be stopped: the app's next event waited for it)"
                     )
-                return replace(
+                timed_out = replace(
                     skipped,
                     status="error",
                     error=error,
                     error_type="HookTimeout",
                     duration=duration,
+                    traceback=stuck,
                     # Not retried: the registry's deadline is the hook timeout (plus a
                     # grace), so it hears of the overrun now instead of a late retry.
                     permanent=True,
                 )
+                log.warning(
+                    "%s of %s for app %r (event %s, attempt %d)",
+                    error,
+                    self.plugin_name,
+                    envelope.app,
+                    envelope.id,
+                    delivery.attempt,
+                    extra=_fields(timed_out, envelope),
+                )
+                return timed_out
         except RetryLater as signal:
+            log.debug(
+                "hook %s of %s for app %r (event %s) asked to retry in %gs: %s",
+                self._hook_name(envelope),
+                self.plugin_name,
+                envelope.app,
+                envelope.id,
+                signal.delay,
+                signal.reason,
+            )
             return Deferred(signal.delay, signal.reason or "the plugin asked to retry later")
         except Exception as exc:
-            return replace(
+            failed = replace(
                 skipped,
                 status="error",
                 error=mask_url(str(exc)),
                 error_type=type(exc).__name__,
                 duration=time.perf_counter() - started,
                 permanent=isinstance(exc, PermanentError),
+                traceback=traceback_text(exc),
             )
+            log.warning(
+                "hook %s of %s failed for app %r (event %s, attempt %d): %s: %s",
+                self._hook_name(envelope),
+                self.plugin_name,
+                envelope.app,
+                envelope.id,
+                delivery.attempt,
+                failed.error_type,
+                failed.error,
+                exc_info=exc,
+                extra=_fields(failed, envelope),
+            )
+            return failed
         finally:
             # A hook that raised is over too: its deadline must not cancel the task (the
             # worker's reader, with concurrency 1) later, in whatever it does next.
@@ -303,12 +390,24 @@ class Dispatcher:
             _current.reset(token)
             _timeout.reset(timeout_token)
         result = results[0] if len(results) == 1 else results
-        return replace(
+        ack = replace(
             skipped,
             status="ok",
             result=wire_safe(result),
             duration=time.perf_counter() - started,
         )
+        if log.isEnabledFor(logging.DEBUG):  # the fields are built only when shown
+            log.debug(
+                "hook %s of %s for app %r (event %s, attempt %d): ok in %.1f ms",
+                self._hook_name(envelope),
+                self.plugin_name,
+                envelope.app,
+                envelope.id,
+                delivery.attempt,
+                ack.duration * 1000,
+                extra=_fields(ack, envelope),
+            )
+        return ack
 
     @staticmethod
     def _hook_name(envelope: Envelope) -> str:

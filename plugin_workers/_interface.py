@@ -4,7 +4,10 @@ A plugin subclasses ``PluginInterface`` and overrides the hooks it cares about; 
 hooks it leaves alone are acknowledged as ``skipped`` without being called. Hooks may
 be ``async def`` or plain ``def``. ``connection`` arguments are ``Connection`` values: a
 ``bus.ConnectionInfo`` (never a password) plus ``await connection.engine()``; result
-arguments are the event's payload.
+arguments are the event's payload. A plugin may also define ``async def
+prepare_batch(self, deliveries)``: called with a read batch's deliveries before their
+hooks run, to do their I/O at once, and a class attribute ``read_batch`` (events its
+worker reads at once; docs/writing-plugins.md, "Batches").
 """
 
 from __future__ import annotations
@@ -56,12 +59,28 @@ class PluginInterface:
     async def on_auto_operations_started(
         self, app_name: str, connection: Connection, config: dict[str, Any]
     ) -> Any:
-        """Migrations, seeds and models are about to run."""
+        """Migrations, seeds and models are about to run.
+
+        Schema version 2 adds ``trigger``, ``action`` and ``options`` to the payload
+        (``current_delivery().envelope.payload``): ``trigger`` is ``registration`` for
+        a registration's auto-operations, and ``requested`` when an operator asked
+        (``app.migrate()``, ``rapid-objection migrate APP up``); ``action`` then says
+        which (``migrate``, ``rollback_migrations``, ``seed``, ``rollback_seeds``) and
+        ``options`` holds ``steps`` of a rollback and ``requested_by``. A required
+        plugin with ``on_failure = "abort"`` that fails this hook vetoes the request:
+        nothing runs. A registration's event is still written as version 1 (the same
+        bytes), which older workers read; a requested one is version 2, which they
+        dead-letter instead of misreading it as a registration."""
 
     async def on_auto_operations_completed(
         self, app_name: str, result: AutoOperationsCompleted
     ) -> Any:
-        """Migrations, seeds and models ran; ``result.operations`` has one entry each."""
+        """Migrations, seeds and models ran; ``result.operations`` has one entry each.
+
+        Schema version 2: ``result.trigger`` and ``result.action`` as in
+        ``on_auto_operations_started``; a requested operation publishes this event
+        whether it succeeded or not (``result.success``), a failure then followed by
+        operation_failed naming the file."""
 
     async def on_app_registered(
         self, app_name: str, connection: Connection, config: dict[str, Any]

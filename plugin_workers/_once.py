@@ -36,18 +36,20 @@ async def run_once(
 ) -> T | None:
     """Call ``effect(*args)`` unless it already ran for the current event; inside a hook.
 
-    Keyed by plugin, event id and ``name``: a re-delivered event (after a crash or a
-    retry) skips an effect that completed, and defers (``RetryLater``) while another
+    Keyed by plugin, the original event's id and ``name``: a re-delivered event (after a
+    crash or a retry) and a copy of it (a replay, a dead-letter re-drive, which have ids
+    of their own) skip an effect that completed, and defer (``RetryLater``) while another
     worker is still running it. Returns the effect's value, or None when it was skipped.
     """
     delivery = current_delivery()
     bus = registry.bus
-    key = bus.keys.once(registry.plugin, delivery.envelope.id, name)
+    event_id = delivery.envelope.original_id
+    key = bus.keys.once(registry.plugin, event_id, name)
     ttl_ms = running_ttl_ms(current_hook_timeout())
     if not await bus.redis.set(key, RUNNING, ttl_ms=ttl_ms, only_if_absent=True):
         if await bus.redis.get(key) == DONE:
             return None
-        raise RetryLater(1.0, f"{name!r} for event {delivery.envelope.id} is running elsewhere")
+        raise RetryLater(1.0, f"{name!r} for event {event_id} is running elsewhere")
     try:
         try:
             async with anyio.create_task_group() as group:
@@ -61,9 +63,10 @@ async def run_once(
                 raise failed.exceptions[0] from None
             raise
     except BaseException:
-        # Shielded: a hook cancelled by its timeout must still clear its marker.
+        # Shielded: a hook cancelled by its timeout must still clear its marker. PEXPIRE
+        # 0 removes it at once: a worker's Redis user holds no DEL (docs/operations.md).
         with anyio.CancelScope(shield=True):
-            await bus.redis.delete(key)
+            await bus.redis.pexpire(key, 0)
         raise
     with anyio.CancelScope(shield=True):
         await bus.redis.set(key, DONE, ttl_ms=ONCE_TTL_MS)

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Final
 import msgspec
 
 from rapid_objection.bus._constants import CLAIM_IDLE, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_DELIVERIES
+from rapid_objection.bus._dlq_bounds import DeadLetterBounds
 
 ENV_WORKER_TABLE: Final = "RAPID_OBJECTION_PLUGIN_TABLE"
 """The environment variable through which a supervising registry hands a worker process
@@ -54,12 +55,20 @@ class WorkerTable(WorkerSettings, kw_only=True, forbid_unknown_fields=True):
     required: bool = False
     """Announce the plugin required (a supervising registry never does: it awaits the
     plugin by its own policy, and the manifest must not impose that on other registries)."""
+    dead_letters: DeadLetterBounds | None = None
+    """The supervising registry's ``[bus] dlq_*`` bounds, which its workers apply too."""
 
     @classmethod
-    def of(cls, name: str | None, config: dict[str, Any], settings: WorkerSettings) -> WorkerTable:
+    def of(
+        cls,
+        name: str | None,
+        config: dict[str, Any],
+        settings: WorkerSettings,
+        dead_letters: DeadLetterBounds | None = None,
+    ) -> WorkerTable:
         """The table of plugin ``name``, with ``settings`` as they are."""
         fields = msgspec.structs.asdict(settings.worker_settings())
-        return cls(name=name, config=config, **fields)
+        return cls(name=name, config=config, dead_letters=dead_letters, **fields)
 
     def encode(self) -> str:
         return msgspec.json.encode(self).decode()

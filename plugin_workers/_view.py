@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rapid_objection.bus import Bus, Custom, Publisher
+from rapid_objection.bus._tracing import traceparent
 
 
 class RegistryView:
@@ -37,7 +38,8 @@ class RegistryView:
     async def emit(self, name: str, data: Any = None) -> str:
         """Publish a custom event to every plugin; returns its event id."""
         custom = Custom(name=name, data=data, source=self.plugin)
-        envelope, _ = await self._publisher.publish(custom)
+        # Inside a hook's span (OpenTelemetry), the event continues the hook's trace.
+        envelope, _ = await self._publisher.publish(custom, trace=traceparent())
         return envelope.id
 
     def on(self, name: str, handler: Callable[..., Any]) -> None:

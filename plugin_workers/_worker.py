@@ -14,12 +14,21 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from rapid_objection.bus import Bus, BusUnavailable, GroupMissing, LoadError, Manifest, WorkerInfo
-from rapid_objection.bus._constants import HEARTBEAT_INTERVAL
+from rapid_objection.bus import (
+    Bus,
+    BusUnavailable,
+    GroupMissing,
+    LoadError,
+    Manifest,
+    WorkerInfo,
+    mask_url,
+)
+from rapid_objection.bus._constants import HEARTBEAT_INTERVAL, READ_BATCH
 from rapid_objection.bus._consumer import Consumer
 from rapid_objection.bus._directory import is_alive
 from rapid_objection.bus._keys import unique_name
 from rapid_objection.bus._retry import RetryPolicy
+from rapid_objection.bus._tracing import traced
 
 from ._connection import Engines, LiveEngines
 from ._dispatch import Dispatcher
@@ -29,6 +38,9 @@ from ._view import RegistryView
 
 log = logging.getLogger("rapid_objection.worker")
 
+MAX_READ_BATCH = 1_000
+"""The most entries a plugin's ``read_batch`` may ask a worker to read (and hold) at once."""
+
 SHUTDOWN_TIMEOUT = 15.0
 """Seconds a plugin's shutdown() (and closing its engines) may take when a worker stops."""
 
@@ -37,6 +49,19 @@ def plugin_name(plugin: object) -> str:
     name = getattr(plugin, "name", None)
     return name if isinstance(name, str) and name else type(plugin).__name__
 
+
+def read_batch(plugin: object) -> int:
+    """Entries per read: the plugin's ``read_batch`` (a plugin with ``prepare_batch``
+    may ask for more than the default, to do its I/O for that many at once)."""
+    wanted = getattr(plugin, "read_batch", None)
+    if wanted is None:
+        return READ_BATCH
+    if not isinstance(wanted, int) or isinstance(wanted, bool) or not 1 <= wanted <= MAX_READ_BATCH:
+        raise ValueError(
+            f"plugin {plugin_name(plugin)!r}: read_batch must be a whole number from 1 to "
+            f"{MAX_READ_BATCH}, not {wanted!r}"
+        )
+    return wanted
 
 
 async def _call(function: Callable[..., Any], *arguments: Any) -> None:
@@ -51,6 +76,7 @@ async def _call(function: Callable[..., Any], *arguments: Any) -> None:
     )
     if inspect.isawaitable(result):
         await result
+
 
 class Worker:
     """Runs one plugin instance as one consumer of its group until stopped."""
@@ -99,12 +125,19 @@ class Worker:
             bus,
             self.name,
             self.consumer_name,
-            self.dispatcher,
+            # Each hook in a span (OpenTelemetry, when installed); else the dispatcher itself.
+            traced(self.dispatcher, self.dispatcher.handles, self.name, self.consumer_name),
             concurrency=settings.concurrency,
             retry=RetryPolicy(max_deliveries=settings.max_deliveries),
             claim_idle=settings.claim_idle,
+            prepare=self.dispatcher.prepare if self.dispatcher.prepare_batch else None,
+            batch=read_batch(plugin),
         )
         self._started = time.time()
+        # What the namespace keeps of this worker besides its group, put back with the
+        # group when Redis lost it (bus/_restore.py).
+        self.consumer.restorer.add("manifest", self._restore_manifest)
+        self.consumer.restorer.add("heartbeat record", self._beat)
 
     @property
     def manifest(self) -> Manifest:
@@ -145,6 +178,7 @@ class Worker:
             await self.bus.ensure_group(self.name)
             await self.bus.directory.announce(self.manifest)
             await self._beat()
+            self._banner()
             async with anyio.create_task_group() as group:
                 group.start_soon(self._heartbeat)
                 await group.start(self._consume, group.cancel_scope)
@@ -152,6 +186,34 @@ class Worker:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._leave()
+
+    def _banner(self) -> None:
+        """Say once, at start, what this worker serves and how (INFO: a worker's default
+        level shows it; a registry running plugins inline stays quiet)."""
+        manifest = self.manifest
+        fields = {
+            "plugin": self.name,
+            "version": manifest.version,
+            "hooks": list(manifest.hooks),
+            "namespace": self.bus.namespace,
+            "consumer": self.consumer_name,
+            "concurrency": self.settings.concurrency,
+            "bus_url": mask_url(self.bus.url),
+            "keyring": self.bus.keyring is not None,
+        }
+        log.info(
+            "worker of plugin %s %s started: consumer %s, namespace %s, bus %s, "
+            "concurrency %d, keyring %s; hooks: %s",
+            self.name,
+            manifest.version,
+            self.consumer_name,
+            self.bus.namespace,
+            fields["bus_url"],
+            self.settings.concurrency,
+            "on" if fields["keyring"] else "off",
+            ", ".join(manifest.hooks) or "none (custom events only)",
+            extra=fields,
+        )
 
     async def _check_consumer_name(self) -> None:
         """Refuse a consumer name that a live process of another host or pid uses (its
@@ -205,9 +267,7 @@ class Worker:
                     log.exception("plugin %s failed to shut down", self.name)
             await anyio.to_thread.run_sync(self.engines.dispose, abandon_on_cancel=True)
         if scope.cancelled_caught:
-            log.warning(
-                "plugin %s did not shut down within %gs", self.name, self.shutdown_timeout
-            )
+            log.warning("plugin %s did not shut down within %gs", self.name, self.shutdown_timeout)
         with anyio.move_on_after(2):
             try:
                 await self.bus.directory.forget_worker(self.name, self.consumer_name)
@@ -226,12 +286,21 @@ class Worker:
         while True:
             await anyio.sleep(HEARTBEAT_INTERVAL)
             try:
-                await self._beat()
+                # A record or manifest gone missing since the last beat: the namespace
+                # lost them (an empty restart, a flush), and with them perhaps the group.
+                if await self._beat():
+                    await self.consumer.restorer.restore("heartbeat record")
+                elif await self._restore_manifest():
+                    await self.consumer.restorer.restore("manifest")
             except BusUnavailable as exc:
                 log.warning("heartbeat of %s: %s", self.consumer_name, exc)
 
-    async def _beat(self) -> None:
-        await self.bus.directory.beat_worker(
+    async def _restore_manifest(self) -> bool:
+        return await self.bus.directory.restore_manifest(self.manifest)
+
+    async def _beat(self) -> bool:
+        """Write the heartbeat; True when the record was not there."""
+        return await self.bus.directory.beat_worker(
             WorkerInfo(
                 plugin=self.name,
                 consumer=self.consumer_name,
@@ -243,6 +312,7 @@ class Worker:
                 in_flight=self.consumer.in_flight,
                 handled=self.consumer.handled,
                 failed=self.consumer.failed,
+                last_duration=self.consumer.last_duration,
             )
         )
 

@@ -2,20 +2,52 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from importlib import import_module
+from typing import Any, NoReturn
 
 from ._args import Parser, UsageError, fail
 
-COMMANDS = ("worker", "status", "demo", "dlq", "groups", "run", "replay")
+COMMANDS = (
+    "worker",
+    "status",
+    "demo",
+    "dlq",
+    "groups",
+    "run",
+    "replay",
+    "keys",
+    "acl",
+    "dashboard",
+    "migrate",
+    "seed",
+    "migrations",
+)
 """Each is a module ``rapid_objection.core._cli._<command>`` with ``add_parser(commands)``."""
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed distribution's version, looked up only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        kwargs.update(nargs=0, default=argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> NoReturn:
+        from importlib.metadata import version
+
+        # The one place the version lives is pyproject.toml; the metadata is its copy.
+        print(f"{parser.prog} {version('rapid-objection')}")
+        parser.exit(0)
 
 
 def build_parser(only: str | None = None) -> Parser:
     """The parser of every command, or of ``only`` one: a worker process then never
     imports what the other commands need (rich, SQLAlchemy), and stays light."""
     parser = Parser(prog="rapid-objection", description=__doc__)
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     commands = parser.add_subparsers(title="commands", required=True, parser_class=Parser)
     for command in COMMANDS if only is None else (only,):
         import_module(f"{__name__}._{command}").add_parser(commands)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from rapid_objection.bus._constants import DEFAULT_NAMESPACE
+from rapid_objection.bus._keyring import ENV_KEYRING
+
+if TYPE_CHECKING:
+    from rapid_objection.bus._keyring import Keyring
 
 ENV_BUS_URL = "RAPID_OBJECTION_BUS_URL"
 ENV_NAMESPACE = "RAPID_OBJECTION_NAMESPACE"
@@ -53,6 +57,23 @@ def add_bus_options(parser: argparse.ArgumentParser, default_url: str | None) ->
         metavar="N",
         help="every protocol write waits until N replicas have it (default 0)",
     )
+
+
+def add_keyring_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--keyring",
+        default=os.environ.get(ENV_KEYRING) or None,
+        metavar="FILE",
+        help=f"{what} (env {ENV_KEYRING}; docs/security.md)",
+    )
+
+
+def keyring_of(args: argparse.Namespace) -> Keyring | None:
+    """The keyring that ``--keyring`` (or its env) names; None without one."""
+    from rapid_objection.bus._keyring import Keyring
+
+    path = getattr(args, "keyring", None)
+    return Keyring.load(path) if path else None
 
 
 def bus_url(args: argparse.Namespace) -> str:

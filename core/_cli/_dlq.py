@@ -15,7 +15,14 @@ from rich.table import Table
 from rapid_objection.bus import Bus, DeadLetterEntry, DeadLetters
 from rapid_objection.bus._constants import DEFAULT_NAMESPACE
 
-from ._args import DEFAULT_SERVER_URL, Parser, add_bus_options, bus_url
+from ._args import (
+    DEFAULT_SERVER_URL,
+    Parser,
+    add_bus_options,
+    add_keyring_option,
+    bus_url,
+    keyring_of,
+)
 from ._namespace import namespace_bus
 
 
@@ -32,6 +39,7 @@ def add_parser(commands: Any) -> None:
     )
     add_bus_options(redrive, DEFAULT_SERVER_URL)
     redrive.add_argument("ids", nargs="+", metavar="ID", help="dead-letter entry ids")
+    add_keyring_option(redrive, "the whole keyring: the re-driven copies are signed")
     redrive.set_defaults(run=run_redrive)
 
 
@@ -43,9 +51,7 @@ def run_list(args: argparse.Namespace) -> int:
     entries = anyio.run(main)
     if args.json:
         for entry in entries:
-            row = msgspec.structs.asdict(entry.letter) | {"id": entry.id}
-            row.pop("data")
-            print(msgspec.json.encode(row).decode())
+            print(msgspec.json.encode(entry.row()).decode())
         return 0
     table = Table(title=f"Dead letters ({len(entries)})")
     for column in ("id", "when", "plugin", "consumer", "event", "app", "attempts"):
@@ -70,7 +76,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_redrive(args: argparse.Namespace) -> int:
     async def main() -> None:
-        async with Bus.connect(bus_url(args), args.namespace or DEFAULT_NAMESPACE) as bus:
+        url, namespace = bus_url(args), args.namespace or DEFAULT_NAMESPACE
+        async with Bus.connect(url, namespace, keyring=keyring_of(args)) as bus:
             letters = DeadLetters(bus)
             for letter_id in args.ids:
                 done = await letters.redrive(letter_id)

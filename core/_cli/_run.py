@@ -3,14 +3,22 @@
 It initializes an ``AppRegistry`` from the file (``--bus-url`` and ``--namespace``, or
 their environment variables, override its ``[bus]`` table), prints which plugins loaded
 and which failed, registers every ``[apps.*]`` table of the file (printing each step
-with the plugins' acks; an app that fails is reported and the others go on), runs
-health monitoring when the file enables it, and serves until SIGTERM or SIGINT. Then it
-shuts down: connection_shutdown for each app, plugins unloaded (inline ones stopped),
-bus closed; exit 0.
+with the plugins' acks), runs health monitoring when the file enables it, and serves
+until SIGTERM or SIGINT. Then it shuts down: connection_shutdown for each app, plugins
+unloaded (inline ones stopped, supervised workers stopped), bus closed; exit 0.
 
-Exit 1, after a clean shutdown, when a plugin marked ``required = true`` failed to load:
-the file says the registry must not run its apps without it. A plugin that is not
-required and fails to load is reported, and the registry runs without it.
+An app that fails to register is one line on stderr naming the app, the stage and the
+error (its registration is rolled back: it leaves nothing behind). Then the registry
+registers no further app, shuts down cleanly and exits 1: the file says these apps
+are to be served, and they are not all there. With ``--keep-going`` it registers the
+other apps, serves those that registered and says which failed; it then exits 0
+after its clean shutdown, as usual.
+
+A plugin that fails to load is reported. One marked ``required = true`` stays awaited,
+as through the Python API: each of its hooks fails at once (``no_consumer``) while no
+live worker of it runs, so with ``on_failure = "abort"`` no app registers without it,
+and once a worker of it announces itself it is served again. A plugin that is not
+required and fails to load is not awaited: the registry runs without it.
 
 A stop requested while plugins load or an app registers takes effect once that step
 ends (an app is never left half-registered); a second signal exits at once (status
@@ -22,11 +30,11 @@ its status even when a plugin's plain ``def`` hook is still stuck in its thread.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +44,7 @@ from msgspec.structs import replace
 from rapid_objection.bus import Outcome, WaitResult, mask_url
 
 from ._args import Parser, UsageError, add_bus_options
+from ._logs import add_log_options, configure
 
 if TYPE_CHECKING:
     from .._config import RegistryConfig
@@ -44,8 +53,6 @@ if TYPE_CHECKING:
 
 EXIT_AT_ONCE = 130
 """The exit status after a second stop signal (as for an interrupted command)."""
-
-
 
 
 def add_parser(commands: Any) -> None:
@@ -57,6 +64,12 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument("config", type=Path, metavar="registry.toml", help="the registry file")
     add_bus_options(parser, None)
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="serve the apps that registered when others fail (default: shut down, exit 1)",
+    )
+    add_log_options(parser, "warning")
     parser.set_defaults(run=run)
 
 
@@ -97,18 +110,21 @@ def load(
     return replace(config, bus=replace(config.bus, **overrides)) if overrides else config
 
 
-def run(args: argparse.Namespace) -> int:
-    config = load(
+def load_args(args: argparse.Namespace) -> RegistryConfig:
+    """``load`` of the command line's ``config`` and bus options."""
+    return load(
         args.config,
         args.bus_url,
         args.namespace,
         cluster=args.cluster,
         min_replicas=args.min_replicas,
     )
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    code: int = anyio.run(serve, config)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_args(args)
+    configure(args)
+    code: int = anyio.run(partial(serve, config, keep_going=args.keep_going))
     return code
 
 
@@ -121,8 +137,11 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
-async def serve(config: RegistryConfig) -> int:
-    """Run a registry from ``config`` until SIGTERM or SIGINT; returns the exit status."""
+async def serve(config: RegistryConfig, *, keep_going: bool = False) -> int:
+    """Run a registry from ``config`` until SIGTERM or SIGINT; returns the exit status.
+
+    ``keep_going``: an app that fails to register does not stop the others.
+    """
     from .._registry import AppRegistry
 
     registry = AppRegistry(config)
@@ -132,7 +151,7 @@ async def serve(config: RegistryConfig) -> int:
         async with anyio.create_task_group() as group:
             group.start_soon(_watch, signals, stop, registry)
             try:
-                code = await _serve(registry, stop)
+                code = await _serve(registry, stop, keep_going=keep_going)
             finally:
                 group.cancel_scope.cancel()
     return code
@@ -153,7 +172,7 @@ async def _watch(
         stop.set()
 
 
-async def _serve(registry: AppRegistry, stop: anyio.Event) -> int:
+async def _serve(registry: AppRegistry, stop: anyio.Event, *, keep_going: bool) -> int:
     config = registry.config
     say(f"registry {registry.id}: bus {mask_url(config.bus.url)}, namespace {config.bus.namespace}")
     registry.on("step", _print_step)
@@ -164,15 +183,16 @@ async def _serve(registry: AppRegistry, stop: anyio.Event) -> int:
             await registry.shutdown()
         raise
     code = 0
+    failed: list[str] = []
     try:
-        missing = _report_plugins(registry, result.loaded_plugins, result.failed_plugins)
-        if missing:
-            code = 1
-        elif stop.is_set():
+        _report_plugins(registry, result.loaded_plugins, result.failed_plugins)
+        if stop.is_set():
             say("stop requested during startup: no app registered")
         else:
-            await _register_apps(registry, stop)
-            if not stop.is_set():
+            failed = await _register_apps(registry, stop, keep_going=keep_going)
+            if failed and not keep_going:
+                code = 1
+            elif not stop.is_set():
                 _announce(registry)
                 await stop.wait()
     finally:
@@ -183,9 +203,11 @@ async def _serve(registry: AppRegistry, stop: anyio.Event) -> int:
             f"shutdown in {done.duration:.2f}s: connections of apps closed: {apps}; "
             f"plugins unloaded: {plugins}"
         )
-    if missing:
-        reasons = "; ".join(f"{name}: {error}" for name, error in missing)
-        warn(f"rapid-objection: required plugins did not load ({reasons})")
+    if failed and not keep_going:
+        warn(
+            f"rapid-objection: app {', '.join(failed)} failed to register; the registry shut "
+            "down (--keep-going serves the apps that register)"
+        )
     if not done.success:
         warn(f"rapid-objection: shutdown was not clean: {'; '.join(done.errors)}")
         code = code or 1
@@ -196,42 +218,78 @@ async def _serve(registry: AppRegistry, stop: anyio.Event) -> int:
 
 def _report_plugins(
     registry: AppRegistry, loaded: list[str], failed: list[FailedPluginInfo]
-) -> list[tuple[str, str]]:
-    """Print each plugin's load outcome; returns the required ones that failed."""
+) -> None:
+    """Print each plugin's load outcome."""
     configured = registry.config.plugins
     for name in loaded:
         plugin = configured[name]
         policy = "required" if plugin.required else "optional"
         say(f"plugin {name}: loaded ({plugin.mode}, {policy}, on_failure {plugin.on_failure})")
-    missing: list[tuple[str, str]] = []
     for failure in failed:
         table = configured.get(failure.name)
-        required = table is not None and table.required
-        say(
-            f"plugin {failure.name}: FAILED to load ({failure.phase}): {failure.error}"
-            + ("" if required else "; the registry runs without it")
-        )
-        if required:
-            missing.append((failure.name, failure.error))
+        if table is not None and table.required:
+            outcome = (
+                f"; required: each of its hooks fails (no live consumer) until a worker "
+                f"of it runs, on_failure {table.on_failure}"
+            )
+        else:
+            outcome = "; the registry runs without it"
+        say(f"plugin {failure.name}: FAILED to load ({failure.phase}): {failure.error}{outcome}")
     if not configured:
         say("plugins: none configured")
-    return missing
 
 
-async def _register_apps(registry: AppRegistry, stop: anyio.Event) -> None:
-    """Register each app of the file in order; one that fails does not stop the others."""
-    for name, app in registry.config.apps.items():
-        if stop.is_set():
-            say("stop requested: the remaining apps are not registered")
-            return
-        say(f"app {name}: registering")
-        try:
-            manager = await registry.register_app(name, app)
-        except Exception as exc:  # reported, and the next app goes on
-            warn(f"app {name}: registration FAILED: {mask_url(str(exc))}")
-            continue
-        url = mask_url(str(manager.status().get("url", "")))
-        say(f"app {name}: registered" + (f" on {url}" if url else ""))
+async def _register_apps(
+    registry: AppRegistry, stop: anyio.Event, *, keep_going: bool
+) -> list[str]:
+    """Register each app of the file in order; returns the apps that failed.
+
+    The first failure stops the rest unless ``keep_going``.
+    """
+    # What the registry reports of a failed registration: the stage (the first error
+    # event of the app) and a rollback that failed too (phase "rollback").
+    reported: dict[str, list[dict[str, Any]]] = {}
+
+    def collect(event: dict[str, Any]) -> None:
+        reported.setdefault(str(event.get("app")), []).append(event)
+
+    registry.on("error", collect)
+    failed: list[str] = []
+    apps = list(registry.config.apps.items())
+    try:
+        for index, (name, app) in enumerate(apps):
+            if stop.is_set():
+                say("stop requested: the remaining apps are not registered")
+                break
+            say(f"app {name}: registering")
+            reported.pop(name, None)
+            try:
+                manager = await registry.register_app(name, app)
+            except Exception as exc:  # reported; the caller decides whether to go on
+                warn(_failure_line(name, exc, reported.get(name, [])))
+                failed.append(name)
+                rest = [other for other, _ in apps[index + 1 :]]
+                if not keep_going and rest:
+                    say(f"the remaining apps are not registered: {', '.join(rest)}")
+                if not keep_going:
+                    break
+                continue
+            url = mask_url(str(manager.status().get("url", "")))
+            say(f"app {name}: registered" + (f" on {url}" if url else ""))
+    finally:
+        registry.off("error", collect)
+    return failed
+
+
+def _failure_line(name: str, exc: Exception, events: list[dict[str, Any]]) -> str:
+    """One line: the app, the stage, the error, and a rollback that failed too."""
+    stages = [event["phase"] for event in events if event.get("phase") != "rollback"]
+    rollback = [event["error"] for event in events if event.get("phase") == "rollback"]
+    at = f" at stage {stages[0]}" if stages else ""
+    line = f"app {name}: registration FAILED{at}: {mask_url(str(exc))}"
+    if rollback:
+        line += f"; rolling it back failed too: {rollback[0]}"
+    return line
 
 
 def _announce(registry: AppRegistry) -> None:

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from typing import Any
 
 import anyio
-import msgspec
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 
-from rapid_objection.bus import StatusReport, collect_status
+from rapid_objection.bus import RegistryInfo, StatusReport, collect_status
 
-from ._args import DEFAULT_SERVER_URL, Parser, add_bus_options
+from ._args import DEFAULT_SERVER_URL, Parser, UsageError, add_bus_options
 from ._namespace import namespace_bus
 
 
@@ -37,6 +37,11 @@ def add_parser(commands: Any) -> None:
         ' on HOST (a container\'s healthcheck: --host "$(hostname)")',
     )
     parser.add_argument(
+        "--watch",
+        action="store_true",
+        help="redraw the tables every second until Ctrl-C (with --json: one object a second)",
+    )
+    parser.add_argument(
         "--role",
         choices=("registry", "consumer"),
         help="with --host: only a registry, or only a consumer, counts",
@@ -44,7 +49,17 @@ def add_parser(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
+WATCH_INTERVAL = 1.0
+"""Seconds between two redraws of ``status --watch``."""
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.watch:
+        if args.check:
+            raise UsageError("--watch and --check do not go together (--check answers once)")
+        anyio.run(watch, args)
+        return 0
+
     async def main() -> StatusReport:
         async with namespace_bus(args) as bus:
             return await collect_status(bus, recent=args.failures)
@@ -53,11 +68,41 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         return check(report, args.host, args.role)
     if args.json:
-        print(msgspec.json.encode(report).decode())
+        print(report.json().decode())
     else:
         # Off a terminal, size tables to their content: names are never cut short.
         render(report, Console(width=None if sys.stdout.isatty() else 10_000))
     return 0
+
+
+async def watch(args: argparse.Namespace) -> None:
+    """``--watch``: collect and redraw every second (rich Live: the screen is redrawn in
+    place) until SIGINT or SIGTERM, which end it cleanly, the last tables left shown."""
+    from rich.console import Group
+    from rich.live import Live
+
+    console = Console(width=None if sys.stdout.isatty() else 10_000)
+    async with namespace_bus(args) as bus, anyio.create_task_group() as group:
+        group.start_soon(_stop_on_signal, group.cancel_scope)
+        if args.json:
+            while True:
+                report = await collect_status(bus, recent=args.failures)
+                print(report.json().decode(), flush=True)
+                await anyio.sleep(WATCH_INTERVAL)
+        else:
+            # One refresh per update, by us: rich's own refresh thread is not needed.
+            with Live(console=console, auto_refresh=False) as live:
+                while True:
+                    report = await collect_status(bus, recent=args.failures)
+                    live.update(Group(*tables(report)), refresh=True)
+                    await anyio.sleep(WATCH_INTERVAL)
+
+
+async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
 
 
 def check(report: StatusReport, host: str | None, role: str | None) -> int:
@@ -76,8 +121,21 @@ def _ago(seconds: float | None) -> str:
     return f"{seconds:.1f}s" if seconds < 120 else f"{seconds / 60:.0f}m"
 
 
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
 def _by(registries: tuple[str, ...]) -> str:
     return f" (by {', '.join(registries)})" if registries else ""
+
+
+def _app(info: RegistryInfo, app: str) -> str:
+    """An app and where its migrations stand: ``shop (batch 2, 1 pending)``."""
+    schema = info.schemas.get(app)
+    if schema is None:
+        return app
+    at = f"revision {schema.revision}" if schema.revision else f"batch {schema.batch or 0}"
+    return f"{app} ({at}, {schema.pending} pending)"
 
 
 def _yes(flag: bool) -> str:
@@ -86,10 +144,26 @@ def _yes(flag: bool) -> str:
 
 def render(report: StatusReport, console: Console) -> None:
     """The report as rich tables."""
-    console.print(
+    for part in tables(report):
+        console.print(part)
+
+
+def tables(report: StatusReport) -> list[RenderableType]:
+    """The report's lines and tables, in order (printed once, or redrawn by ``--watch``)."""
+    parts: list[RenderableType] = [
         f"bus [bold]{report.url}[/] namespace [bold]{report.namespace}[/]: "
         f"{report.events} events in the stream, {report.dead_letters} dead letters"
-    )
+    ]
+    if report.signed:
+        parts.append(
+            f"authenticated: events and acks are signed; {report.unauthenticated} "
+            f"unauthenticated events dead-lettered, {report.forged} forged acks ignored"
+        )
+    else:
+        parts.append(
+            "[red]unauthenticated[/]: no keyring (or not every live registry has one); "
+            "any client that can write to this Redis can make hooks run (docs/security.md)"
+        )
     registries = Table(title="Registries")
     for column in ("registry", "host", "pid", "alive", "apps", "last seen"):
         registries.add_column(column)
@@ -100,15 +174,17 @@ def render(report: StatusReport, console: Console) -> None:
             info.host,
             str(info.pid),
             _yes(registry.alive),
-            ", ".join(info.apps) or "-",
+            ", ".join(_app(info, app) for app in info.apps) or "-",
             _ago(report.time - info.seen),
         )
-    console.print(registries)
+    parts.append(registries)
     plugins = Table(title="Plugins")
     for column in ("plugin", "version", "required", "hooks", "pending", "lag", "consumers"):
         plugins.add_column(column)
     consumers = Table(title="Consumers")
-    for column in ("plugin", "consumer", "alive", "pending", "idle", "handled", "failures"):
+    for column in (
+        "plugin", "consumer", "alive", "pending", "idle", "handled", "failures", "last hook"
+    ):
         consumers.add_column(column)
     for plugin in report.plugins:
         alive = sum(consumer.alive for consumer in plugin.consumers)
@@ -131,9 +207,9 @@ def render(report: StatusReport, console: Console) -> None:
                 _ago(None if consumer.idle_ms is None else consumer.idle_ms / 1000),
                 str(consumer.handled),
                 str(consumer.failures),
+                _ms(consumer.last_duration),
             )
-    console.print(plugins)
-    console.print(consumers)
+    parts += [plugins, consumers]
     failures = Table(title="Recent failures")
     for column in ("when", "plugin", "consumer", "kind", "event", "app", "error"):
         failures.add_column(column)
@@ -147,4 +223,35 @@ def render(report: StatusReport, console: Console) -> None:
             failure.app or "-",
             failure.error,
         )
-    console.print(failures)
+    parts.append(failures)
+    memory = memory_table(report)
+    if memory is not None:
+        parts.append(memory)
+    return parts
+
+
+def _size(size: int | None, estimated: bool = False) -> str:
+    if size is None:
+        return "-"
+    if size < 1024:
+        figure = f"{size} B"
+    elif size < 2**20:
+        figure = f"{size / 1024:.1f} KiB"
+    else:
+        figure = f"{size / 2**20:.1f} MiB"
+    return f"~{figure}" if estimated else figure
+
+
+def memory_table(report: StatusReport) -> Table | None:
+    """Keys and bytes per family of keys (MEMORY USAGE), or why they are not measured."""
+    memory = report.memory
+    if memory is None:
+        return None
+    title = "Memory" + (f" ({memory.unavailable})" if memory.unavailable else "")
+    table = Table(title=title)
+    for column in ("keys of", "keys", "memory"):
+        table.add_column(column)
+    for family in memory.families:
+        table.add_row(family.name, str(family.keys), _size(family.bytes, family.estimated))
+    table.add_row("total", str(sum(f.keys for f in memory.families)), _size(memory.total_bytes))
+    return table

@@ -19,10 +19,13 @@ from rapid_objection.bus._constants import DEFAULT_NAMESPACE
 from rapid_objection.bus._topology import with_options
 from rapid_objection.plugin_workers._settings import ENV_PARENT_PID, ENV_WORKER_TABLE
 
-from ._args import DEFAULT_SERVER_URL, Parser, UsageError, add_bus_options
+from ._args import DEFAULT_SERVER_URL, Parser, UsageError, add_bus_options, add_keyring_option
+from ._logs import add_log_options, configure
 
 if TYPE_CHECKING:
     from rapid_objection.bus import Bus
+    from rapid_objection.bus._dlq_bounds import DeadLetterBounds
+    from rapid_objection.bus._keyring import Keyring
     from rapid_objection.plugin_workers._settings import WorkerTable
 
     from .._config import PluginConfig
@@ -35,6 +38,7 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("plugin", help="module:Class or an entry-point name")
     parser.add_argument("--config", type=Path, help="TOML file with the plugin's configuration")
     add_bus_options(parser, None)
+    add_keyring_option(parser, "this plugin's export of the keyring: events and acks are signed")
     parser.add_argument("--consumer", help="a stable consumer name (default: host-pid-random)")
     parser.add_argument(
         "--concurrency", type=int, help="hooks run at once, for different apps (default 1)"
@@ -56,6 +60,7 @@ def add_parser(commands: Any) -> None:
         f"instead of the file's; a supervising registry passes it in env {ENV_WORKER_TABLE}, "
         "out of sight of ps",
     )
+    add_log_options(parser, "info")
     parser.set_defaults(run=run)
 
 
@@ -138,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         load_plugin_class,
     )
     from rapid_objection.plugin_workers._loader import validate_interface
+    from rapid_objection.plugin_workers._worker import plugin_name
 
     table, bus_table = worker_table(args)
     url = args.bus_url or bus_table.get("url") or DEFAULT_SERVER_URL
@@ -163,12 +169,15 @@ def run(args: argparse.Namespace) -> int:
         name = table.name or plugin_class.__name__
         anyio.run(_report, url, namespace, name, args.consumer or name, exc)
         raise
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure(args)
+    keyring = _keyring(args.keyring, table.name or plugin_name(plugin))
 
     parent = _supervising_parent()
 
+    dead_letters = table.dead_letters or _dead_letter_bounds(bus_table, args.config)
+
     async def main() -> None:
-        async with await _connected(url, namespace) as bus:
+        async with await _connected(url, namespace, dead_letters, keyring) as bus:
             worker = Worker(
                 plugin,
                 bus,
@@ -209,7 +218,35 @@ async def _report(url: str, namespace: str, plugin: str, consumer: str, exc: Any
         pass
 
 
-async def _connected(url: str, namespace: str) -> Bus:
+def _dead_letter_bounds(bus_table: dict[str, Any], path: Path | None) -> DeadLetterBounds:
+    """The ``dlq_*`` keys of the ``[bus]`` table of the worker's file (a registry's file),
+    else their defaults: a worker caps the dead letters it writes as the registry does."""
+    from .._config import BusSection, convert
+    from .._errors import ConfigError
+
+    try:
+        return convert(bus_table, BusSection, prefix="bus").dead_letters
+    except ConfigError as exc:
+        raise UsageError(f"config file {path}: {exc}") from None
+
+
+def _keyring(path: str | None, plugin: str) -> Keyring | None:
+    """The worker's keys (an export of its plugin, or a whole ring holding its keys)."""
+    if path is None:
+        return None
+    from rapid_objection.bus._keyring import Keyring
+
+    keyring = Keyring.load(path)
+    mine = keyring.keys.plugins.get(plugin, ())
+    if keyring.plugin not in (None, plugin) or not any(key.secret for key in mine):
+        raise UsageError(f"--keyring {path}: {keyring.describe()} holds no key of {plugin!r}")
+    return keyring
+
+
+
+async def _connected(
+    url: str, namespace: str, dead_letters: DeadLetterBounds, keyring: Keyring | None = None
+) -> Bus:
     """The opened bus; while Redis does not answer, try again with backoff, saying so
     once (a worker started before its Redis, as containers are, waits for it)."""
     from rapid_objection.bus import Bus, BusUnavailable
@@ -217,7 +254,7 @@ async def _connected(url: str, namespace: str) -> Bus:
 
     outage, said = Outage(), False
     while True:
-        bus = Bus.connect(url, namespace)
+        bus = Bus.connect(url, namespace, dead_letters=dead_letters, keyring=keyring)
         try:
             return await bus.open()
         except BusUnavailable as exc:

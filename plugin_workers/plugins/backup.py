@@ -22,6 +22,12 @@ Copies go to ``<directory>/<app>/<UTC time>-<kind>[.sqlite]``, are written under
 hidden name and renamed when complete, and only the newest ``keep`` are kept per app.
 A hook makes its copy through ``run_once``, so a re-delivered event makes no second
 copy. The hooks answer with the copy's path and size.
+
+Whose database: only one the plugin reaches on its own, never a path, URL or credential
+taken from the event. Inline, that is the registry's live engine; in a worker, the URL
+of its ``databases`` table (or ``RAPID_OBJECTION_DATABASE_URL_<APP>``) for the event's
+app. An event for an app without one, or naming another database than that one, is
+refused with a ``PermanentError`` saying why, and nothing is copied.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +49,13 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import anyio
 import msgspec
 
-from rapid_objection.plugin_workers import Connection, PluginInterface, RegistryView, run_once
+from rapid_objection.plugin_workers import (
+    Connection,
+    PermanentError,
+    PluginInterface,
+    RegistryView,
+    run_once,
+)
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -281,6 +293,32 @@ def make_copy(directory: Path, app: str, source: Source, kind: str, keep: int) -
     return Copy(app, kind, final, _size(final), "dump" if is_dump else "sqlite", now)
 
 
+_IN_REGISTRY: Final = (
+    "the in-memory SQLite database of app {app!r} lives in the registry's process; only "
+    "an inline backup plugin can copy it"
+)
+
+
+def refused(reason: str) -> PermanentError:
+    """An event the backup plugin will not act on: retrying cannot change that."""
+    return PermanentError(f"backup plugin refused the event: {reason}")
+
+
+def _same_file(named: str, own: str) -> bool:
+    return Path(named).resolve() == Path(own).resolve()
+
+
+def _check_named(
+    app: str, named: str | None, own: str | None, *, same: Callable[[str, str], bool]
+) -> None:
+    """Refuse an event that names another database for ``app`` than the plugin's own."""
+    if named and own and not same(named, own):
+        raise refused(
+            f"the event names database {named!r} for app {app!r}, but this worker's own "
+            f"configuration for {app!r} names {own!r}"
+        )
+
+
 class BackupPlugin(PluginInterface):
     """Copies apps' databases into ``directory``: on registration, before rollback, on schedule."""
 
@@ -402,30 +440,37 @@ class BackupPlugin(PluginInterface):
         return made.as_dict()
 
     async def _source(self, app: str, connection: Any) -> Source | str:
-        """Where to copy ``app`` from, or why it cannot be copied here."""
+        """Where to copy ``app`` from, or why it cannot be copied here.
+
+        Only a database this plugin reaches on its own is copied: the registry's live
+        engine when inline, else the worker's ``databases`` table or its environment for
+        that app. The event's path, URL and credentials are never used: an event naming
+        another database than that one is refused (``PermanentError``), so that whoever
+        can write to the bus cannot have an arbitrary file copied.
+        """
         info: ConnectionInfo = connection.info if isinstance(connection, Connection) else connection
         engine: sa.Engine | None = None
-        problem = ""
+        problem = f"no engines are available for app {app!r} here"
         if isinstance(connection, Connection):
             try:
                 engine = await connection.engine()
             except LookupError as exc:
                 problem = str(exc)
-        if info.dialect != "sqlite":
-            if engine is None:
-                raise LookupError(problem or f"no engine for app {app!r}")
+        if engine is None:
+            if info.dialect == "sqlite" and info.database in MEMORY_DATABASES:
+                return _IN_REGISTRY.format(app=app)
+            raise refused(f"{problem}; the database an event names is never copied")
+        database = engine.url.database
+        if engine.dialect.name != "sqlite":
+            _check_named(app, info.database, database, same=lambda a, b: a == b)
             return Source("dump", engine=engine)
-        database = engine.url.database if engine is not None else info.database
         if database in MEMORY_DATABASES:
-            inline = self.registry is not None and bool(self.registry.registry_id)
-            if engine is None or not inline:
-                return (
-                    f"the in-memory SQLite database of app {app!r} lives in the registry's "
-                    "process; only an inline backup plugin can copy it"
-                )
+            if self.registry is None or not self.registry.registry_id:
+                return _IN_REGISTRY.format(app=app)
             return Source("sqlite-memory", engine=engine)
-        # A SQLite file needs no credentials: the path the event names will do.
-        return Source("sqlite-file", path=str(database))
+        assert database is not None
+        _check_named(app, info.database, database, same=_same_file)
+        return Source("sqlite-file", path=database)
 
     def _copy(self, app: str, source: Source, kind: str) -> Copy:
         """Make one copy (in a thread); one copy of an app at a time."""

@@ -8,6 +8,8 @@
     │   │                          (.path, .file; also a ValueError)
     │   ├── AppAlreadyRegistered   a name that is taken (.app, .owner)
     │   ├── AppNotRegistered       a name that is not registered (.app)
+    │   ├── AppNotOwned            an app whose ownership lease this registry lost to
+    │   │                          another registry (.app, .registry, .owner)
     │   ├── ConnectionFailed       a database URL that cannot be used or reached (.app, .url)
     │   ├── MigrationFailed        a migration that failed, or its lock (.app, .migration)
     │   ├── SeedFailed             a seed that failed (.app, .seed)
@@ -25,7 +27,9 @@
     │   ├── GroupMissing           a consumer group that does not exist (.stream, .group)
     │   ├── RegistryIdTaken        a registry id a live registry of another host or pid
     │   │                          holds (.registry, .holder)
-    │   └── RedriveError           a dead letter that cannot be redriven (.letter_id)
+    │   ├── RedriveError           a dead letter that cannot be redriven (.letter_id)
+    │   └── KeyringError           a keyring file that cannot be read or lacks a key
+    │                              (also a ValueError)
     └── PluginError                rapid_objection.plugin_workers: the plugin SDK
         ├── PluginLoadError        a plugin that cannot be imported, built, validated or
         │                          initialized (.target: module:Class, entry point or

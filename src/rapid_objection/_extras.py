@@ -1,9 +1,9 @@
 """The optional dependencies (extras): which module each brings, and the error when missing.
 
-``pip install 'rapid-objection[postgres]'`` brings psycopg 3, ``[mysql]`` PyMySQL and
-``[metrics]`` the Prometheus client (``[all]`` the three). The code that needs one
-imports it where it is used, and a missing one becomes a ``MissingExtra`` naming the
-extra instead of a bare ``ModuleNotFoundError``.
+``pip install 'rapid-objection[postgres]'`` brings psycopg 3, ``[mysql]`` PyMySQL,
+``[metrics]`` the Prometheus client and ``[dashboard]`` Starlette and uvicorn (``[all]``
+the four). The code that needs one imports it where it is used, and a missing one becomes
+a ``MissingExtra`` naming the extra instead of a bare ``ModuleNotFoundError``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ EXTRAS: Final[dict[str, tuple[str, str]]] = {
     "psycopg": ("psycopg", "postgres"),
     "pymysql": ("pymysql", "mysql"),
     "prometheus_client": ("prometheus-client", "metrics"),
+    "starlette": ("starlette", "dashboard"),
+    "uvicorn": ("uvicorn", "dashboard"),
 }
 """Top-level module -> (the package that provides it, the extra that installs it)."""
 

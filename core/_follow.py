@@ -1,0 +1,148 @@
+"""``replay --follow``: new events as they are published, and each plugin's outcome of
+them as it is recorded, until the caller stops reading.
+
+Events come from a blocking read of the stream (XREAD BLOCK: nothing is sent while the
+bus is quiet). Outcomes are recorded into a sorted set keyed by their event, which has
+no "what is new since" cursor: the outcomes of the events shown in the last
+``FOLLOW_WINDOW`` seconds (the last ``FOLLOW_OPEN`` of them at most) are read again at
+most every ``OUTCOME_POLL`` seconds (one ZRANGE), and those not seen yet are given out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import msgspec
+
+from rapid_objection.bus import Bus, HistoryEntry, OutcomeRecord
+from rapid_objection.bus._constants import EVENT_FIELD
+from rapid_objection.bus._contract import decode_envelope
+from rapid_objection.bus._outcomes import entry_ms
+
+from ._replay import Selection
+
+FOLLOW_WINDOW: Final = 300.0
+"""Seconds after showing an event that its outcomes are still looked for: longer than
+any hook timeout and retry series; a re-drive later is a new event of its own."""
+
+FOLLOW_OPEN: Final = 1_000
+"""Events whose outcomes are looked for at most (the newest shown): each look reads the
+outcomes of every event since the oldest of them, so on a busy bus the window is
+these last events rather than FOLLOW_WINDOW seconds (1,000 events at 3 plugins read
+about 3,000 small records four times a second)."""
+
+OUTCOME_POLL: Final = 0.25
+"""Seconds between two reads of the shown events' outcomes (while any is open)."""
+
+FOLLOW_BLOCK_MS: Final = 250
+"""XREAD BLOCK of the follow loop: how long it may wait for an event before it looks
+for outcomes again."""
+
+FOLLOW_READ_COUNT: Final = 500
+
+
+OutcomeKey = tuple[str, str | None, int, str, float]
+"""What tells one recorded outcome from another of the same event (``outcome_key``)."""
+
+
+@dataclass(slots=True)
+class _Open:
+    entry: HistoryEntry
+    since: float
+    shown: bool
+    seen: set[OutcomeKey] = field(default_factory=set)
+
+
+def outcome_key(record: OutcomeRecord) -> OutcomeKey:
+    """What tells one recorded outcome from another of the same event."""
+    return (record.plugin, record.consumer, record.attempt, record.status, record.time)
+
+
+async def follow(
+    bus: Bus,
+    selection: Selection,
+    *,
+    after: str,
+    backlog: Sequence[HistoryEntry] = (),
+) -> AsyncIterator[HistoryEntry | OutcomeRecord]:
+    """The events after stream entry ``after`` that ``selection`` picks (app, types),
+    and their outcomes (those its outcome filters keep), as they come; ``backlog``
+    (events shown before) are given out first and their outcomes are followed too.
+
+    With outcome filters an event is given out just before its first outcome that
+    the filters keep (an event nobody answered that way is never shown).
+    """
+    opened: dict[str, _Open] = {}
+    position = after
+
+    def take(entry: HistoryEntry) -> HistoryEntry | None:
+        show = not selection.by_outcome
+        opened[entry.entry_id] = _Open(entry, time.monotonic(), shown=show)
+        if len(opened) > FOLLOW_OPEN:
+            del opened[next(iter(opened))]  # the oldest shown: insertion order
+        return entry if show else None
+
+    def taken(entries: Sequence[HistoryEntry]) -> list[HistoryEntry]:
+        return [shown for entry in entries if (shown := take(entry)) is not None]
+
+    for shown in taken(backlog):
+        yield shown
+    polled = 0.0
+    while True:
+        position, entries = await _read(bus, selection, position)
+        for shown in taken(entries):
+            yield shown
+        now = time.monotonic()
+        if not opened or now - polled < OUTCOME_POLL:
+            continue
+        polled = now
+        for entry_id in [k for k, o in opened.items() if now - o.since > FOLLOW_WINDOW]:
+            del opened[entry_id]
+        if not opened:
+            continue
+        first = min(entry_ms(entry_id) for entry_id in opened)
+        records = await bus.outcomes.between(first)
+        # The events published up to now, before these outcomes: an outcome is recorded
+        # after its event, so each event published before an outcome shown here is
+        # shown before it (the blocking read above may have returned with the first).
+        position, entries = await _read(bus, selection, position, block=False)
+        for shown in taken(entries):
+            yield shown
+        for record in records:
+            found = opened.get(record.entry_id)
+            if found is None or outcome_key(record) in found.seen:
+                continue
+            found.seen.add(outcome_key(record))
+            if not selection.outcomes_of([record]):
+                continue
+            if not found.shown:
+                found.shown = True
+                yield found.entry
+            yield record
+
+
+async def _read(
+    bus: Bus, selection: Selection, after: str, *, block: bool = True
+) -> tuple[str, list[HistoryEntry]]:
+    """The newest entry read after ``after`` (waiting up to FOLLOW_BLOCK_MS for one when
+    ``block``), and the events among them of the selection's app and types."""
+    entries = await bus.redis.xread(
+        bus.keys.events,
+        after,
+        count=FOLLOW_READ_COUNT,
+        block_ms=FOLLOW_BLOCK_MS if block else None,
+    )
+    found: list[HistoryEntry] = []
+    for entry_id, fields in entries:
+        try:
+            envelope = decode_envelope(fields.get(EVENT_FIELD, b""))
+        except (msgspec.DecodeError, ValueError):
+            continue  # not an event: nothing to show (status counts dead letters)
+        if (selection.app is None or envelope.app == selection.app) and (
+            not selection.types or envelope.type in selection.types
+        ):
+            found.append(HistoryEntry(entry_id, envelope))
+    return (entries[-1][0] if entries else after), found
