@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
     import redis
 
-    from rapid_objection.bus import AutoOperationsCompleted, Bus, Publisher, WaitResult
+    from rapid_objection.bus import AutoOperationsCompleted, Bus, Publisher, Retention, WaitResult
+    from rapid_objection.bus._keyring import Keyring
     from rapid_objection.bus._publisher import PluginPolicy
 
     from .baselines import CpuUse
@@ -124,6 +125,24 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
+def spawn_worker(arguments: Sequence[str], stderr: IO[bytes]) -> Popen[bytes]:
+    """A ``rapid-objection worker ARGUMENTS`` process in the repository, its stderr to
+    ``stderr``, that dies with the benchmark."""
+    import subprocess
+    import sys
+
+    from .baselines import ROOT
+
+    return subprocess.Popen(
+        [*cli_command(), "worker", *arguments],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+    )
+
+
 class Workers:
     """``rapid-objection worker`` processes of one namespace, stopped and purged on exit."""
 
@@ -133,10 +152,12 @@ class Workers:
         plugins: Sequence[type[NoopPlugin]],
         per_plugin: int,
         namespace: str | None = None,
+        keys: Keys | None = None,
     ) -> None:
         import secrets
 
         self.url = url
+        self.keys = keys
         self.namespace = namespace or f"bench-{secrets.token_hex(6)}"
         self.specs = [
             (plugin, f"c{i}") for plugin in plugins for i in range(per_plugin)
@@ -153,20 +174,14 @@ class Workers:
         return f"{self.url}{separator}client_name={self.client_name(plugin.plugin_name + consumer)}"
 
     def __enter__(self) -> Workers:
-        import subprocess
-        import sys
         import tempfile
-
-        from .baselines import ROOT
 
         try:
             for plugin, consumer in self.specs:
                 log = tempfile.TemporaryFile()
                 self._logs.append(log)
-                command = [
-                    *cli_command(),
-                    "worker",
-                    f"{__name__}:{plugin.__name__}",
+                arguments = [
+                    f"{plugin.__module__}:{plugin.__qualname__}",
                     "--bus-url",
                     self.worker_url(plugin, consumer),
                     "--namespace",
@@ -176,16 +191,9 @@ class Workers:
                     "--concurrency",
                     "1",
                 ]
-                self.procs.append(
-                    subprocess.Popen(
-                        command,
-                        cwd=ROOT,
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        stderr=log,
-                        preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
-                    )
-                )
+                if self.keys is not None:
+                    arguments += ["--keyring", self.keys.exports[plugin.plugin_name]]
+                self.procs.append(spawn_worker(arguments, log))
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -272,9 +280,7 @@ def _blocked_readers(client: redis.Redis) -> set[str]:
     }
 
 
-def _announced(
-    client: Any, namespace: str, specs: Sequence[tuple[type[NoopPlugin], str]]
-) -> bool:
+def _announced(client: Any, namespace: str, specs: Sequence[tuple[type[NoopPlugin], str]]) -> bool:
     """Whether every worker's manifest and heartbeat are in the directory."""
     from rapid_objection.bus._keys import Keys
 
@@ -302,9 +308,7 @@ def sync_client(url: str) -> Any:
     return redis.Redis.from_url(plain_url(url))
 
 
-def _reading(
-    client: Any, namespace: str, specs: Sequence[tuple[type[NoopPlugin], str]]
-) -> bool:
+def _reading(client: Any, namespace: str, specs: Sequence[tuple[type[NoopPlugin], str]]) -> bool:
     """Whether every worker is a consumer of its plugin's group (XINFO CONSUMERS)."""
     import redis
 
@@ -361,12 +365,37 @@ def _check(result: WaitResult, plugins: int) -> None:
         raise RuntimeError(msg)
 
 
+class Keys:
+    """A keyring for the signed scenario: the registry's ring and each plugin's export."""
+
+    def __init__(self, directory: str, plugins: Sequence[type[NoopPlugin]]) -> None:
+        from pathlib import Path
+
+        from rapid_objection.bus._keyfile import KeyFile
+
+        ring = KeyFile.generate([plugin.plugin_name for plugin in plugins])
+        self.ring = str(Path(directory) / "ring.json")
+        ring.save(self.ring)
+        self.exports: dict[str, str] = {}
+        for plugin in plugins:
+            path = str(Path(directory) / f"{plugin.plugin_name}.json")
+            ring.export(plugin.plugin_name).save(path)
+            self.exports[plugin.plugin_name] = path
+
+
+def _keyring(keys: Keys | None) -> Keyring | None:
+    from rapid_objection.bus._keyring import Keyring
+
+    return None if keys is None else Keyring.load(keys.ring)
+
+
 # -- scenario 1 and 3: round trips with one event in flight -------------------
 
 
-def round_trip(url: str, n: int, *, warmup: int = 200) -> list[float]:
-    """Seconds per ``Publisher.emit`` with one required plugin (one worker process)."""
-    return _round_trips(url, n, (NoopPlugin,), warmup=warmup)
+def round_trip(url: str, n: int, *, warmup: int = 200, keys: Keys | None = None) -> list[float]:
+    """Seconds per ``Publisher.emit`` with one required plugin (one worker process);
+    with ``keys``, signed events and acks."""
+    return _round_trips(url, n, (NoopPlugin,), warmup=warmup, keys=keys)
 
 
 def fanout(url: str, n: int, *, warmup: int = 200) -> list[float]:
@@ -375,13 +404,18 @@ def fanout(url: str, n: int, *, warmup: int = 200) -> list[float]:
 
 
 def _round_trips(
-    url: str, n: int, plugins: Sequence[type[NoopPlugin]], *, warmup: int
+    url: str,
+    n: int,
+    plugins: Sequence[type[NoopPlugin]],
+    *,
+    warmup: int,
+    keys: Keys | None = None,
 ) -> list[float]:
     from functools import partial
 
     import anyio
 
-    with Workers(url, plugins, 1) as workers:
+    with Workers(url, plugins, 1, keys=keys) as workers:
         workers.wait_ready()
         run = partial(_measure_round_trips, url, workers, plugins, warmup + n)
         return anyio.run(run, backend="asyncio")[warmup:]
@@ -397,7 +431,7 @@ async def _measure_round_trips(
     payloads = [make_payload(seq) for seq in range(total)]
     samples: list[float] = []
     async with (
-        Bus.connect(url, workers.namespace) as bus,
+        Bus.connect(url, workers.namespace, keyring=_keyring(workers.keys)) as bus,
         Publisher(bus, registry_id="bench", policies=_policies(plugins)) as publisher,
     ):
         for payload in payloads:
@@ -418,9 +452,11 @@ def throughput_emit(
     workers: int = 4,
     *,
     emitters: int = 256,
+    batch: int = 1,
     cpu: list[CpuUse] | None = None,
 ) -> float:
-    """Acked events/s when ``emitters`` tasks call ``Publisher.emit`` concurrently.
+    """Acked events/s when ``emitters`` tasks call ``Publisher.emit`` concurrently (with
+    ``batch`` > 1: ``Publisher.emit_many`` of ``batch`` events at a time).
 
     The clock runs from the first emit until the last emit returned, that is until the
     registry observed the ack of every event; every result is checked.
@@ -431,26 +467,38 @@ def throughput_emit(
 
     with Workers(url, (NoopPlugin,), workers) as running:
         running.wait_ready()
-        run = partial(_measure_emit, url, running, n_events, emitters, cpu)
+        run = partial(_measure_emit, url, running, n_events, emitters, batch=batch, cpu=cpu)
         return anyio.run(run, backend="asyncio")
 
 
 async def _measure_emit(
-    url: str, workers: Workers, n_events: int, emitters: int, cpu: list[CpuUse] | None
+    url: str,
+    workers: Workers,
+    n_events: int,
+    emitters: int,
+    *,
+    batch: int,
+    cpu: list[CpuUse] | None,
 ) -> float:
     import time
 
     import anyio
 
-    from rapid_objection.bus import Bus, Publisher
+    from rapid_objection.bus import Bus, Emission, Publisher
 
     from .baselines import CpuMeter
 
     payloads = [make_payload(seq) for seq in range(n_events)]
 
     async def emit_some(publisher: Publisher, first: int) -> None:
-        for seq in range(first, n_events, emitters):
-            _check(await publisher.emit(payloads[seq], app=APP), 1)
+        if batch == 1:
+            for seq in range(first, n_events, emitters):
+                _check(await publisher.emit(payloads[seq], app=APP), 1)
+            return
+        mine = [Emission(payloads[seq], app=APP) for seq in range(first, n_events, emitters)]
+        for start in range(0, len(mine), batch):
+            for result in await publisher.emit_many(mine[start : start + batch]):
+                _check(result, 1)
 
     redis_pid = workers.redis_pid()
     async with (
@@ -478,6 +526,7 @@ def throughput_pipelined(
     batch: int = 100,
     cpu: list[CpuUse] | None = None,
     namespace: str | None = None,
+    keys: Keys | None = None,
 ) -> float:
     """Acked events/s when the registry publishes in pipelines of ``batch`` XADDs.
 
@@ -492,15 +541,65 @@ def throughput_pipelined(
 
     import anyio
 
-    with Workers(url, (NoopPlugin,), workers, namespace) as running:
+    with Workers(url, (NoopPlugin,), workers, namespace, keys) as running:
         running.wait_ready()
         run = partial(_measure_pipelined, url, running, n_events, batch, cpu)
         return anyio.run(run, backend="asyncio")
 
 
+def retention_pipelined(
+    url: str, n_events: int, max_len: int, workers: int = 4, *, batch: int = 100
+) -> tuple[float, list[tuple[int, int]], int]:
+    """Scenario 2's publishing with ``retention_max_len = max_len`` on the registry:
+    (acked events/s, the stream's length and its entries not yet acked sampled every
+    10 ms from the first publish until every event was acked, its length a trim
+    interval later)."""
+    from functools import partial
+
+    import anyio
+
+    from rapid_objection.bus import Retention
+
+    lengths: list[tuple[int, int]] = []
+    with Workers(url, (NoopPlugin,), workers) as running:
+        running.wait_ready()
+        run = partial(
+            _measure_pipelined,
+            url,
+            running,
+            n_events,
+            batch,
+            None,
+            retention=Retention(max_len=max_len),
+            lengths=lengths,
+        )
+        rate = anyio.run(run, backend="asyncio")
+        return rate, lengths[:-1], lengths[-1][0]
+
+
+async def _sample_lengths(bus: Bus, lengths: list[tuple[int, int]]) -> None:
+    """(stream length, entries not yet delivered or acked) every 10 ms."""
+    import anyio
+
+    while True:
+        length = await bus.redis.xlen(bus.keys.events)
+        groups = await bus.redis.xinfo_groups(bus.keys.events)
+        lengths.append((length, max((g.pending + (g.lag or 0) for g in groups), default=0)))
+        await anyio.sleep(0.01)
+
+
 async def _measure_pipelined(
-    url: str, workers: Workers, n_events: int, batch: int, cpu: list[CpuUse] | None
+    url: str,
+    workers: Workers,
+    n_events: int,
+    batch: int,
+    cpu: list[CpuUse] | None,
+    *,
+    retention: Retention | None = None,
+    lengths: list[tuple[int, int]] | None = None,
 ) -> float:
+    """Scenario 2's run; with ``lengths``, the stream's length is sampled meanwhile
+    and, a trim interval after the last ack, once more (the last item)."""
     import time
 
     import anyio
@@ -508,6 +607,8 @@ async def _measure_pipelined(
     from rapid_objection.bus import Bus, Publisher
     from rapid_objection.bus._constants import (
         EVENT_FIELD,  # the envelope's stream field, as Bus.publish writes
+        RETENTION_INTERVAL,
+        SIGNATURE_FIELD,
     )
     from rapid_objection.bus._contract import encode
 
@@ -516,9 +617,14 @@ async def _measure_pipelined(
     payloads = [make_payload(seq) for seq in range(n_events)]
     redis_pid = workers.redis_pid()
     async with (
-        Bus.connect(url, workers.namespace) as bus,
-        Publisher(bus, registry_id="bench", policies=_policies((NoopPlugin,))) as publisher,
+        Bus.connect(url, workers.namespace, keyring=_keyring(workers.keys)) as bus,
+        Publisher(
+            bus, registry_id="bench", policies=_policies((NoopPlugin,)), retention=retention
+        ) as publisher,
+        anyio.create_task_group() as sampler,
     ):
+        if lengths is not None:
+            sampler.start_soon(_sample_lengths, bus, lengths)
         required = publisher.required_for("auto_operations_completed")
         event_ids: set[str] = set()
         meter = CpuMeter([proc.pid for proc in workers.procs], redis_pid)
@@ -532,14 +638,23 @@ async def _measure_pipelined(
                         payload, app=APP, required=required, deadline=deadline
                     )
                     event_ids.add(envelope.id)
-                    pipe.xadd(bus.keys.events, {EVENT_FIELD: encode(envelope)})
+                    data = encode(envelope)
+                    fields = {EVENT_FIELD: data}
+                    if bus.keyring is not None:  # as Bus.publish signs
+                        fields[SIGNATURE_FIELD] = bus.keyring.seal_event(data)
+                    pipe.xadd(bus.keys.events, fields)
                 await pipe.execute()
             await _until_acked(publisher, n_events, workers)
             elapsed = time.perf_counter() - started
+        sampler.cancel_scope.cancel()
         if cpu is not None:
             cpu.append(meter.stop())
+        # Every event acked exactly once: retention trimmed none before its delivery.
         await _check_ack_records(bus, publisher, event_ids)
         workers.check_alive()
+        if lengths is not None:
+            await anyio.sleep(RETENTION_INTERVAL * 1.5)
+            lengths.append((await bus.redis.xlen(bus.keys.events), 0))
     return n_events / elapsed
 
 
