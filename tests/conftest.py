@@ -74,6 +74,17 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]
 def bus_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """Each bus test runs three times: on the embedded bus, on the real Redis and on a
     Redis Cluster (through the URL of one node: the namespace's slot may be elsewhere)."""
+    yield from _lane_url(request)
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def two_lane_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The embedded bus and the real Redis, for tests that need no cluster lane of their
+    own (a keyring, say, works the same on every topology)."""
+    yield from _lane_url(request)
+
+
+def _lane_url(request: pytest.FixtureRequest) -> Iterator[str]:
     if request.param == "embedded":
         name = f"t-{secrets.token_hex(6)}"
         yield f"memory://{name}"

@@ -30,7 +30,9 @@ SIGNALS: set[type[Exception]] = {RetryLater, PermanentError}
 INTERNAL = {
     "rapid_objection.core._cli._args.UsageError": "the CLI turns it into exit status 2",
     "rapid_objection.core._cli._namespace.UnusedNamespace": "the CLI turns it into exit status 3",
+    "rapid_objection.core._dashboard._api.RequestError": "the dashboard answers its HTTP status",
     "rapid_objection.core._locks.LockNotTaken": "a runner makes it MigrationFailed, SeedFailed",
+    "rapid_objection.core._runners._Discarded": "a runner's atomic batch undone, then reported",
     "rapid_objection.core._tracking.NewerBatch": "a runner makes it a failed undo result",
 }
 """Exceptions that never leave the library, with where they end."""

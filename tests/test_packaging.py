@@ -85,6 +85,14 @@ class TestWheel:
         assert "rapid_objection/py.typed" in names
         assert [name for name in names if name.endswith(".pyc")] == []
 
+    def test_the_dashboard_page_is_shipped(self, wheel: Path) -> None:
+        """The dashboard's static files (its whole page: no build step) are in the wheel."""
+        names = set(zipfile.ZipFile(wheel).namelist())
+        static = REPOSITORY / "core" / "_dashboard" / "static"
+        files = {f"rapid_objection/core/_dashboard/static/{path.name}" for path in static.iterdir()}
+        assert {name.rpartition("/")[2] for name in files} >= {"index.html", "app.js"}
+        assert files - names == set()
+
     def test_entry_points(self, wheel: Path) -> None:
         """The metadata names the console script and the bundled plugins by the one name."""
         text = zipfile.ZipFile(wheel).read(f"{DIST_INFO}/entry_points.txt").decode()

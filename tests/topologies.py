@@ -97,9 +97,12 @@ class Servers:
             if process.poll() is not None:
                 raise TopologyError(f"redis-server on {port} exited: {self.log(port)}")
             try:
-                return bool(client(port).ping())
+                # Only our own process counts: another test process may have bound the
+                # port first, and then its server answers here while ours exits.
+                info = client(port).info("server")
             except redis.AuthenticationError:
                 return True  # it answers; it wants a password (--requirepass)
+            return int(info["process_id"]) == process.pid
 
         try:
             _wait_until(f"redis-server on {port}", answers)

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from rapid_objection.bus import Ack, Bus, Delivery, Envelope, HealthCheck, Publisher
-from rapid_objection.bus._constants import EVENT_FIELD
+from rapid_objection.bus import Ack, Bus, Delivery, Envelope, HealthCheck, Publisher, WorkerInfo
+from rapid_objection.bus._constants import EVENT_FIELD, HEARTBEAT_INTERVAL
 from rapid_objection.bus._consumer import Consumer, Handler
 from rapid_objection.bus._contract import encode
 
@@ -87,14 +87,37 @@ async def consumer_of_handler(
     concurrency: int = 1,
     claim_idle: float = 0.3,
 ) -> AsyncIterator[Consumer]:
-    """Run one consumer of ``plugin`` in the test; stopped (and drained) on exit."""
+    """Run one consumer of ``plugin`` in the test, heartbeating as a worker does (a
+    registry counts only consumers with a fresh heartbeat as live); stopped (and
+    drained) on exit."""
     consumer = Consumer(bus, plugin, name, handler, concurrency=concurrency, claim_idle=claim_idle)
-    async with anyio.create_task_group() as group:
-        await group.start(consumer.run)
+    async with anyio.create_task_group() as beats:
+        await beat(bus, plugin, name)
+        beats.start_soon(_heartbeat, bus, plugin, name)
         try:
-            yield consumer
+            async with anyio.create_task_group() as group:
+                await group.start(consumer.run)
+                try:
+                    yield consumer
+                finally:
+                    consumer.stop()
         finally:
-            consumer.stop()
+            beats.cancel_scope.cancel()
+    await bus.directory.forget_worker(plugin, name)
+
+
+async def beat(bus: Bus, plugin: str, consumer: str, *, seen: float | None = None) -> None:
+    """One heartbeat of consumer ``consumer`` of ``plugin``, sent at ``seen`` (now)."""
+    now = time.time() if seen is None else seen
+    await bus.directory.beat_worker(
+        WorkerInfo(plugin=plugin, consumer=consumer, host="test", pid=1, started=now, seen=now)
+    )
+
+
+async def _heartbeat(bus: Bus, plugin: str, consumer: str) -> None:
+    while True:
+        await anyio.sleep(HEARTBEAT_INTERVAL)
+        await beat(bus, plugin, consumer)
 
 
 def consumer_of(

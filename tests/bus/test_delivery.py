@@ -21,6 +21,8 @@ from rapid_objection.bus._publisher import PluginPolicy
 from rapid_objection.plugin_workers import PluginInterface, current_delivery
 from rapid_objection.plugin_workers.testing import running_worker
 
+from .helpers import beat
+
 pytestmark = pytest.mark.anyio
 
 SQLITE = ConnectionInfo(dialect="sqlite")
@@ -138,6 +140,7 @@ class TestLeasesAndReclaim:
         """An event held by a consumer that died is taken over after the idle threshold
         by a live consumer, and the registry still gets its ack before its deadline."""
         await bus.ensure_group("slow")
+        await beat(bus, "slow", "dead-1")  # alive when the event is published
         plugin = Slow(0)
         policies = {"slow": PluginPolicy(required=True)}
         async with (

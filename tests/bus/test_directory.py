@@ -7,6 +7,7 @@ import socket
 import time
 from typing import Any
 
+import anyio
 import pytest
 
 from rapid_objection.bus import (
@@ -190,42 +191,34 @@ class TestRegistries:
 
 
 class TestApps:
-    @staticmethod
-    async def _alive(bus: Bus, registry: str) -> None:
-        now = time.time()
-        await bus.directory.beat_registry(
-            RegistryInfo(id=registry, host="h", pid=1, started=now, seen=now)
-        )
-
     async def test_first_claim_wins(self, bus: Bus) -> None:
-        """The first live registry to claim an app owns it; a second claim returns it."""
-        await self._alive(bus, "reg-a")
-        assert await bus.directory.claim_app("shop", "reg-a") == "reg-a"
-        assert await bus.directory.claim_app("shop", "reg-b") == "reg-a"
-        assert await bus.directory.claim_app("shop", "reg-a") == "reg-a"
+        """The first registry to claim an app owns it; a second claim returns its lease."""
+        assert (await bus.directory.claim_app("shop", "reg-a")).owner == "reg-a"
+        assert (await bus.directory.claim_app("shop", "reg-b")).owner == "reg-a"
+        assert (await bus.directory.claim_app("shop", "reg-a")).owner == "reg-a"
         assert await bus.directory.apps() == {"shop": "reg-a"}
 
-    async def test_a_dead_owner_loses_its_apps(self, bus: Bus) -> None:
-        """An owner without a live heartbeat (it crashed) does not keep the app."""
-        assert await bus.directory.claim_app("shop", "reg-gone") == "reg-gone"
-        assert await bus.directory.claim_app("shop", "reg-b") == "reg-b"
+    async def test_an_owner_that_stops_renewing_loses_its_apps(self, bus: Bus) -> None:
+        """A lease that ran out (its owner crashed or paused) goes to the next claimant."""
+        assert (await bus.directory.claim_app("shop", "reg-gone", ttl_ms=50)).owner == "reg-gone"
+        await anyio.sleep(0.1)
+        assert (await bus.directory.claim_app("shop", "reg-b")).owner == "reg-b"
         assert await bus.directory.apps() == {"shop": "reg-b"}
 
     async def test_release_frees_the_app_for_another_registry(self, bus: Bus) -> None:
         """After release_app another registry can claim the app."""
-        await self._alive(bus, "reg-a")
         await bus.directory.claim_app("shop", "reg-a")
         await bus.directory.claim_app("blog", "reg-a")
         await bus.directory.release_app("shop", "reg-a")
-        assert await bus.directory.claim_app("shop", "reg-b") == "reg-b"
+        assert (await bus.directory.claim_app("shop", "reg-b")).owner == "reg-b"
         assert await bus.directory.apps() == {"shop": "reg-b", "blog": "reg-a"}
 
     async def test_a_registry_cannot_release_another_ones_app(self, bus: Bus) -> None:
         """release_app by a registry that does not own the app leaves the claim."""
-        await self._alive(bus, "reg-a")
         await bus.directory.claim_app("shop", "reg-a")
         await bus.directory.release_app("shop", "reg-b")
         assert await bus.directory.apps() == {"shop": "reg-a"}
+        assert (await bus.directory.claim_app("shop", "reg-b")).owner == "reg-a"
 
     async def test_releasing_an_unowned_app_is_harmless(self, bus: Bus) -> None:
         """release_app of an app nobody owns changes nothing."""

@@ -51,9 +51,10 @@ class TestNewerVersion:
     ) -> None:
         """A required plugin's worker that meets a newer schema version answers the
         registry at once with an error naming the version (no wait until the deadline)
-        and dead-letters the event with its id."""
+        and dead-letters the event with its id (its outcome: dead_lettered)."""
         newer = {**SCHEMA_VERSIONS, "health_check": SCHEMA_VERSIONS["health_check"] + 1}
-        monkeypatch.setattr(publisher_module, "SCHEMA_VERSIONS", newer)  # a newer registry
+        # A newer registry: it writes the next version of health_check.
+        monkeypatch.setattr(publisher_module, "written_version", lambda _: newer["health_check"])
         runs = Runs()
         async with (
             consumer_of(bus, runs, "old-worker"),
@@ -73,3 +74,7 @@ class TestNewerVersion:
             for _, fields in await bus.redis.xrange(bus.keys.dlq, "-", "+", count=10)
         ]
         assert [letter.event_id for letter in letters] == [result.event_id]
+        found = await bus.outcomes.for_events([result.entry_id])
+        assert [(r.status, r.error_type) for r in found[result.entry_id]] == [
+            ("dead_lettered", "UnsupportedEvent")
+        ]

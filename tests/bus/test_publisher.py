@@ -22,13 +22,14 @@ from rapid_objection.bus import (
     PermanentError,
     Publisher,
     WaitResult,
-    WorkerInfo,
 )
 from rapid_objection.bus._contract import decode_ack_entry
 from rapid_objection.bus._publisher import PluginPolicy
 from rapid_objection.bus._redis_memory import forget_memory_server
 from rapid_objection.plugin_workers import PluginInterface, Worker, WorkerSettings
 from rapid_objection.plugin_workers.testing import running_worker
+
+from .helpers import beat
 
 pytestmark = pytest.mark.anyio
 
@@ -149,19 +150,21 @@ class TestEmitOutcomes:
     async def test_required_plugin_without_worker_is_no_consumer(
         self, bus: Bus, declared: str
     ) -> None:
-        """A required plugin nobody runs times out and is recorded as "no_consumer"."""
+        """A required plugin nobody runs is decided at once, without waiting for the
+        deadline: timed out, "no live consumer", recorded as "no_consumer"."""
         policies = {"ghost": PluginPolicy(required=True)} if declared == "policy" else {}
         required = ["ghost"] if declared == "explicit" else None
         async with Publisher(bus, "reg-a", policies=policies) as publisher:
             started = time.monotonic()
             result = await publisher.emit(
-                AppRegistered(connection=CONNECTION), app="shop", timeout=0.3, required=required
+                AppRegistered(connection=CONNECTION), app="shop", timeout=5, required=required
             )
             elapsed = time.monotonic() - started
         outcome = result.outcomes["ghost"]
         assert (outcome.status, outcome.consumer) == ("timed_out", None)
+        assert outcome.error == "no live consumer of plugin 'ghost'"
         assert result.timed_out == [outcome]
-        assert 0.25 < elapsed < 1.0
+        assert elapsed < 0.5
         [failure] = await bus.failures.recent()
         assert (failure.plugin, failure.consumer, failure.kind) == ("ghost", None, "no_consumer")
         assert failure.event_id == result.event_id
@@ -180,13 +183,7 @@ class TestEmitOutcomes:
         """An event read by a consumer that never acks times out naming that consumer; the
         failure is a timeout while the holder heartbeats, and "crashed" when it does not."""
         await bus.ensure_group("stuck")
-        if heartbeat:
-            now = time.time()
-            await bus.directory.beat_worker(
-                WorkerInfo(
-                    plugin="stuck", consumer="stuck-1", host="h", pid=1, started=now, seen=now
-                )
-            )
+        await beat(bus, "stuck", "stuck-1")  # alive when the event is published
         results: list[WaitResult] = []
         async with Publisher(bus, "reg-a") as publisher, anyio.create_task_group() as group:
 
@@ -200,6 +197,9 @@ class TestEmitOutcomes:
                 bus.keys.events, "stuck", "stuck-1", count=1, block_ms=1000
             )
             assert len(entries) == 1
+            if not heartbeat:
+                # It dies holding the event: its last heartbeat is long gone at the deadline.
+                await beat(bus, "stuck", "stuck-1", seen=time.time() - 3600)
         [result] = results
         outcome = result.outcomes["stuck"]
         assert (outcome.status, outcome.consumer) == ("timed_out", "stuck-1")
@@ -242,6 +242,7 @@ class TestWaitResult:
             Worker(Probe("bad"), bus, consumer="bad-1"),
             Worker(Probe("extra"), bus, consumer="extra-1"),
         ]
+        await beat(bus, "ghost", "ghost-1")  # alive, but never reads: a timeout
         async with running_workers(bus, *workers), Publisher(bus, "reg-a") as publisher:
             good = await publisher.emit(
                 HealthCheck(health={"n": 1}),
@@ -385,6 +386,7 @@ class TestLateAcks:
 class TestNoPolling:
     async def test_pending_wait_costs_no_cpu(self, bus: Bus) -> None:
         """While an emit waits for a silent plugin, the process stays nearly idle."""
+        await beat(bus, "ghost", "ghost-1")  # alive, so the emit waits for its deadline
         async with (
             Publisher(bus, "reg-a", policies={"ghost": PluginPolicy(required=True)}) as publisher,
             anyio.create_task_group() as group,

@@ -196,3 +196,42 @@ class TestPublisherRetention:
                     await anyio.sleep(0.02)
             await anyio.sleep(0.15)  # a few more trims: none goes further
         assert await _stream(bus) == ids[5:]
+
+
+class TestRetentionKeepsUp:
+    async def test_a_burst_far_over_the_old_cap_stays_bounded_and_every_group_gets_all(
+        self, bus: Bus
+    ) -> None:
+        """25,000 events published as fast as the bus takes them (the old trim removed at
+        most 10,000 a minute) leave the stream at exactly ``max_len`` within two trim
+        intervals, while a fast and a lagging group were each delivered every event."""
+        max_len, total, chunk = 1_000, 25_000, 500
+        await bus.ensure_group("fast")
+        await bus.ensure_group("slow")
+        published: list[str] = []
+        received: dict[str, list[str]] = {"fast": [], "slow": []}
+
+        async def consume(group: str, count: int, pause: float) -> None:
+            while len(received[group]) < total:
+                entries = await bus.redis.xreadgroup(
+                    bus.keys.events, group, "c", count=count, block_ms=100
+                )
+                ids = [entry_id for entry_id, _ in entries]
+                await bus.redis.xack(bus.keys.events, group, ids)
+                received[group] += ids
+                await anyio.sleep(pause)
+
+        async with Publisher(bus, "reg-burst", retention=Retention(max_len=max_len)):
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(consume, "fast", 1_000, 0)
+                    group.start_soon(consume, "slow", 200, 0.01)
+                    for _ in range(total // chunk):
+                        published += await bus.redis.xadd_many(
+                            bus.keys.events, [{b"e": b"x" * 64}] * chunk
+                        )
+                with anyio.fail_after(2.5):
+                    while await bus.redis.xlen(bus.keys.events) != max_len:
+                        await anyio.sleep(0.05)
+        assert received == {"fast": published, "slow": published}
+        assert await _stream(bus) == published[-max_len:]

@@ -11,13 +11,22 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
+from rapid_objection.bus._redis_memory import forget_memory_server
+from rapid_objection.core import AppRegistry
 from rapid_objection.core._connections import Engines
+from tests.core.fixtures_migrations import (
+    Scripts,
+    create_table,
+    delete,
+    drop_table,
+    insert,
+)
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "RAPID_OBJECTION_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -163,3 +172,31 @@ def engines() -> Iterator[Engines]:
     table = Engines()
     yield table
     table.close_all()
+
+
+# --- an app's registry, migrations and seeds (test_lifecycle_data, test_requested) ----
+
+
+@pytest.fixture
+async def registry() -> AsyncIterator[AppRegistry]:
+    """A registry on an embedded bus of its own."""
+    name = f"registry-{secrets.token_hex(4)}"
+    async with AppRegistry({"bus": {"url": f"memory://{name}", "ack_timeout": 5}}) as reg:
+        yield reg
+    forget_memory_server(name)
+
+
+@pytest.fixture
+def migrations(tmp_path: Path) -> Scripts:
+    """One migration: table ``items``."""
+    made = Scripts.at(tmp_path / "migrations")
+    made.migration("001_items.py", create_table("items"), drop_table("items"))
+    return made
+
+
+@pytest.fixture
+def seeds(tmp_path: Path) -> Scripts:
+    """One seed: item ``first``."""
+    made = Scripts.at(tmp_path / "seeds")
+    made.seed("001_first.py", insert("items", "first", via="connection"), delete("items", "first"))
+    return made

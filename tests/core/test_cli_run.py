@@ -7,8 +7,10 @@ process, with the demo's sample plugins running inline; the flag tests use the r
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +23,8 @@ from anyio.abc import Process
 
 from rapid_objection.bus import Bus, ConnectionInfo, Envelope, HealthCheck
 from rapid_objection.bus.testing import purge
+from rapid_objection.core import AppRegistry, PluginVeto
+from rapid_objection.core._config import load_registry_config
 from rapid_objection.plugin_workers import PluginInterface
 from tests.e2e import CLI, REPO_ROOT, one_line_error, run_cli, subprocess_env
 
@@ -104,6 +108,12 @@ required = true
 module = "tests.core.demo_plugins:MonitoringPlugin"
 
 """
+
+
+def sqlite_tables(path: Path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return {name for (name,) in rows}
 
 
 async def health_checks(bus: Bus) -> list[Envelope]:
@@ -200,21 +210,83 @@ class TestServe:
         ]
         assert (tmp_path / "shop.db").exists()
 
-    async def test_a_failing_app_is_reported_and_the_others_register(self, tmp_path: Path) -> None:
-        """An app that cannot connect is one line on stderr (its password masked); the
-        apps before and after it register, and the registry runs."""
+    async def test_with_keep_going_a_failing_app_is_reported_and_the_others_register(
+        self, tmp_path: Path
+    ) -> None:
+        """``--keep-going``: an app that cannot connect is one line on stderr naming the
+        stage (its password masked); the apps before and after it register, the
+        registry serves them, says which failed, and exits 0 on SIGTERM."""
         broken = '[apps.broken]\ndatabase.url = "postgresql+psycopg://u:hunter2@127.0.0.1:1/x"\n\n'
         body = sqlite_app(tmp_path, "first") + broken + sqlite_app(tmp_path, "last")
-        async with running(tmp_path, str(registry_file(tmp_path, body))) as run:
+        config = str(registry_file(tmp_path, body))
+        async with running(tmp_path, config, "--keep-going") as run:
             await run.printed(READY)
             run.signal(signal.SIGTERM)
             code = await run.exit_code()
         assert code == 0, run.err
         [line] = run.err.splitlines()
-        assert line.startswith("app broken: registration FAILED: app 'broken' cannot connect")
+        assert line.startswith(
+            "app broken: registration FAILED at stage connection: app 'broken' cannot connect"
+        )
         assert "hunter2" not in run.out + run.err
         assert "running: 2 of 3 apps registered (first, last); failed: broken" in run.out
         assert "plugins: none configured" in run.out
+
+    async def test_an_app_that_fails_stops_the_registry_with_status_1(
+        self, tmp_path: Path, redis_url: str, namespace: str
+    ) -> None:
+        """Without ``--keep-going`` the first app that fails to register is one line
+        naming the app, the stage and the error; its registration is rolled back, the
+        apps after it are not registered, and the registry shuts down cleanly (the
+        connections closed, its supervised worker stopped) and exits 1."""
+        plugins = (
+            "[plugins.monitoring]\n"
+            'module = "tests.core.demo_plugins:MonitoringPlugin"\nmode = "process"\n\n'
+        )
+        broken = sqlite_app(tmp_path, "broken") + 'models.module = "tests.core.no_such_models"\n\n'
+        body = plugins + sqlite_app(tmp_path, "first") + broken + sqlite_app(tmp_path, "last")
+        config = str(registry_file(tmp_path, body))
+        # The log flags of run reach the worker it supervises: its lines are JSON too.
+        logs = ("--log-level", "info", "--log-format", "json")
+        args = (config, "--bus-url", redis_url, "--namespace", namespace, *logs)
+        try:
+            async with running(tmp_path, *args) as run:
+                code = await run.exit_code()
+            with anyio.fail_after(5):
+                while processes_with("worker", "--namespace", namespace):
+                    await anyio.sleep(0.05)
+        finally:
+            with anyio.CancelScope(shield=True):
+                for pid in processes_with("worker", "--namespace", namespace):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                async with Bus.connect(redis_url, namespace) as bus:
+                    await purge(bus)
+        assert code == 1, run.err
+        # The log records (the registry's and its worker's, JSON) share the stderr.
+        lines = run.err.splitlines()
+        records = [json.loads(line) for line in lines if line.startswith("{")]
+        (banner,) = [record for record in records if "hooks" in record]
+        assert (banner["logger"], banner["plugin"]) == ("rapid_objection.worker", "monitoring")
+        failure, last = [line for line in lines if not line.startswith("{")]
+        assert failure.startswith(
+            "app broken: registration FAILED at stage models: models of app 'broken' from "
+            "'tests.core.no_such_models' cannot be loaded"
+        )
+        assert last == (
+            "rapid-objection: app broken failed to register; the registry shut down "
+            "(--keep-going serves the apps that register)"
+        )
+        out = run.out
+        assert "app first: registered" in out
+        assert "the remaining apps are not registered: last" in out
+        assert "app last: registering" not in out
+        assert READY not in out
+        assert "connections of apps closed: first;" in out
+        assert "plugins unloaded: monitoring" in out
+        # Rolled back: only the registry's bookkeeping (tracking tables, ownership fence).
+        assert sqlite_tables(tmp_path / "broken.db") == {"ro_migrations", "ro_seeds", "ro_owners"}
+        assert "users" in sqlite_tables(tmp_path / "first.db")
 
     async def test_health_monitoring_as_configured(
         self, tmp_path: Path, redis_url: str, namespace: str
@@ -299,8 +371,7 @@ class TestServe:
         """A plain def hook blocked in its thread past the shutdown: the process still
         exits, with the documented status of a shutdown that was not clean (1)."""
         stuck = (
-            "[plugins.stuck-hook]\n"
-            'module = "tests.core.test_cli_run:StuckHook"\ntimeout = 0.5\n\n'
+            '[plugins.stuck-hook]\nmodule = "tests.core.test_cli_run:StuckHook"\ntimeout = 0.5\n\n'
         )
         config = registry_file(
             tmp_path, stuck + sqlite_app(tmp_path, "shop"), registry="shutdown_timeout = 2.0"
@@ -337,27 +408,106 @@ class TestServe:
 
 
 class TestRequiredPlugins:
-    async def test_a_required_plugin_that_fails_to_load_stops_the_registry(
+    async def test_a_required_plugin_that_fails_to_load_stays_awaited(
         self, tmp_path: Path
     ) -> None:
-        """A plugin marked required that cannot be imported: its failure is printed, no
-        app is registered, the registry shuts down and exits 1 with one line naming it."""
+        """A plugin marked required that cannot be imported is reported, and stays
+        awaited: with on_failure "continue" the app registers, each of its steps
+        reporting that the plugin has no live consumer, and the registry serves."""
         body = (
             '[plugins.backup]\nmodule = "no_such_module:Backup"\nrequired = true\n\n'
             + DEMO_PLUGINS
             + sqlite_app(tmp_path, "shop")
         )
         async with running(tmp_path, str(registry_file(tmp_path, body))) as run:
+            await run.printed(READY)
+            run.signal(signal.SIGTERM)
             code = await run.exit_code()
-        assert code == 1
+        assert code == 0, run.err
         assert "Traceback" not in run.out + run.err
         assert "plugin audit-log: loaded" in run.out
-        assert "plugin backup: FAILED to load (import): Failed to import plugin module" in run.out
-        assert "app shop" not in run.out
-        assert "shutdown in" in run.out
-        last = run.err.splitlines()[-1]
-        assert last.startswith("rapid-objection: required plugins did not load (backup: ")
-        assert "no_such_module" in last
+        assert (
+            "plugin backup: FAILED to load (import): Failed to import plugin module"
+            in run.out
+        )
+        assert "required: each of its hooks fails (no live consumer) until a worker" in run.out
+        [started] = [line for line in run.out.splitlines() if "app_registration_started" in line]
+        assert "backup TIMED OUT: no live consumer of plugin 'backup'" in started
+        assert "app shop: registered" in run.out
+
+    async def test_an_abort_plugin_without_a_worker_vetoes_the_apps(
+        self, tmp_path: Path
+    ) -> None:
+        """A required plugin with on_failure "abort" whose worker never announced itself:
+        reported at load, and each app's registration is vetoed at once (no live
+        consumer), as through the Python API."""
+        body = (
+            "[plugin_manager]\nload_timeout = 0.5\n\n"
+            '[plugins.gate]\nmodule = "x:Gate"\nmode = "external"\nrequired = true\n'
+            'on_failure = "abort"\ntimeout = 20.0\n\n' + sqlite_app(tmp_path, "shop")
+        )
+        async with running(tmp_path, str(registry_file(tmp_path, body))) as run:
+            await run.printed("app shop: registering")
+            started = time.monotonic()
+            with anyio.fail_after(10):
+                while "app shop: registration FAILED" not in run.err:
+                    await anyio.sleep(0.05)
+            took = time.monotonic() - started
+            if run.process.returncode is None:
+                run.signal(signal.SIGTERM)
+            await run.exit_code()
+        assert "plugin gate: FAILED to load (manifest)" in run.out
+        assert "on_failure abort" in run.out
+        [failed] = [line for line in run.err.splitlines() if "registration FAILED" in line]
+        assert failed.startswith("app shop: registration FAILED")
+        assert failed.endswith(
+            ": plugin 'gate' (no consumer) stopped app_registration_started of app 'shop': "
+            "no live consumer of plugin 'gate'"
+        )
+        assert took < 5  # decided at once, not at the plugin's 20 s deadline
+        assert "app shop: registered" not in run.out
+        assert not (tmp_path / "shop.db").exists()
+
+    @pytest.mark.parametrize("on_failure", ["abort", "continue"])
+    async def test_the_cli_and_the_api_agree(self, tmp_path: Path, on_failure: str) -> None:
+        """One registry file, a required plugin whose worker is not running: ``run``
+        and ``AppRegistry`` load, report and register (or veto) alike."""
+        body = (
+            "[plugin_manager]\nload_timeout = 0.3\n\n"
+            '[plugins.gate]\nmodule = "x:Gate"\nmode = "external"\nrequired = true\n'
+            f'on_failure = "{on_failure}"\n\n' + sqlite_app(tmp_path, "shop")
+        )
+        path = registry_file(tmp_path, body)
+        async with running(tmp_path, str(path)) as run:
+            with anyio.fail_after(20):
+                while "app shop: registered" not in run.out and "FAILED" not in run.err:
+                    await anyio.sleep(0.05)
+            if run.process.returncode is None:
+                run.signal(signal.SIGTERM)
+            await run.exit_code()
+        assert "plugin gate: FAILED to load (manifest)" in run.out
+        registered = "app shop: registered" in run.out
+        failures = [line for line in run.err.splitlines() if "registration FAILED" in line]
+
+        config = load_registry_config(path)
+        async with AppRegistry(config) as registry:
+            failed = [failure.name for failure in registry.plugins.failed.values()]
+            veto: PluginVeto | None = None
+            try:
+                await registry.register_app("shop", config.apps["shop"])
+            except PluginVeto as caught:
+                veto = caught
+            assert registry.has_app("shop") is registered
+        assert failed == ["gate"]
+        assert registered is (on_failure == "continue")
+        if veto is None:
+            assert failures == []
+        else:
+            # The same veto, word for word, as the line run printed.
+            assert "no live consumer of plugin 'gate'" in str(veto)
+            [line] = failures
+            assert line.startswith("app shop: registration FAILED")
+            assert line.endswith(f": {veto}")
 
     async def test_an_optional_plugin_that_fails_to_load_is_reported_only(
         self, tmp_path: Path

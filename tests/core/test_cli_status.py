@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import pty
+import re
+import signal
 import socket
+import subprocess
+from importlib.metadata import version
 from typing import Any
 
+import anyio
 import pytest
 
 from rapid_objection.bus import (
@@ -18,7 +26,7 @@ from rapid_objection.bus import (
 from rapid_objection.bus._publisher import PluginPolicy
 from rapid_objection.plugin_workers import PluginInterface
 from rapid_objection.plugin_workers.testing import running_worker
-from tests.e2e import run_cli
+from tests.e2e import CLI, REPO_ROOT, run_cli, subprocess_env
 
 pytestmark = pytest.mark.anyio
 
@@ -101,6 +109,89 @@ class TestNeverUsed:
         assert f"namespace {namespace!r}" in err
         assert "has never been used" in err
         assert len(err.strip().splitlines()) == 1
+
+
+ANSI_CONTROL = r"\x1b\[[0-9;?]*[A-Za-z]"
+"""Terminal control sequences (colours, cursor moves), dropped before reading the screen."""
+
+
+class TestWatch:
+    async def test_redraws_every_second_until_ctrl_c(self, redis_bus: Bus, redis_url: str) -> None:
+        """On a terminal, ``--watch`` redraws the tables in place with what changed since
+        (a second event), and Ctrl-C (SIGINT) ends it with exit 0."""
+        async with Publisher(redis_bus, "reg-watch") as publisher:
+            await publisher.publish(AppUnregistered(), app="shop")
+            controller, terminal = pty.openpty()
+            env = {**subprocess_env(), "COLUMNS": "160", "LINES": "60", "TERM": "xterm"}
+            process = await anyio.open_process(
+                [CLI, *cli(redis_url, redis_bus.namespace, "--watch")],
+                stdin=terminal,
+                stdout=terminal,
+                stderr=subprocess.PIPE,
+                cwd=REPO_ROOT,
+                env=env,
+            )
+            os.close(terminal)
+            screen = ""
+
+            async def read_until(text: str) -> None:
+                """Read the terminal until a whole frame (its last table drawn) shows ``text``."""
+                nonlocal screen
+                with anyio.fail_after(20):
+                    while True:
+                        shown = re.sub(ANSI_CONTROL, "", screen)
+                        if text in shown and "Recent failures" in shown.split(text)[-1]:
+                            return
+                        chunk = await anyio.to_thread.run_sync(os.read, controller, 65536)
+                        screen += chunk.decode(errors="replace")
+
+            try:
+                await read_until("1 events in the stream")
+                await publisher.publish(AppUnregistered(), app="shop")
+                await read_until("2 events in the stream")
+                process.send_signal(signal.SIGINT)
+                with anyio.fail_after(10):
+                    code = await process.wait()
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                await process.aclose()
+                os.close(controller)
+        assert code == 0
+        assert screen.count("Consumers") >= 2  # the tables were drawn again, whole
+        assert "\x1b[1A\x1b[2K" in screen  # cursor up, erase line: redrawn in place
+
+    async def test_json_is_one_object_a_second(self, redis_bus: Bus, redis_url: str) -> None:
+        """``--watch --json`` prints one status object per line, each second, until SIGINT."""
+        async with Publisher(redis_bus, "reg-watch") as publisher:
+            await publisher.publish(AppUnregistered(), app="shop")
+        command = [CLI, *cli(redis_url, redis_bus.namespace, "--watch", "--json")]
+        env = subprocess_env()
+        async with await anyio.open_process(command, cwd=REPO_ROOT, env=env) as process:
+            assert process.stdout is not None
+            out = b""
+            with anyio.fail_after(20):
+                while out.count(b"\n") < 2:
+                    out += await process.stdout.receive()
+            process.send_signal(signal.SIGINT)
+            with anyio.fail_after(10):
+                assert await process.wait() == 0
+        first, second = (json.loads(line) for line in out.splitlines()[:2])
+        assert first["namespace"] == second["namespace"] == redis_bus.namespace
+        assert second["time"] - first["time"] >= 0.9
+
+    async def test_check_is_refused(self, redis_url: str, namespace: str) -> None:
+        """``--check`` answers once: with ``--watch`` it is a usage error."""
+        code, _, err = await run_cli(*cli(redis_url, namespace, "--watch", "--check"))
+        assert code == 2
+        assert "--watch and --check" in err
+
+
+async def test_version_is_the_installed_one() -> None:
+    """``rapid-objection --version`` prints the version of the installed distribution."""
+    code, out, _ = await run_cli("--version")
+    assert code == 0
+    assert out == f"rapid-objection {version('rapid-objection')}\n"
 
 
 async def test_help_is_plain_text() -> None:

@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -23,10 +22,12 @@ from rapid_objection.core import AppRegistry, MigrationFailed, RegistryError, Se
 from tests.core.fixtures_migrations import (
     FAIL,
     Scripts,
+    app_config,
     create_table,
     delete,
     drop_table,
     insert,
+    labels,
     server_connections,
     until,
     wait_for,
@@ -34,50 +35,6 @@ from tests.core.fixtures_migrations import (
 from tests.core.freezing_proxy import FreezingProxy, freezing_proxy
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def registry() -> AsyncIterator[AppRegistry]:
-    """A registry on an embedded bus of its own."""
-    name = f"registry-{secrets.token_hex(4)}"
-    async with AppRegistry({"bus": {"url": f"memory://{name}", "ack_timeout": 5}}) as reg:
-        yield reg
-    forget_memory_server(name)
-
-
-@pytest.fixture
-def migrations(tmp_path: Path) -> Scripts:
-    """One migration: table ``items``."""
-    made = Scripts.at(tmp_path / "migrations")
-    made.migration("001_items.py", create_table("items"), drop_table("items"))
-    return made
-
-
-@pytest.fixture
-def seeds(tmp_path: Path) -> Scripts:
-    """One seed: item ``first``."""
-    made = Scripts.at(tmp_path / "seeds")
-    made.seed("001_first.py", insert("items", "first", via="connection"), delete("items", "first"))
-    return made
-
-
-def app_config(url: str, migrations: Scripts, seeds: Scripts | None = None) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "database": {"url": url},
-        "migrations": {"directory": str(migrations.directory)},
-    }
-    if seeds is not None:
-        config["seeds"] = {"directory": str(seeds.directory)}
-    return config
-
-
-def labels(url: str) -> list[str]:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as connection:
-            return sorted(connection.execute(sa.text("SELECT label FROM items")).scalars())
-    finally:
-        engine.dispose()
 
 
 def tables(url: str) -> set[str]:

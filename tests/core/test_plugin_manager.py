@@ -499,6 +499,7 @@ class TestManagerQueries:
             "status": "failed",
             "error": "Plugin 'broken' missing required 'module' property",
             "phase": "config",
+            "required": False,
         }
         assert "off" not in status["plugins"]
 

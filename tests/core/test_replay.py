@@ -416,6 +416,8 @@ class TestCommand:
             (["--type", "app_registred"], "invalid choice: 'app_registred'"),
             (["--limit", "0"], "must be at least 1"),
             (["--format", "csv"], "invalid choice: 'csv'"),
+            (["--last", "2", "--limit", "2"], "--last N (the newest) and --limit N"),
+            (["--follow", "--until", "-1h"], "--follow shows what comes next"),
         ],
         ids=[
             "bad-since",
@@ -426,6 +428,8 @@ class TestCommand:
             "unknown-type",
             "zero-limit",
             "unknown-format",
+            "last-and-limit",
+            "follow-until",
         ],
     )
     async def test_mistakes_are_one_line(

@@ -69,16 +69,23 @@ class WorkerPool:
         self.processes: list[WorkerProcess] = []
 
     async def start(
-        self, plugin: type[Recorder], count: int = 1, *, options: Sequence[str] = ()
+        self,
+        plugin: type[Recorder],
+        count: int = 1,
+        *,
+        options: Sequence[str] = (),
+        launcher: Sequence[str] = (CLI,),
     ) -> list[WorkerProcess]:
-        """Start ``count`` workers of ``plugin``; returns once each of them is reading."""
+        """Start ``count`` workers of ``plugin``; returns once each of them is reading.
+
+        ``launcher``: the command before ``worker`` (a script that wraps the CLI)."""
         target = f"{plugin.__module__}:{plugin.__qualname__}"
         started = []
         for _ in range(count):
             consumer = f"{plugin.NAME}-{secrets.token_hex(3)}"
             log_path = self.logs / f"{consumer}.log"
             log = log_path.open("wb")
-            command = [CLI, "worker", target, "--bus-url", self.url]
+            command = [*launcher, "worker", target, "--bus-url", self.url]
             command += ["--namespace", self.bus.namespace, "--consumer", consumer, *options]
             process = await anyio.open_process(
                 command, stdin=None, stdout=log, stderr=log, cwd=REPO_ROOT, env=subprocess_env()

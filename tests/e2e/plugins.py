@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import anyio
 
-from rapid_objection.bus import ConnectionInfo
+from rapid_objection.bus import ConnectionInfo, PermanentError
 from rapid_objection.bus._keys import Keys
 from rapid_objection.plugin_workers import PluginInterface, RegistryView, current_delivery
 
@@ -55,6 +55,15 @@ class PluginB(Recorder):
     NAME = "e2e-b"
 
 
+class Gatekeeper(Recorder):
+    """Also answers app_registration_started, as an access-control plugin would."""
+
+    NAME = "e2e-gatekeeper"
+
+    async def on_app_registration_started(self, app_name: str, config: dict[str, Any]) -> None:
+        """Lets every app in."""
+
+
 class Sleeper(Recorder):
     """Sleeps inside the hook for the event's ``config["sleep"]`` seconds."""
 
@@ -62,6 +71,16 @@ class Sleeper(Recorder):
 
     async def work(self, config: dict[str, Any]) -> None:
         await anyio.sleep(float(config.get("sleep", 0.0)))
+
+
+class Refuser(Recorder):
+    """Refuses (PermanentError: no retry) an event whose config says ``refuse``."""
+
+    NAME = "e2e-refuser"
+
+    async def work(self, config: dict[str, Any]) -> None:
+        if config.get("refuse"):
+            raise PermanentError(f"refused: {config['refuse']}")
 
 
 class FailsToBuild(PluginInterface):
@@ -80,3 +99,22 @@ class FailsToInitialize(PluginInterface):
 
     async def initialize(self, registry: RegistryView, config: dict[str, Any]) -> None:
         raise RuntimeError("backup directory /nonexistent is not writable")
+
+
+class Picky(Recorder):
+    """Fails the hook of an app named ``bad`` (a plugin's bug, with a traceback); emits a
+    custom event ``picked`` from a span of its own for every app."""
+
+    NAME = "e2e-picky"
+
+    async def work(self, config: dict[str, Any]) -> None:
+        # A span of the plugin's own, and a custom event sent from inside it: both belong
+        # to the registry step's trace when OpenTelemetry is set up (tests/e2e).
+        from opentelemetry import trace
+
+        app = current_delivery().envelope.app
+        with trace.get_tracer("tests.e2e").start_as_current_span("picky lookup"):
+            assert isinstance(self.registry, RegistryView)
+            await self.registry.emit("picked", {"app": app})
+            if app == "bad":
+                raise LookupError("no such customer: bad")

@@ -120,7 +120,7 @@ class TestBackupPlugin:
         emergency = broken[1]
         assert emergency["operation"] == "register_app"
         assert "no way" in emergency["error"]
-        assert emergency["context"] == {"stage": "migrations"}
+        assert emergency["context"] == {"stage": "migrations", "rolled_back": []}
         for marker in shop + broken:
             assert marker["pid"] == worker_pid != os.getpid()
             assert marker["registry"] == registry.id

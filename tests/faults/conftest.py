@@ -27,8 +27,10 @@ from .tally import Tally
 from .workers import Workers, in_process_workers, process_workers
 
 IN_CI = os.environ.get("CI") == "true"
-LINES = pytest.StashKey[list[str]]()
-"""The report lines of the session's scenarios, repeated in the terminal summary."""
+SCENARIO_LINE = "fault scenario"
+"""The user property that carries a scenario's report line to the terminal summary
+(a property travels with the test's report, from an xdist worker to the controller)."""
+_LINES: list[str] = []
 
 
 class Report(Protocol):
@@ -130,16 +132,23 @@ def report(request: pytest.FixtureRequest) -> Report:
         took = time.monotonic() - started
         line = f"{request.node.name}: {tally.line()}{extra} in {took:.1f}s"
         print(line, file=sys.stderr)
-        request.config.stash.setdefault(LINES, []).append(line)
+        summarise(request, line)
 
     return write
 
 
-def pytest_terminal_summary(
-    terminalreporter: pytest.TerminalReporter, config: pytest.Config
-) -> None:
-    lines = config.stash.get(LINES, [])
-    if lines:
+def summarise(request: pytest.FixtureRequest, line: str) -> None:
+    """Repeat ``line`` in the session's terminal summary."""
+    request.node.user_properties.append((SCENARIO_LINE, line))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        _LINES.extend(str(v) for k, v in report.user_properties if k == SCENARIO_LINE)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _LINES:
         terminalreporter.section("fault scenarios")
-        for line in lines:
+        for line in _LINES:
             terminalreporter.write_line(line)

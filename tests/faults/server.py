@@ -13,8 +13,7 @@ from typing import IO
 import anyio
 import redis.asyncio as aioredis
 from anyio.abc import Process
-
-from rapid_objection.bus import Bus, BusUnavailable
+from redis import exceptions as redis_errors
 
 FIRST_PORT = 16_400
 PORTS_TRIED = 200
@@ -94,6 +93,15 @@ class RedisServer:
                 raise
         raise ServerError(f"no free port in {FIRST_PORT}-{FIRST_PORT + PORTS_TRIED - 1}")
 
+    async def _answering_is_ours(self) -> bool:
+        # Another test process (pytest-xdist) may have taken the port between the check
+        # and our bind: its server then answers PING here while ours exits with "Address
+        # already in use". Only the server whose process id is ours counts as started.
+        assert self._process is not None
+        async with self.admin() as client:
+            info = await client.info("server")
+        return int(info["process_id"]) == self._process.pid
+
     def _bound_elsewhere(self) -> bool:
         return "Address already in use" in self.log()
 
@@ -105,10 +113,11 @@ class RedisServer:
         with anyio.move_on_after(READY_TIMEOUT):
             while self.running:
                 try:
-                    async with Bus.connect(self.url):
+                    if await self._answering_is_ours():
                         return
-                except BusUnavailable:
-                    await anyio.sleep(0.02)
+                except (redis_errors.RedisError, OSError):
+                    pass
+                await anyio.sleep(0.02)
         reason = "did not answer PING" if self.running else "exited"
         await self.stop()
         last = self.log().strip().splitlines()[-1:] or ["(no output)"]

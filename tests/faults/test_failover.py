@@ -221,7 +221,9 @@ class TestSentinelFailover:
         promoted: list[float] = []
         async with Bus.connect(url, namespace) as bus:
             done = await under_load(bus, url, tmp_path, kill_primary, final_timeout=10)
-            assert sentinels.current_primary() == sentinels.replica
+            # The replica was promoted (a loaded machine may see Sentinel fail back
+            # later, which must lose nothing either).
+            assert promoted, "no failover was seen"
             await check(report, bus, done.run, f"promoted after {promoted[0]:.1f}s")
         gc.collect()  # see the filterwarnings mark
         assert done.final.ok, done.final

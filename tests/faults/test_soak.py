@@ -33,7 +33,7 @@ from rapid_objection.bus._constants import RECORD_FIELD
 from rapid_objection.bus._contract import decode_dead_letter
 from rapid_objection.bus.testing import drained
 
-from .conftest import LINES
+from .conftest import summarise
 from .plugins import Timed, runs_key
 from .server import RedisServer
 from .workers import ProcessWorkers, process_workers
@@ -315,7 +315,7 @@ class TestSoak:
             f"wrong_letters={len(wrong_letters)} in {time.monotonic() - began:.1f}s"
         )
         print(line, file=sys.stderr)
-        request.config.stash.setdefault(LINES, []).append(line)  # the terminal summary
+        summarise(request, line)
         for letter in letters:
             if letter.event_id in wrong_letters:
                 print(

@@ -44,9 +44,10 @@ class Workers(Protocol):
         timeout: float | None = None,
         max_deliveries: int | None = None,
         claim_idle: float | None = None,
+        required: bool = False,
     ) -> list[str]:
-        """Start ``count`` workers of ``plugin``; returns their consumer names once each
-        of them reads its group."""
+        """Start ``count`` workers of ``plugin`` (announced required when ``required``);
+        returns their consumer names once each of them reads its group."""
         ...
 
 
@@ -56,6 +57,7 @@ class Options:
     timeout: float | None = None
     max_deliveries: int | None = None
     claim_idle: float | None = None
+    required: bool = False
 
 
 def _consumer_name(plugin: type[Recorder]) -> str:
@@ -101,9 +103,10 @@ class ProcessWorkers:
         timeout: float | None = None,
         max_deliveries: int | None = None,
         claim_idle: float | None = None,
+        required: bool = False,
     ) -> list[str]:
         target = f"{plugin.__module__}:{plugin.__qualname__}"
-        options = Options(concurrency, timeout, max_deliveries, claim_idle)
+        options = Options(concurrency, timeout, max_deliveries, claim_idle, required)
         started: list[WorkerProcess] = []
         for _ in range(count):
             consumer = _consumer_name(plugin)
@@ -133,7 +136,7 @@ class ProcessWorkers:
         ):
             if value is not None:
                 command += [flag, str(value)]
-        return command
+        return command + (["--required"] if options.required else [])
 
     async def _ready(self, plugin: str, worker: WorkerProcess) -> None:
         """Wait until ``worker`` is in the directory and a consumer of its group."""
@@ -214,6 +217,7 @@ class InProcessWorkers:
         timeout: float | None = None,
         max_deliveries: int | None = None,
         claim_idle: float | None = None,
+        required: bool = False,
     ) -> list[str]:
         options: dict[str, float] = {}
         if timeout is not None:
@@ -226,7 +230,12 @@ class InProcessWorkers:
         for _ in range(count):
             name = _consumer_name(plugin)
             worker = running_worker(
-                plugin(), self.bus, consumer=name, concurrency=concurrency, **options
+                plugin(),
+                self.bus,
+                consumer=name,
+                concurrency=concurrency,
+                required=required,
+                **options,
             )
             await self._stack.enter_async_context(worker)
             names.append(name)

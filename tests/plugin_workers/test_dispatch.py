@@ -329,12 +329,17 @@ class TestErrors:
         assert ack.error == "cannot reach postgresql://shop:***@db:5432/shop"
 
     async def test_hook_timeout_is_acked_as_hook_timeout(self) -> None:
-        """A hook running past the timeout is cancelled and acked as HookTimeout."""
+        """A hook running past the timeout is cancelled and acked as HookTimeout, with
+        the traceback of where it was waiting."""
         started = time.monotonic()
         ack = await dispatch(Returns({"late": True}, delay=2), HealthCheck(), timeout=0.1)
         assert (ack.status, ack.error_type) == ("error", "HookTimeout")
         assert ack.error == "hook on_health_check timed out after 0.1s"
         assert 0.1 <= ack.duration < 0.5
+        # The traceback says where the hook was waiting when its time ran out.
+        assert ack.traceback is not None
+        assert "in on_health_check" in ack.traceback
+        assert ack.traceback.rstrip().endswith("CancelledError")
         assert time.monotonic() - started < 0.5
 
     async def test_hooks_own_timeout_error_is_not_a_hook_timeout(self) -> None:

@@ -13,6 +13,7 @@ import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 FAIL = 'raise RuntimeError("boom")'
 
@@ -224,6 +225,31 @@ class AlembicScripts:
     def add_column(self, column: str) -> str:
         """A revision that adds a column to the table (``batch_alter_table``)."""
         return self.revision(add_column(self.table, column), drop_column(self.table, column))
+
+
+# --- an app's configuration and rows -------------------------------------------------
+
+
+def app_config(url: str, migrations: Scripts, seeds: Scripts | None = None) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "database": {"url": url},
+        "migrations": {"directory": str(migrations.directory)},
+    }
+    if seeds is not None:
+        config["seeds"] = {"directory": str(seeds.directory)}
+    return config
+
+
+def labels(url: str) -> list[str]:
+    """The labels in table ``items`` of ``url``'s database, sorted."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return sorted(connection.execute(sa.text("SELECT label FROM items")).scalars())
+    finally:
+        engine.dispose()
 
 
 # --- server connections --------------------------------------------------------------

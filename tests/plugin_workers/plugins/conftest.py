@@ -13,6 +13,7 @@ from rapid_objection.bus._redis_memory import forget_memory_server
 from rapid_objection.bus.testing import embedded_bus
 from rapid_objection.core import AppRegistry
 from rapid_objection.plugin_workers import Dispatcher, RegistryView
+from rapid_objection.plugin_workers._connection import Engines
 from tests.core.conftest import postgres_admin_url, sql_url
 
 __all__ = ["postgres_admin_url", "sql_url"]  # the database lanes of tests/core, reused
@@ -45,6 +46,7 @@ async def _deliver(
         "test-consumer",
         timeout=10,
         custom_handlers=view.handlers if view is not None else None,
+        engines=Engines(getattr(plugin, "config", {})),  # as a worker: its own databases
     )
     answer = await dispatcher(Delivery(f"1-{attempt}", envelope, attempt))
     assert not isinstance(answer, Deferred), answer

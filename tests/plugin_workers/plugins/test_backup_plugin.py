@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,14 @@ import anyio
 import msgspec
 import pytest
 
-from rapid_objection.bus import Ack, AppRegistered, AppRollbackStarted, ConnectionInfo
+from rapid_objection.bus import (
+    Ack,
+    AppRegistered,
+    AppRollbackStarted,
+    Bus,
+    ConnectionInfo,
+    Publisher,
+)
 from rapid_objection.core import AppRegistry
 from rapid_objection.plugin_workers import RegistryView
 from rapid_objection.plugin_workers.plugins.backup import (
@@ -23,11 +31,13 @@ from rapid_objection.plugin_workers.plugins.backup import (
     read_dump,
 )
 from rapid_objection.plugin_workers.testing import call_hook, envelope_for
+from tests.e2e import CLI, REPO_ROOT, subprocess_env
 
 pytestmark = pytest.mark.anyio
 
 Deliver = Callable[..., Awaitable[Ack]]
 SAMPLE = Path(__file__).parents[2] / "core" / "sample_app"
+BACKUP = "rapid_objection.plugin_workers.plugins.backup:BackupPlugin"
 
 
 def make_database(path: Path, names: list[str]) -> None:
@@ -59,13 +69,18 @@ def registered(path: Path) -> AppRegistered:
     return AppRegistered(connection=ConnectionInfo(dialect="sqlite", database=str(path)))
 
 
+def own(path: Path) -> dict[str, str]:
+    """The ``databases`` table of a worker whose app ``shop`` is the SQLite file ``path``."""
+    return {"shop": f"sqlite:///{path}"}
+
+
 class TestSqliteFile:
     async def test_a_copy_restores_the_same_rows(self, tmp_path: Path) -> None:
         """A registered SQLite app's copy opens with the same rows; the hook names it."""
         database = tmp_path / "shop.db"
         make_database(database, ["admin", "guest"])
         plugin = BackupPlugin({"directory": str(tmp_path / "backups")})
-        ack = await call_hook(plugin, registered(database), app="shop")
+        ack = await call_hook(plugin, registered(database), app="shop", databases=own(database))
         assert isinstance(ack, Ack)
         assert ack.status == "ok", ack.error
         result = ack.result
@@ -78,7 +93,8 @@ class TestSqliteFile:
     async def test_a_missing_database_is_an_error(self, tmp_path: Path) -> None:
         """A path that does not exist fails the hook and leaves no partial copy."""
         plugin = BackupPlugin({"directory": str(tmp_path / "backups")})
-        ack = await call_hook(plugin, registered(tmp_path / "absent.db"), app="shop")
+        absent = tmp_path / "absent.db"
+        ack = await call_hook(plugin, registered(absent), app="shop", databases=own(absent))
         assert isinstance(ack, Ack)
         assert (ack.status, ack.error_type) == ("error", "FileNotFoundError")
         assert list((tmp_path / "backups" / "shop").iterdir()) == []
@@ -91,7 +107,7 @@ class TestSqliteFile:
         """The same event delivered again (after a crash) is answered without copying."""
         database = tmp_path / "shop.db"
         make_database(database, ["admin"])
-        plugin = BackupPlugin({"directory": str(tmp_path / "backups")})
+        plugin = BackupPlugin({"directory": str(tmp_path / "backups"), "databases": own(database)})
         await plugin.initialize(view, {})
         try:
             envelope = envelope_for(registered(database), app="shop")
@@ -114,7 +130,7 @@ class TestSqliteFile:
         plugin = BackupPlugin({"directory": str(tmp_path / "backups"), "keep": 2})
         made = []
         for _ in range(4):
-            ack = await call_hook(plugin, registered(database), app="shop")
+            ack = await call_hook(plugin, registered(database), app="shop", databases=own(database))
             assert isinstance(ack, Ack)
             made.append(Path(ack.result["path"]))
         assert copies(tmp_path / "backups", "shop") == made[2:]
@@ -270,7 +286,101 @@ class TestConfiguration:
         payload = AppRollbackStarted(
             connection=ConnectionInfo(dialect="sqlite", database=str(database))
         )
-        ack = await call_hook(plugin, payload, app="shop")
+        ack = await call_hook(plugin, payload, app="shop", databases=own(database))
         assert isinstance(ack, Ack)
         assert ack.result["kind"] == "rollback"
         assert plugin.apps == []  # only registration puts an app on the schedule
+
+
+class TestEventsNamingOtherDatabases:
+    """Defence in depth: the database an event names is never what gets copied."""
+
+    async def test_a_forged_path_for_a_configured_app_is_refused(self, tmp_path: Path) -> None:
+        """``connection.database=/some/other.db`` for an app whose database the worker
+        knows: a permanent error naming the plugin and both paths; nothing copied."""
+        database, other = tmp_path / "shop.db", tmp_path / "other.db"
+        make_database(database, ["admin"])
+        make_database(other, ["secret"])
+        plugin = BackupPlugin({"directory": str(tmp_path / "backups")})
+        ack = await call_hook(plugin, registered(other), app="shop", databases=own(database))
+        assert isinstance(ack, Ack)
+        assert (ack.status, ack.error_type, ack.permanent) == ("error", "PermanentError", True)
+        assert "backup plugin refused the event" in (ack.error or "")
+        assert str(other) in (ack.error or "")
+        assert copies(tmp_path / "backups", "shop") == []
+
+    async def test_an_app_without_a_database_of_its_own_is_refused(self, tmp_path: Path) -> None:
+        """An app the worker has no credentials for: refused, the event's path unused."""
+        other = tmp_path / "other.db"
+        make_database(other, ["secret"])
+        plugin = BackupPlugin({"directory": str(tmp_path / "backups")})
+        ack = await call_hook(plugin, registered(other), app="shop", databases={})
+        assert isinstance(ack, Ack)
+        assert (ack.status, ack.error_type, ack.permanent) == ("error", "PermanentError", True)
+        assert "no credentials for app 'shop'" in (ack.error or "")
+        assert copies(tmp_path / "backups", "shop") == []
+
+    @pytest.mark.slow
+    async def test_a_worker_process_refuses_a_forged_registration(
+        self, redis_bus: Bus, redis_url: str, sql_url: str, tmp_path: Path
+    ) -> None:
+        """A backup worker process with its own URL for ``shop``: an ``app_registered``
+        that anyone with access to Redis could publish, naming another database, is
+        answered with a permanent error and copies nothing; the genuine one is copied."""
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(sql_url)
+        with engine.begin() as connection:
+            connection.execute(sa.text("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)"))
+        own_database = engine.url.database
+        dialect = engine.dialect.name
+        engine.dispose()
+        backups = tmp_path / "backups"
+        config = tmp_path / "backup.toml"
+        config.write_text(
+            f'directory = "{backups}"\n[databases]\nshop = "{sql_url}"\n', encoding="utf-8"
+        )
+        elsewhere = str(tmp_path / "other.db") if dialect == "sqlite" else "postgres"
+        async with (
+            backup_worker(redis_bus, redis_url, config, tmp_path),
+            Publisher(redis_bus, "forger") as publisher,
+        ):
+            forged, genuine = [
+                await publisher.emit(
+                    AppRegistered(connection=ConnectionInfo(dialect=dialect, database=name)),
+                    app="shop",
+                    required=["backup"],
+                    timeout=15,
+                )
+                for name in (elsewhere, own_database)
+            ]
+        refused = forged.outcomes["backup"]
+        assert (refused.status, refused.attempt) == ("failed", 1)
+        assert "backup plugin refused the event" in (refused.error or "")
+        assert genuine.outcomes["backup"].status == "acked", genuine.outcomes
+        assert len(copies(backups, "shop")) == 1
+
+
+@asynccontextmanager
+async def backup_worker(bus: Bus, url: str, config: Path, logs: Path) -> AsyncIterator[None]:
+    """``rapid-objection worker`` of the bundled backup plugin, reading its group."""
+    log_path = logs / "backup-worker.log"
+    command = [CLI, "worker", BACKUP, "--config", str(config), "--bus-url", url]
+    command += ["--namespace", bus.namespace, "--consumer", "backup-1"]
+    with log_path.open("wb") as log:
+        process = await anyio.open_process(
+            command, stdin=None, stdout=log, stderr=log, cwd=REPO_ROOT, env=subprocess_env()
+        )
+    try:
+        with anyio.fail_after(20):
+            while not await bus.directory.workers("backup"):
+                assert process.returncode is None, log_path.read_text()
+                await anyio.sleep(0.05)
+        yield
+    finally:
+        process.terminate()
+        with anyio.move_on_after(10, shield=True):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+        await process.aclose()
