@@ -9,6 +9,9 @@ DEMO_STAMP := $(VENV)/.installed
 
 # Extra arguments for pytest, e.g.  make test PYTEST_ARGS='-k bus -x'
 PYTEST_ARGS ?=
+# Test files run in parallel processes (most tests wait on servers and subprocesses, not
+# on the CPU); a file stays in one process so its module fixtures start once.
+PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 
@@ -50,7 +53,7 @@ lint: $(STAMP)
 	$(BIN)/python docs/generate.py --check
 
 test: lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -1,4 +1,5 @@
-"""Generated references of the wire contract: ``docs/events.schema.json`` and ``docs/hooks.md``.
+"""Generated references: the wire contract (``docs/events.schema.json``, ``docs/hooks.md``)
+and the Redis ACL roles (``docs/acl-roles.md``).
 
 Both are rendered from the msgspec Structs of ``_contract`` and, for the hooks, from the
 plugin interface, so that the docs never drift from the code. After changing either,
@@ -43,6 +44,7 @@ COMMAND: Final = "python docs/generate.py"
 PROJECT_ROOT: Final = Path(__file__).resolve().parent.parent
 SCHEMA_FILE: Final = Path("docs/events.schema.json")
 HOOKS_FILE: Final = Path("docs/hooks.md")
+ACL_FILE: Final = Path("docs/acl-roles.md")
 
 SCHEMA_ROOTS: Final[tuple[type[msgspec.Struct], ...]] = (
     Envelope,
@@ -267,6 +269,50 @@ def render_hooks(interface: type, view: type) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- the Redis ACL roles ----------------------------------------------------------------
+
+
+def render_acl_roles() -> str:
+    """Each role of ``rapid-objection acl``: its keys, and each command with the adapter
+    methods that send it (``bus._acl`` and the adapter's ``@sends`` declarations)."""
+    from rapid_objection.bus._acl import role, setuser
+
+    lines = [
+        "# Redis ACL roles",
+        "",
+        _GENERATED_NOTE,
+        "",
+        "What `rapid-objection acl --role ROLE` grants, shown for the namespace `shop`: each",
+        "command with the methods of the Redis adapter (`bus/_redis.py`) that send it. How to",
+        "use them: [operations.md](operations.md#least-privilege-redis-acl-users).",
+    ]
+    for title, name, redrive, migrate in (
+        ("registry", "registry", False, False),
+        ("worker", "worker", False, False),
+        ("operator", "operator", False, False),
+        ("operator --allow-redrive", "operator", True, False),
+        ("operator --allow-migrate", "operator", False, True),
+    ):
+        granted = role(name, "shop", allow_redrive=redrive, allow_migrate=migrate)
+        lines += ["", f"## {title}", ""]
+        if granted.read_keys:
+            lines.append(f"Reads keys {', '.join(f'`{k}`' for k in granted.read_keys)}.")
+        if granted.keys:
+            lines.append(f"Reads and writes keys {', '.join(f'`{k}`' for k in granted.keys)}.")
+        lines += ["", "| command | sent by |", "|---|---|"]
+        for command in sorted(granted.commands):
+            senders = ", ".join(f"`{method}`" for method in granted.senders(command))
+            # A pipe inside a table cell must be escaped, code span or not (GFM).
+            lines.append(f"| `{command.replace('|', chr(92) + '|')}` | {senders} |")
+        for scope in granted.scoped:
+            only = ", ".join(f"`{command}`" for command in sorted(granted.only_on(scope)))
+            where = ", ".join(f"`{key}`" for key in scope.keys)
+            senders = ", ".join(f"`{method}`" for method in scope.methods)
+            lines += ["", f"On {where} only, also {only} (sent by {senders})."]
+        lines += ["", "```", setuser(f"ro-shop-{name}", granted), "```"]
+    return "\n".join(lines) + "\n"
+
+
 # --- the command line -------------------------------------------------------------------
 
 
@@ -277,6 +323,7 @@ def generated() -> dict[Path, str]:
     return {
         SCHEMA_FILE: render_schema(),
         HOOKS_FILE: render_hooks(PluginInterface, RegistryView),
+        ACL_FILE: render_acl_roles(),
     }
 
 
@@ -292,7 +339,7 @@ def stale(root: Path) -> list[Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog=COMMAND, description="Regenerate docs/events.schema.json and docs/hooks.md."
+        prog=COMMAND, description="Regenerate the generated files of docs/."
     )
     parser.add_argument(
         "--check", action="store_true", help="write nothing; exit 1 if a file is stale"
