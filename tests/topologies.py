@@ -270,6 +270,13 @@ class Sentinels:
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinels)
         return f"redis+sentinel://{hosts}/{self.service}/0" + (f"?{query}" if query else "")
 
+    def switches(self) -> list[str]:
+        """The primary changes the first Sentinel logged (``+switch-master``), oldest
+        first: a test that lost data says whether Sentinel failed over twice."""
+        log = self.servers.directory / str(self.sentinels[0]) / "server.log"
+        lines = log.read_text(errors="replace").splitlines()
+        return [line.split("# ", 1)[-1] for line in lines if "+switch-master" in line]
+
     def current_primary(self) -> int:
         with client(self.sentinels[0]) as sentinel:
             _, port = sentinel.execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", self.service)
