@@ -27,7 +27,8 @@ class Gate:
 
     ``close()`` refuses new ones with a clear error and cancels those in flight: each
     rolls back what it did (a batch already running in a worker thread finishes first:
-    a thread cannot be interrupted) and raises ``RegistryError`` in its caller.
+    a thread cannot be interrupted) and raises ``RegistryError`` in its caller, saying
+    what the operation said of its rollback (done, or failed too).
     """
 
     def __init__(self, registry_id: str) -> None:
@@ -65,17 +66,25 @@ class Gate:
         self._running[scope] = operation
         if self._idle.is_set():
             self._idle = anyio.Event()
+        # What the cancelled operation said of its undoing (rolled back, or the rollback
+        # failed too): the scope swallows the cancellation, so the notes are kept here.
+        notes: list[str] = []
         try:
             with scope:
-                yield
+                try:
+                    yield
+                except anyio.get_cancelled_exc_class() as exc:
+                    notes = list(getattr(exc, "__notes__", ()))
+                    raise
         finally:
             del self._running[scope]
             if not self._running:
                 self._idle.set()
         if scope.cancelled_caught:
+            said = "".join(f"; {note}" for note in notes)
             raise RegistryError(
                 f"registry {self.registry_id!r} is shutting down: {operation} was "
-                "cancelled and rolled back"
+                f"cancelled{said}"
             )
 
     async def close(self) -> None:

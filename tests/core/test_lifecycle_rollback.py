@@ -27,6 +27,7 @@ from rapid_objection.core import (
     MigrationFailed,
     ModelLoadError,
     PluginVeto,
+    RegistryError,
     SeedFailed,
 )
 from rapid_objection.plugin_workers import PluginInterface
@@ -54,11 +55,14 @@ HOOKS = (
 
 class Refuser(PluginInterface):
     """Fails the hook named by ``refuse`` (a veto, as required with on_failure abort) and
-    records the context of every operation_failed it receives."""
+    records the context of every operation_failed it receives; with ``stall``, its
+    app_registered hook never returns (``stalled`` is set when it starts)."""
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         super().__init__("refuser", "1.0.0")
         self.refuse: str | None = None
+        self.stall = False
+        self.stalled = anyio.Event()
         self.failures: list[tuple[str, dict[str, Any]]] = []
 
     def _check(self, hook: str) -> None:
@@ -79,6 +83,9 @@ class Refuser(PluginInterface):
 
     async def on_app_registered(self, app_name: str, connection: Any, config: Any) -> None:
         self._check("app_registered")
+        if self.stall:
+            self.stalled.set()
+            await anyio.sleep_forever()
 
     async def on_operation_failed(
         self, app_name: str, operation: str, error: Any, context: dict[str, Any]
@@ -346,6 +353,39 @@ class TestARollbackThatFails:
         assert {"orders", "stuck"} <= set(snapshot(sql_url))
         assert not bench.registry.has_app("shop")
         assert bench.registry.engines.count() == 0
+
+    async def test_a_cancelled_registration_says_its_rollback_failed(
+        self, bench: Bench, sql_url: str, tmp_path: Path
+    ) -> None:
+        """Shutdown cancels a registration waiting on a plugin, and undoing it fails:
+        the caller's error says the rollback failed (naming the step's error) instead of
+        saying it was rolled back."""
+        shop = await shop_with_batch_one(bench, sql_url, tmp_path)
+        shop.migrations.migration(
+            "003_stuck.py", create_table("stuck"), 'raise RuntimeError("cannot drop stuck")'
+        )
+        bench.refuser.stall = True
+        outcome: list[RegistryError] = []
+
+        async def register() -> None:
+            try:
+                await bench.registry.register_app("shop", shop.config())
+            except RegistryError as exc:
+                outcome.append(exc)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(register)
+            with anyio.fail_after(10):
+                await bench.refuser.stalled.wait()
+            await bench.registry.shutdown(1.0)
+        (error,) = outcome
+        said = str(error)
+        assert "shutting down: register_app('shop') was cancelled; " in said
+        assert "failed at stage app_registered, and rolling it back failed too" in said
+        assert "003_stuck.py" in said
+        assert "cannot drop stuck" in said
+        assert "was rolled back" not in said
+        assert not bench.registry.has_app("shop")
 
     async def test_the_note_says_what_was_rolled_back(
         self, bench: Bench, sql_url: str, tmp_path: Path
