@@ -6,13 +6,15 @@ import argparse
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 from rich.console import Console, RenderableType
 from rich.table import Table
+from rich.text import Text
 
-from rapid_objection.bus import RegistryInfo, StatusReport, collect_status
+from rapid_objection.bus import Bus, BusUnavailable, RegistryInfo, StatusReport, collect_status
 
 from ._args import DEFAULT_SERVER_URL, Parser, UsageError, add_bus_options
 from ._namespace import namespace_bus
@@ -77,25 +79,72 @@ def run(args: argparse.Namespace) -> int:
 
 async def watch(args: argparse.Namespace) -> None:
     """``--watch``: collect and redraw every second (rich Live: the screen is redrawn in
-    place) until SIGINT or SIGTERM, which end it cleanly, the last tables left shown."""
+    place) until SIGINT or SIGTERM, which end it cleanly, the last tables left shown.
+
+    A bus that becomes unavailable does not end it: the outage is shown (above the last
+    tables, or on stderr with ``--json``) and collecting goes on until Redis answers."""
     from rich.console import Group
     from rich.live import Live
 
     console = Console(width=None if sys.stdout.isatty() else 10_000)
+    outage = Outage()
     async with namespace_bus(args) as bus, anyio.create_task_group() as group:
         group.start_soon(_stop_on_signal, group.cancel_scope)
         if args.json:
             while True:
-                report = await collect_status(bus, recent=args.failures)
-                print(report.json().decode(), flush=True)
+                report = await outage.collect(bus, args.failures, say=_to_stderr)
+                if report is not None:
+                    print(report.json().decode(), flush=True)
                 await anyio.sleep(WATCH_INTERVAL)
         else:
             # One refresh per update, by us: rich's own refresh thread is not needed.
+            shown: list[RenderableType] = []
             with Live(console=console, auto_refresh=False) as live:
                 while True:
-                    report = await collect_status(bus, recent=args.failures)
-                    live.update(Group(*tables(report)), refresh=True)
+                    report = await outage.collect(bus, args.failures)
+                    if report is not None:
+                        shown = tables(report)
+                    live.update(Group(*outage.banner(), *shown), refresh=True)
                     await anyio.sleep(WATCH_INTERVAL)
+
+
+def _to_stderr(line: str) -> None:
+    print(f"rapid-objection status: {line}", file=sys.stderr, flush=True)
+
+
+class Outage:
+    """Whether the bus answered the last collection, and if not, since when and why."""
+
+    def __init__(self) -> None:
+        self.down: tuple[float, BusUnavailable] | None = None
+
+    async def collect(
+        self, bus: Bus, recent: int, *, say: Callable[[str], None] | None = None
+    ) -> StatusReport | None:
+        """The status report, or None while the bus is unavailable (``say`` is told once
+        when an outage starts and once when it ends)."""
+        try:
+            report = await collect_status(bus, recent=recent)
+        except BusUnavailable as exc:
+            if self.down is None and say is not None:
+                say(f"{exc}; trying again every {WATCH_INTERVAL:g}s")
+            self.down = (self.down[0] if self.down else time.monotonic(), exc)
+            return None
+        if self.down is not None and say is not None:
+            since, error = self.down
+            say(f"bus back at {error.url} after {time.monotonic() - since:.0f}s")
+        self.down = None
+        return report
+
+    def banner(self) -> list[Text]:
+        """A line saying the bus is down and for how long; none while it answers."""
+        if self.down is None:
+            return []
+        since, error = self.down
+        down = time.monotonic() - since
+        # Text, not markup: the reason may hold brackets ("[Errno 111]").
+        line = f"{error} (for {down:.0f}s; the tables below are from before)"
+        return [Text(line, style="red")]
 
 
 async def _stop_on_signal(scope: anyio.CancelScope) -> None:

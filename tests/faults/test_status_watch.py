@@ -1,0 +1,78 @@
+"""``rapid-objection status --watch`` through a Redis outage: it says the bus is down,
+keeps trying, and shows the namespace again when the server is back."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import anyio
+import pytest
+from anyio.abc import ByteReceiveStream
+
+from rapid_objection.bus import AppUnregistered, Bus, Publisher
+from tests.e2e import CLI, REPO_ROOT, subprocess_env
+
+from .server import RedisServer
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.redis_server]
+
+WAIT = 20.0
+"""Seconds any one thing the test waits for gets."""
+
+
+class Stream:
+    """What a process has written on one pipe so far, read on demand."""
+
+    def __init__(self, pipe: ByteReceiveStream | None) -> None:
+        assert pipe is not None
+        self.pipe = pipe
+        self.text = ""
+
+    async def until(self, predicate: str | int) -> str:
+        """Read until the text holds ``predicate`` (a string) or that many lines (an int)."""
+        with anyio.fail_after(WAIT):
+            while not (
+                predicate in self.text
+                if isinstance(predicate, str)
+                else self.text.count("\n") >= predicate
+            ):
+                self.text += (await self.pipe.receive()).decode(errors="replace")
+        return self.text
+
+
+async def test_json_watch_rides_out_a_redis_outage(server: RedisServer, namespace: str) -> None:
+    """The server stops mid-watch: one line on stderr names the bus and the cause, no
+    object is printed while it is down, the process stays up, and when the server is
+    back (same port, its data kept) the objects resume and a line says so."""
+    async with Bus.connect(server.url, namespace) as bus, Publisher(bus, "reg-watch") as pub:
+        await pub.publish(AppUnregistered(), app="shop")
+    command = [CLI, "status", "--bus-url", server.url, "--namespace", namespace]
+    async with await anyio.open_process(
+        [*command, "--watch", "--json"], cwd=REPO_ROOT, env=subprocess_env()
+    ) as process:
+        out, err = Stream(process.stdout), Stream(process.stderr)
+        try:
+            await out.until(1)
+            await server.stop()
+            said = await err.until("trying again")
+            lines_when_down = (await out.until(1)).count("\n")
+            await anyio.sleep(2.5)  # two collections that find the server down
+            assert out.text.count("\n") <= lines_when_down + 1  # one may have been in flight
+            assert process.returncode is None
+            await server.start()
+            await err.until("bus back")
+            printed = (await out.until(lines_when_down + 2)).count("\n")
+            process.send_signal(signal.SIGINT)
+            with anyio.fail_after(WAIT):
+                code = await process.wait()
+        finally:
+            if process.returncode is None:
+                process.kill()
+    assert code == 0
+    assert f"bus unavailable at {server.url}" in said
+    assert "Traceback" not in err.text
+    assert len(err.text.strip().splitlines()) == 2, err.text  # down once, back once
+    last = json.loads(out.text.splitlines()[printed - 1])
+    assert last["namespace"] == namespace
+    assert last["events"] == 1
