@@ -83,8 +83,7 @@ class Gate:
         if scope.cancelled_caught:
             said = "".join(f"; {note}" for note in notes)
             raise RegistryError(
-                f"registry {self.registry_id!r} is shutting down: {operation} was "
-                f"cancelled{said}"
+                f"registry {self.registry_id!r} is shutting down: {operation} was cancelled{said}"
             )
 
     async def close(self) -> None:

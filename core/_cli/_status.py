@@ -232,7 +232,14 @@ def tables(report: StatusReport) -> list[RenderableType]:
         plugins.add_column(column)
     consumers = Table(title="Consumers")
     for column in (
-        "plugin", "consumer", "alive", "pending", "idle", "handled", "failures", "last hook"
+        "plugin",
+        "consumer",
+        "alive",
+        "pending",
+        "idle",
+        "handled",
+        "failures",
+        "last hook",
     ):
         consumers.add_column(column)
     for plugin in report.plugins:
