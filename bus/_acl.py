@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ._keys import Keys
-from ._redis import Batch, Redis
+from ._redis import Redis
+from ._redis_batch import Batch
 from ._sends import SENT, commands_of
 
 ROLES: Final = ("registry", "worker", "operator")

@@ -22,7 +22,7 @@ from ._constants import DEAD_CONSUMER_IDLE
 from ._directory import is_alive
 from ._errors import BusUnavailable, GroupMissing
 from ._ids import sorted_ids
-from ._redis import Entry
+from ._redis_records import Entry
 from ._restore import Restorer
 
 log = logging.getLogger("rapid_objection.bus")

@@ -31,7 +31,7 @@ from ._ids import sorted_ids
 from ._lanes import InlineLanes, Lanes, TaskLanes
 from ._order import PENDING_SCAN, AppOrder
 from ._redact import mask_url
-from ._redis import Entry, PendingEntry
+from ._redis_records import Entry, PendingEntry
 from ._restore import Restorer
 from ._retry import Deferred, Outage, RetryPolicy
 from ._tracebacks import traceback_text

@@ -11,7 +11,7 @@ from ._bus import Bus
 from ._contract import Envelope, Failure, FailureKind, WorkerInfo
 from ._directory import is_alive
 from ._errors import GroupMissing
-from ._redis import PendingEntry
+from ._redis_records import PendingEntry
 from ._waits import Outcome, Wait
 
 

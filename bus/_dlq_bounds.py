@@ -20,7 +20,8 @@ from ._constants import DLQ_MAX_AGE, DLQ_MAX_LEN, DLQ_PAYLOAD_PREFIX, RECORD_FIE
 from ._contract import DeadLetter, encode
 from ._history import time_to_id
 from ._keys import Keys
-from ._redis import Batch, Redis
+from ._redis import Redis
+from ._redis_batch import Batch
 
 
 class DeadLetterBounds(msgspec.Struct, frozen=True, kw_only=True):

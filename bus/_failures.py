@@ -10,7 +10,8 @@ from ._constants import FAILURES_MAXLEN, RECORD_FIELD
 from ._contract import Failure, FailureKind, decode_failure, encode
 from ._keys import Keys
 from ._outcomes import add_outcomes, of_failure
-from ._redis import Batch, Redis
+from ._redis import Redis
+from ._redis_batch import Batch
 
 NO_CONSUMER = "-"
 """The counter field's consumer part when no consumer held the event."""

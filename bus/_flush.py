@@ -31,7 +31,7 @@ from ._failures import add_failure
 from ._heads import EnvelopeHead
 from ._ids import sorted_ids
 from ._outcomes import add_outcomes, of_ack, of_letter
-from ._redis import Batch
+from ._redis_batch import Batch
 from ._retry import Outage
 
 FLUSH_GATHER = 0.001

@@ -20,7 +20,8 @@ from ._constants import EVENT_FIELD
 from ._delivery import Delivery
 from ._heads import decode_head
 from ._ids import id_key
-from ._redis import PendingEntry, Redis
+from ._redis import Redis
+from ._redis_records import PendingEntry
 
 PENDING_SCAN = 10_000
 """Pending rows read per check (the group's pending list up to the newest candidate)."""

@@ -39,7 +39,8 @@ from ._contract import (
 from ._heads import EnvelopeHead
 from ._ids import id_key
 from ._keys import Keys
-from ._redis import Batch, Redis
+from ._redis import Redis
+from ._redis_batch import Batch
 
 RUN_GAP_MS: Final = 60_000
 """Entries further apart than this are read back with separate ranges: a handful of

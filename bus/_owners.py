@@ -20,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ._keys import Keys
-from ._redis import Batch, Redis, Watched
+from ._redis import Redis
+from ._redis_batch import Batch, Watched
 
 
 @dataclass(frozen=True, slots=True)

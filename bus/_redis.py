@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import anyio
@@ -20,10 +19,13 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from . import _redis_clients as clients
+from . import _redis_records as records
 from ._errors import BusRefused, BusUnavailable, BusUrlError, GroupMissing
 from ._redact import mask_url
+from ._redis_batch import Batch, Watched
 from ._redis_failures import FAILURES, translate
 from ._redis_memory import MemoryServer, memory_server
+from ._redis_records import ConsumerInfo, Entry, Fields, GroupInfo, PendingEntry
 from ._sends import sends
 from ._topology import Topology
 from ._topology import parse as parse_topology
@@ -36,40 +38,6 @@ connection; on a cluster, the slot map (CLUSTER SLOTS), the command table (COMMA
 COMMAND GETKEYS) and ASKING while a slot moves. Its CLIENT SETINFO (the library's name
 and version, Redis 7.2+) is left out: redis-py ignores a refusal, and a 7.0 server does
 not know the command, so no ACL naming it could be applied there."""
-Fields = Mapping[bytes, bytes]
-Entry = tuple[str, dict[bytes, bytes]]
-"""A stream entry: its id and its fields (empty when the entry was deleted)."""
-
-
-@dataclass(frozen=True, slots=True)
-class PendingEntry:
-    """One row of XPENDING: who holds an entry, for how long, delivered how often."""
-
-    entry_id: str
-    consumer: str
-    idle_ms: int
-    deliveries: int
-
-
-@dataclass(frozen=True, slots=True)
-class GroupInfo:
-    """One row of XINFO GROUPS."""
-
-    name: str
-    consumers: int
-    pending: int
-    last_delivered: str
-    lag: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class ConsumerInfo:
-    """One row of XINFO CONSUMERS; ``inactive_ms`` exists from Redis 7.2 on."""
-
-    name: str
-    pending: int
-    idle_ms: int
-    inactive_ms: int | None
 
 
 def check_url(url: str) -> str:
@@ -86,47 +54,6 @@ def _raise_group_missing(exc: Exception, key: str, group: str) -> None:
         words in text.lower() for words in ("no such key", "requires the key to exist")
     ):
         raise GroupMissing(key, group) from None
-
-
-def _raw_pending_entry(row: Sequence[Any]) -> PendingEntry:
-    """One row of XPENDING's extended form as the server sends it (id, consumer, idle
-    milliseconds, deliveries)."""
-    entry_id, consumer, idle_ms, deliveries = row
-    return PendingEntry(text_of(entry_id), text_of(consumer), int(idle_ms), int(deliveries))
-
-
-def _pending_entry(row: Any) -> PendingEntry:
-    """One row of XPENDING's extended form, as redis-py parses it."""
-    return PendingEntry(
-        entry_id=text_of(row["message_id"]),
-        consumer=text_of(row["consumer"]),
-        idle_ms=int(row["time_since_delivered"]),
-        deliveries=int(row["times_delivered"]),
-    )
-
-
-def _flat(fields: Fields) -> list[Any]:
-    """An entry's fields as XADD's words: name, value, name, value..."""
-    return [word for pair in fields.items() for word in pair]
-
-
-def _scored(members: Mapping[Any, float]) -> list[Any]:
-    """Sorted-set members as ZADD's words: score, member, score, member..."""
-    return [word for member, score in members.items() for word in (score, member)]
-
-
-def _trim(maxlen: int | None, *, exact: bool = False) -> Command:
-    """XADD's words for ``MAXLEN`` (approximate unless ``exact``); none without it."""
-    return () if maxlen is None else ("MAXLEN", "=" if exact else "~", maxlen)
-
-
-def _block(millis: int | None) -> Command:
-    """A read's words for ``BLOCK``; none for a read that answers at once."""
-    return ("BLOCK", millis) if millis else ()
-
-
-def _entries(raw: Sequence[Any] | None) -> list[Entry]:
-    return [(text_of(entry_id), dict(fields or {})) for entry_id, fields in raw or ()]
 
 
 class Redis:
@@ -357,7 +284,7 @@ class Redis:
     async def xadd_many(self, key: str, entries: Sequence[Fields]) -> list[str]:
         """XADD several entries in one pipelined round trip (not a transaction)."""
         if (wires := self.wires) is not None:
-            commands = [("XADD", key, "*", *_flat(fields)) for fields in entries]
+            commands = [("XADD", key, "*", *records.flat(fields)) for fields in entries]
             replies = await self._on_wire(wires, commands)
             self._raise_first(replies, "XADD")
             self._notify((key,))
@@ -379,7 +306,7 @@ class Redis:
     async def xadd(self, key: str, fields: Fields, maxlen: int | None = None) -> str:
         """XADD one entry; ``maxlen`` trims approximately (``MAXLEN ~``)."""
         if (wires := self.wires) is not None:  # the hot path
-            words = ("XADD", key, *_trim(maxlen), "*", *_flat(fields))
+            words = ("XADD", key, *records.trim(maxlen), "*", *records.flat(fields))
             entry_id = await self._one_on_wire(wires, words)
         elif self._durable is None:
             entry_id = await self._call("xadd", key, dict(fields), maxlen=maxlen, approximate=True)
@@ -395,7 +322,36 @@ class Redis:
 
     def batch(self, *, atomic: bool = True) -> Batch:
         """A pipeline; ``atomic`` wraps it in MULTI/EXEC (all keys share one slot)."""
-        return Batch(self, atomic)
+        return Batch(self._run_batch, atomic)
+
+    async def _run_batch(self, batch: Batch) -> list[Any]:
+        """Send ``batch`` in one round trip: raw on a single server, else a fresh redis-py
+        pipeline to the node of its slot (waiting for replicas under ``min_replicas``)."""
+        if (wires := self.wires) is not None:
+            if batch.atomic:
+                replies = await self._on_wire(wires, [("MULTI",), *batch.words, ("EXEC",)])
+                # A refusal while queueing (OOM, NOPERM...) aborts the whole (EXECABORT).
+                self._raise_first(replies, "EXEC")
+                replies = list(replies[-1])  # EXEC's array: the commands' own replies
+            else:
+                replies = await self._on_wire(wires, batch.words)
+            self._raise_first(replies, "EXEC")
+            self._notify(batch.streams)
+            return replies
+
+        async def write(client: Any) -> list[Any]:
+            pipeline = client.pipeline(transaction=batch.atomic)
+            for name, args, kwargs in batch.commands:
+                getattr(pipeline, name)(*args, **kwargs)
+            async with self._errors():
+                replies: list[Any] = await pipeline.execute()
+            return replies
+
+        # Every key of a batch is of one namespace, so of one cluster slot: the first
+        # names the node whose replicas the batch waits for.
+        replies = await self._durably(batch.commands[0][1][0], write)
+        self._notify(batch.streams)
+        return replies
 
     @sends("WATCH", "UNWATCH", "MULTI", "EXEC")
     async def transaction(
@@ -530,14 +486,17 @@ class Redis:
 
         async def read(block: int | None) -> list[Entry]:
             if (wires := self._wires) is not None:
-                words = ("XREADGROUP", "GROUP", group, consumer, "COUNT", count, *_block(block))
+                words = (
+                    *("XREADGROUP", "GROUP", group, consumer, "COUNT", count),
+                    *records.block(block),
+                )
                 replies = await self._on_wire(wires, [(*words, "STREAMS", key, start)])
                 self._raise_group_reply(replies, key, group, "XREADGROUP")
                 return stream_entries(replies[0])
             raw = await self._group_call(
                 key, group, "xreadgroup", group, consumer, {key: start}, count=count, block=block
             )
-            return _entries(raw[0][1]) if raw else []
+            return records.entries(raw[0][1]) if raw else []
 
         # Only new entries can be waited for; a pending re-read answers at once.
         return await self._read_blocking(key, block_ms if start == ">" else None, read)
@@ -554,11 +513,15 @@ class Redis:
             entries = await self.xreadgroup(key, group, consumer, count=count, block_ms=block_ms)
             return entries, await self.xpending(key, group, count=rows)
         if (wires := self._wires) is not None:
-            read = ("XREADGROUP", "GROUP", group, consumer, "COUNT", count, *_block(block_ms))
+            read = (
+                *("XREADGROUP", "GROUP", group, consumer, "COUNT", count),
+                *records.block(block_ms),
+            )
             commands = [(*read, "STREAMS", key, ">"), ("XPENDING", key, group, "-", "+", rows)]
             replies = await self._on_wire(wires, commands)
             self._raise_group_reply(replies, key, group, "XREADGROUP")
-            return stream_entries(replies[0]), [_raw_pending_entry(row) for row in replies[1]]
+            held = [records.raw_pending_entry(row) for row in replies[1]]
+            return stream_entries(replies[0]), held
         pipeline = self._client.pipeline(transaction=False)
         pipeline.xreadgroup(group, consumer, {key: ">"}, count=count, block=block_ms or None)
         pipeline.xpending_range(key, group, min="-", max="+", count=rows)
@@ -573,7 +536,8 @@ class Redis:
         except redis_errors.ResponseError as exc:
             _raise_group_missing(exc, key, group)
             raise
-        return (_entries(raw[0][1]) if raw else []), [_pending_entry(row) for row in pending]
+        held = [records.pending_entry(row) for row in pending]
+        return (records.entries(raw[0][1]) if raw else []), held
 
     @sends("XREAD")
     async def xread(
@@ -583,10 +547,10 @@ class Redis:
 
         async def read(block: int | None) -> list[Entry]:
             if (wires := self._wires) is not None:
-                words = ("XREAD", "COUNT", count, *_block(block), "STREAMS", key, last_id)
+                words = ("XREAD", "COUNT", count, *records.block(block), "STREAMS", key, last_id)
                 return stream_entries(await self._one_on_wire(wires, words))
             raw = await self._call("xread", {key: last_id}, count=count, block=block)
-            return _entries(raw[0][1]) if raw else []
+            return records.entries(raw[0][1]) if raw else []
 
         return await self._read_blocking(key, block_ms, read)
 
@@ -654,7 +618,7 @@ class Redis:
             words = ("XPENDING", key, group, *idle, start, end, count, *holder)
             replies = await self._on_wire(wires, [words])
             self._raise_group_reply(replies, key, group, "XPENDING")
-            return [_raw_pending_entry(row) for row in replies[0]]
+            return [records.raw_pending_entry(row) for row in replies[0]]
         raw = await self._group_call(
             key,
             group,
@@ -667,7 +631,7 @@ class Redis:
             consumername=consumer,
             idle=min_idle_ms,
         )
-        return [_pending_entry(row) for row in raw]
+        return [records.pending_entry(row) for row in raw]
 
     @sends("ZADD", "XPENDING")
     async def xpending_and_claim(
@@ -685,12 +649,12 @@ class Redis:
         the group's pending entries up to ``end`` (XPENDING, extended form)."""
         if (wires := self.wires) is not None:
             commands = [
-                ("ZADD", claims, "NX", *_scored(members)),
+                ("ZADD", claims, "NX", *records.scored(members)),
                 ("XPENDING", key, group, "-", end, count),
             ]
             replies = await self._on_wire(wires, commands)
             self._raise_group_reply(replies, key, group, "XPENDING")
-            return [_raw_pending_entry(row) for row in replies[1]], int(replies[0])
+            return [records.raw_pending_entry(row) for row in replies[1]], int(replies[0])
 
         async def write(client: Any) -> list[Any]:
             pipeline = client.pipeline(transaction=False)
@@ -707,7 +671,7 @@ class Redis:
                 if "NOGROUP" in text or "requires the key to exist" in text.lower():
                     raise GroupMissing(key, group)
                 raise self._translated(reply, "XPENDING")
-        return [_pending_entry(row) for row in rows], int(added)
+        return [records.pending_entry(row) for row in rows], int(added)
 
     def _raise_first(self, replies: Sequence[Any], command: str) -> None:
         """Raise the first error reply of a raw round trip, classified as ``_call``'s."""
@@ -797,7 +761,7 @@ class Redis:
             durable=True,
         )
         deleted = [text_of(entry_id) for entry_id in raw[2]] if len(raw) > 2 else []
-        return text_of(raw[0]), _entries(raw[1]), deleted
+        return text_of(raw[0]), records.entries(raw[1]), deleted
 
     @sends("XINFO|GROUPS")
     async def xinfo_groups(self, key: str) -> list[GroupInfo]:
@@ -851,11 +815,11 @@ class Redis:
         if (wires := self._wires) is not None:
             words = ("XRANGE", key, start, end, "COUNT", count)
             return range_entries(await self._one_on_wire(wires, words))
-        return _entries(await self._call("xrange", key, min=start, max=end, count=count))
+        return records.entries(await self._call("xrange", key, min=start, max=end, count=count))
 
     @sends("XREVRANGE")
     async def xrevrange(self, key: str, end: str, start: str, count: int) -> list[Entry]:
-        return _entries(await self._call("xrevrange", key, max=end, min=start, count=count))
+        return records.entries(await self._call("xrevrange", key, max=end, min=start, count=count))
 
     @sends("SET")
     async def set(
@@ -912,135 +876,3 @@ class Redis:
 
 _CONTENDED_TRIES: Final = 20
 """How often ``transaction`` plans again when its watched keys keep changing."""
-
-
-class Watched:
-    """The reads of a ``Redis.transaction`` plan, made on the connection that WATCHes."""
-
-    def __init__(self, pipe: Any) -> None:
-        self._pipe = pipe
-
-    @sends("GET")
-    async def get(self, key: str) -> bytes | None:
-        value: bytes | None = await self._pipe.get(key)
-        return value
-
-    @sends("HGET")
-    async def hget(self, key: str, name: str) -> bytes | None:
-        value: bytes | None = await self._pipe.hget(key, name)
-        return value
-
-
-class Batch:
-    """A typed pipeline of writes, sent in one round trip (MULTI/EXEC when atomic).
-
-    The commands are kept here, not in a redis-py pipeline: redis-py empties a pipeline
-    even when ``execute`` fails, so a retry after a lost connection would send nothing
-    and look like success. Each ``execute`` builds a fresh pipeline from the list.
-    """
-
-    def __init__(self, redis: Redis, atomic: bool) -> None:
-        self._redis = redis
-        self._atomic = atomic
-        self._commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
-        self._words: list[Command] = []
-        """The same commands as the server reads them, for ``Redis.wires``."""
-        self._streams: set[str] = set()
-
-    def __len__(self) -> int:
-        return len(self._commands)
-
-    def _add(self, words: Command, name: str, *args: Any, **kwargs: Any) -> Batch:
-        self._words.append(words)
-        self._commands.append((name, args, kwargs))
-        return self
-
-    @sends("XADD")
-    def xadd(
-        self, key: str, fields: Fields, maxlen: int | None = None, *, exact: bool = False
-    ) -> Batch:
-        """XADD; ``maxlen`` trims approximately (``MAXLEN ~``) unless ``exact``."""
-        self._streams.add(key)
-        words = ("XADD", key, *_trim(maxlen, exact=exact), "*", *_flat(fields))
-        return self._add(words, "xadd", key, dict(fields), maxlen=maxlen, approximate=not exact)
-
-    @sends("XTRIM")
-    def xtrim_minid(self, key: str, minid: str) -> Batch:
-        """XTRIM MINID (exact): drop the entries older than ``minid``."""
-        words = ("XTRIM", key, "MINID", minid)
-        return self._add(words, "xtrim", key, minid=minid, approximate=False)
-
-    @sends("ZADD")
-    def zadd(self, key: str, members: Mapping[bytes, float]) -> Batch:
-        """ZADD of several members at once (one command)."""
-        if not members:
-            return self
-        return self._add(("ZADD", key, *_scored(members)), "zadd", key, dict(members))
-
-    @sends("XACK")
-    def xack(self, key: str, group: str, entry_ids: Sequence[str]) -> Batch:
-        if not entry_ids:
-            return self
-        return self._add(("XACK", key, group, *entry_ids), "xack", key, group, *entry_ids)
-
-    @sends("PEXPIRE")
-    def pexpire(self, key: str, millis: int) -> Batch:
-        return self._add(("PEXPIRE", key, millis), "pexpire", key, millis)
-
-    @sends("HSET")
-    def hset(self, key: str, name: str, value: bytes) -> Batch:
-        return self._add(("HSET", key, name, value), "hset", key, name, value)
-
-    @sends("HINCRBY")
-    def hincrby(self, key: str, name: str, amount: int = 1) -> Batch:
-        return self._add(("HINCRBY", key, name, amount), "hincrby", key, name, amount)
-
-    @sends("HDEL")
-    def hdel(self, key: str, *names: str) -> Batch:
-        return self._add(("HDEL", key, *names), "hdel", key, *names)
-
-    @sends("SET")
-    def set(self, key: str, value: bytes, *, ttl_ms: int) -> Batch:
-        return self._add(("SET", key, value, "PX", ttl_ms), "set", key, value, px=ttl_ms)
-
-    @sends("DEL")
-    def delete(self, *keys: str) -> Batch:
-        return self._add(("DEL", *keys), "delete", *keys)
-
-    @property
-    def commands(self) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
-        return list(self._commands)
-
-    @sends("MULTI", "EXEC")
-    async def execute(self) -> list[Any]:
-        """Send every command; safe to call again after ``BusUnavailable``. The replies
-        are the server's (raw on a single server, redis-py's parsing elsewhere): callers
-        that read them read counts and entry ids, the same either way."""
-        if not self._commands:
-            return []
-        redis = self._redis
-        if (wires := redis.wires) is not None:
-            if self._atomic:
-                replies = await redis._on_wire(wires, [("MULTI",), *self._words, ("EXEC",)])
-                # A refusal while queueing (OOM, NOPERM...) aborts the whole (EXECABORT).
-                redis._raise_first(replies, "EXEC")
-                replies = list(replies[-1])  # EXEC's array: the commands' own replies
-            else:
-                replies = await redis._on_wire(wires, self._words)
-            redis._raise_first(replies, "EXEC")
-            redis._notify(sorted(self._streams))
-            return replies
-
-        async def write(client: Any) -> list[Any]:
-            pipeline = client.pipeline(transaction=self._atomic)
-            for name, args, kwargs in self._commands:
-                getattr(pipeline, name)(*args, **kwargs)
-            async with self._redis._errors():
-                replies: list[Any] = await pipeline.execute()
-            return replies
-
-        # Every key of a batch is of one namespace, so of one cluster slot: the first
-        # names the node whose replicas the batch waits for.
-        replies = await self._redis._durably(self._commands[0][1][0], write)
-        self._redis._notify(sorted(self._streams))
-        return replies

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import redis
 
-from rapid_objection.bus import _redis
+from rapid_objection.bus import _redis, _redis_batch
 from rapid_objection.bus._acl import pattern, role, setuser, user_name
 from rapid_objection.bus._sends import SENT
 
-ADAPTER_CLASSES = (_redis.Redis, _redis.Batch, _redis.Watched)
+ADAPTER_CLASSES = (_redis.Redis, _redis_batch.Batch, _redis_batch.Watched)
 CALLERS = {"_call": 0, "_call_on": 1, "_group_call": 2, "_add": 0}
 """Adapter helpers that take the redis-py method name, and at which position."""
 RENAMED = {"delete": "DEL", "scan_iter": "SCAN", "xpending_range": "XPENDING"}
