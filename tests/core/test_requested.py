@@ -27,6 +27,7 @@ from rapid_objection.core import (
 from tests.core.change_plugins import ChangeRecorder
 from tests.core.fixtures_migrations import (
     FAIL,
+    AlembicScripts,
     Scripts,
     add_column,
     app_config,
@@ -126,6 +127,54 @@ class TestMigrate:
         app = await registry.register_app("shop", config)
         with pytest.raises(ConfigError, match=r"migrations\.directory"):
             await app.migrate()
+
+
+class TestAlembic:
+    async def test_a_new_revision_is_applied_rolled_back_and_applied_again(
+        self, registry: AppRegistry, sql_url: str, tmp_path: Path
+    ) -> None:
+        """An app whose migrations are Alembic revisions: a revision added after its
+        registration is applied by migrate(), undone by rollback_migrations() (down to
+        the revision before, not further), and applied again; migration_status() names
+        the revision at each point, and a required plugin sees each request."""
+        recorder = await registry.load_plugin(ChangeRecorder, required=True)
+        scripts = AlembicScripts.at(tmp_path / "alembic", table="items")
+        first = scripts.create_table()
+        config = {"database": {"url": sql_url}, "migrations": {"alembic": str(scripts.directory)}}
+        app = await registry.register_app("shop", config)
+        second = scripts.add_column("notes")
+        status = app.migration_status()
+        assert (status.mode, status.revision, status.head) == ("alembic", first, second)
+        assert status.pending == (second,)
+
+        forward = await app.migrate()
+
+        assert (forward.ran, forward.batches) == ((second,), (2,))
+        assert "notes" in columns(sql_url)
+        status = app.migration_status()
+        assert (status.revision, status.pending) == (second, ())
+        assert [(f.name, f.batch) for f in status.migrations] == [(first, 1), (second, 2)]
+
+        back = await app.rollback_migrations()
+
+        assert (back.ran, back.batches) == ((second,), (2,))
+        assert "notes" not in columns(sql_url)
+        assert columns(sql_url)  # the table of the first revision stays
+        assert app.migration_status().revision == first
+        again = await app.migrate()
+        assert again.ran == (second,)
+        assert "notes" in columns(sql_url)
+        requested = [
+            (e["event"], e["action"]) for e in recorder.seen if e["trigger"] == "requested"
+        ]
+        assert requested == [
+            ("auto_operations_started", "migrate"),
+            ("auto_operations_completed", "migrate"),
+            ("auto_operations_started", "rollback_migrations"),
+            ("auto_operations_completed", "rollback_migrations"),
+            ("auto_operations_started", "migrate"),
+            ("auto_operations_completed", "migrate"),
+        ]
 
 
 class TestRollback:
