@@ -26,6 +26,13 @@ from rapid_objection.bus.testing import drained
 from rapid_objection.core import AppRegistry
 from rapid_objection.plugin_workers import PluginInterface, current_delivery
 from rapid_objection.plugin_workers.testing import running_worker
+from tests.core.fixtures_migrations import (
+    Scripts,
+    add_column,
+    create_table,
+    drop_column,
+    drop_table,
+)
 from tests.core.test_registry import sample_config
 from tests.e2e import one_line_error, run_cli
 
@@ -45,6 +52,7 @@ ROLES: dict[str, tuple[str, ...]] = {
     "raiser": ("--role", "worker", "--plugin", Raiser.NAME),
     "operator": ("--role", "operator"),
     "redrive": ("--role", "operator", "--allow-redrive", "--user", "redriver"),
+    "migrator": ("--role", "operator", "--allow-migrate", "--user", "migrator"),
 }
 """Our name of each user -> its ``rapid-objection acl`` options."""
 
@@ -198,6 +206,45 @@ class TestRolesSuffice:
                 await registry.unregister_app("shop")
         assert len(await counts(bus, "handled", Recorder.NAME)) == 1
         assert await users.acl_log() == []
+
+    async def test_migrate_asked_by_an_operator(self, users: Users, tmp_path: Path) -> None:
+        """``migrate`` as the operator user granted ``--allow-migrate``: the registry user
+        that owns the app applies the new migration and answers. The plain operator user
+        is refused by the server, in one line, and nothing else is refused."""
+        migrations = Scripts.at(tmp_path / "migrations")
+        migrations.migration("001_items.py", create_table("items"), drop_table("items"))
+        database = f"sqlite:///{tmp_path / 'shop.db'}"
+        registry_file = tmp_path / "registry.toml"
+        registry_file.write_text(
+            f'[bus]\nnamespace = "{users.namespace}"\n\n[apps.shop]\n'
+            f'database.url = "{database}"\nmigrations.directory = "{migrations.directory}"\n'
+        )
+        app = {
+            "database": {"url": database},
+            "migrations": {"directory": str(migrations.directory)},
+        }
+        config = {"bus": {"url": users.urls["registry"], "namespace": users.namespace}}
+        ask = ("migrate", "shop", "--config", str(registry_file), "--json")
+        async with AppRegistry(config) as registry:
+            registered = await registry.register_app("shop", app)
+            migrations.migration(
+                "002_notes.py", add_column("items", "notes"), drop_column("items", "notes")
+            )
+            code, out, err = await operator(users, "migrator", *ask)
+            assert code == 0, err
+            refused = await operator(users, "operator", *ask)
+            status = registered.migration_status()
+        assert json.loads(out)["ran"] == ["002_notes.py"]
+        assert (status.batch, status.pending) == (2, ())
+        line = one_line_error(*refused)
+        assert "XADD refused: NOPERM" in line
+        assert PASSWORD not in line
+        # The server refused the plain operator's request, and nothing of anyone else's.
+        [refusal] = await users.acl_log()
+        assert (refusal[b"username"], refusal[b"object"]) == (
+            f"ro-{users.namespace}-operator".encode(),
+            b"xadd",
+        )
 
     async def test_a_signed_worker(self, users: Users) -> None:
         """With a keyring, a worker as the worker user checks, claims (ZADD NX with its
