@@ -11,17 +11,20 @@ most every ``OUTCOME_POLL`` seconds (one ZRANGE), and those not seen yet are giv
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from functools import partial
+from typing import Final, TypeVar
 
+import anyio
 import msgspec
 
-from rapid_objection.bus import Bus, HistoryEntry, OutcomeRecord
+from rapid_objection.bus import Bus, BusUnavailable, HistoryEntry, OutcomeRecord
 from rapid_objection.bus._constants import EVENT_FIELD
 from rapid_objection.bus._contract import decode_envelope
 from rapid_objection.bus._outcomes import entry_ms
 
+from ._outage import Outage
 from ._replay import Selection
 
 FOLLOW_WINDOW: Final = 300.0
@@ -42,6 +45,8 @@ FOLLOW_BLOCK_MS: Final = 250
 for outcomes again."""
 
 FOLLOW_READ_COUNT: Final = 500
+
+_T = TypeVar("_T")
 
 
 OutcomeKey = tuple[str, str | None, int, str, float]
@@ -67,13 +72,17 @@ async def follow(
     *,
     after: str,
     backlog: Sequence[HistoryEntry] = (),
+    outage: Outage | None = None,
 ) -> AsyncIterator[HistoryEntry | OutcomeRecord]:
     """The events after stream entry ``after`` that ``selection`` picks (app, types),
     and their outcomes (those its outcome filters keep), as they come; ``backlog``
     (events shown before) are given out first and their outcomes are followed too.
 
     With outcome filters an event is given out just before its first outcome that
-    the filters keep (an event nobody answered that way is never shown).
+    the filters keep (an event nobody answered that way is never shown). With
+    ``outage``, a bus that becomes unavailable is waited for (``outage`` is told) and
+    following goes on from where it was, nothing given out twice; without, the
+    ``BusUnavailable`` is raised.
     """
     opened: dict[str, _Open] = {}
     position = after
@@ -90,25 +99,27 @@ async def follow(
 
     for shown in taken(backlog):
         yield shown
+
     polled = 0.0
     while True:
-        position, entries = await _read(bus, selection, position)
+        read = await _tried(partial(_read, bus, selection, position), outage)
+        if read is None:
+            continue
+        position, entries = read
         for shown in taken(entries):
             yield shown
         now = time.monotonic()
         if not opened or now - polled < OUTCOME_POLL:
             continue
-        polled = now
-        for entry_id in [k for k, o in opened.items() if now - o.since > FOLLOW_WINDOW]:
-            del opened[entry_id]
+        _close_expired(opened, now)
         if not opened:
             continue
         first = min(entry_ms(entry_id) for entry_id in opened)
-        records = await bus.outcomes.between(first)
-        # The events published up to now, before these outcomes: an outcome is recorded
-        # after its event, so each event published before an outcome shown here is
-        # shown before it (the blocking read above may have returned with the first).
-        position, entries = await _read(bus, selection, position, block=False)
+        looked = await _tried(partial(_outcomes_since, bus, selection, first, position), outage)
+        if looked is None:
+            continue
+        polled = now
+        records, (position, entries) = looked
         for shown in taken(entries):
             yield shown
         for record in records:
@@ -122,6 +133,39 @@ async def follow(
                 found.shown = True
                 yield found.entry
             yield record
+
+
+def _close_expired(opened: dict[str, _Open], now: float) -> None:
+    """Stop looking for the outcomes of events shown more than FOLLOW_WINDOW ago."""
+    for entry_id in [k for k, o in opened.items() if now - o.since > FOLLOW_WINDOW]:
+        del opened[entry_id]
+
+
+async def _tried(call: Callable[[], Awaitable[_T]], outage: Outage | None) -> _T | None:
+    """``call``'s answer; None while the bus is away (told to ``outage``, and waited
+    for; without one, the ``BusUnavailable`` is raised)."""
+    try:
+        answer = await call()
+    except BusUnavailable as exc:
+        if outage is None:
+            raise
+        outage.failed(exc)
+        await anyio.sleep(outage.every)
+        return None
+    if outage is not None:
+        outage.answered()
+    return answer
+
+
+async def _outcomes_since(
+    bus: Bus, selection: Selection, first: int, after: str
+) -> tuple[list[OutcomeRecord], tuple[str, list[HistoryEntry]]]:
+    """The outcomes recorded of the events since ``first`` (ms), and then the events
+    published after ``after`` up to now: an outcome is recorded after its event, so each
+    event published before an outcome shown is shown before it (a blocking read may
+    have returned with the first of several)."""
+    records = await bus.outcomes.between(first)
+    return records, await _read(bus, selection, after, block=False)
 
 
 async def _read(

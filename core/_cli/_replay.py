@@ -31,6 +31,7 @@ from rapid_objection.bus._verify import Audit, verify_history
 
 from .._errors import ReplayError
 from .._follow import follow
+from .._outage import Outage
 from .._replay import Selection, answered, details, parse_time, redeliver
 from ._args import (
     DEFAULT_SERVER_URL,
@@ -283,13 +284,18 @@ async def _follow(args: argparse.Namespace, selection: Selection) -> int:
             console.print(
                 escape(f"Following namespace {bus.namespace} (Ctrl-C to stop)"), soft_wrap=True
             )
-        async for item in follow(bus, selection, after=after, backlog=backlog):
+        outage = Outage(_say_on_stderr)
+        async for item in follow(bus, selection, after=after, backlog=backlog, outage=outage):
             if args.format == "jsonl":
                 print(follow_jsonl(item), flush=True)
             else:
                 console.print(escape(follow_line(item)), soft_wrap=True)
                 console.file.flush()
     return 0
+
+
+def _say_on_stderr(line: str) -> None:
+    print(f"rapid-objection replay: {line}", file=sys.stderr, flush=True)
 
 
 async def _verify(args: argparse.Namespace, selection: Selection) -> int:

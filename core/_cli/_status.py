@@ -6,7 +6,6 @@ import argparse
 import signal
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -16,6 +15,7 @@ from rich.text import Text
 
 from rapid_objection.bus import Bus, BusUnavailable, RegistryInfo, StatusReport, collect_status
 
+from .._outage import Outage
 from ._args import DEFAULT_SERVER_URL, Parser, UsageError, add_bus_options
 from ._namespace import namespace_bus
 
@@ -87,12 +87,12 @@ async def watch(args: argparse.Namespace) -> None:
     from rich.live import Live
 
     console = Console(width=None if sys.stdout.isatty() else 10_000)
-    outage = Outage()
+    outage = Outage(_to_stderr if args.json else None, every=WATCH_INTERVAL)
     async with namespace_bus(args) as bus, anyio.create_task_group() as group:
         group.start_soon(_stop_on_signal, group.cancel_scope)
         if args.json:
             while True:
-                report = await outage.collect(bus, args.failures, say=_to_stderr)
+                report = await collect(bus, args.failures, outage)
                 if report is not None:
                     print(report.json().decode(), flush=True)
                 await anyio.sleep(WATCH_INTERVAL)
@@ -101,10 +101,10 @@ async def watch(args: argparse.Namespace) -> None:
             shown: list[RenderableType] = []
             with Live(console=console, auto_refresh=False) as live:
                 while True:
-                    report = await outage.collect(bus, args.failures)
+                    report = await collect(bus, args.failures, outage)
                     if report is not None:
                         shown = tables(report)
-                    live.update(Group(*outage.banner(), *shown), refresh=True)
+                    live.update(Group(*banner(outage), *shown), refresh=True)
                     await anyio.sleep(WATCH_INTERVAL)
 
 
@@ -112,39 +112,22 @@ def _to_stderr(line: str) -> None:
     print(f"rapid-objection status: {line}", file=sys.stderr, flush=True)
 
 
-class Outage:
-    """Whether the bus answered the last collection, and if not, since when and why."""
+async def collect(bus: Bus, recent: int, outage: Outage) -> StatusReport | None:
+    """The status report, or None while the bus is unavailable (``outage`` is told)."""
+    try:
+        report = await collect_status(bus, recent=recent)
+    except BusUnavailable as exc:
+        outage.failed(exc)
+        return None
+    outage.answered()
+    return report
 
-    def __init__(self) -> None:
-        self.down: tuple[float, BusUnavailable] | None = None
 
-    async def collect(
-        self, bus: Bus, recent: int, *, say: Callable[[str], None] | None = None
-    ) -> StatusReport | None:
-        """The status report, or None while the bus is unavailable (``say`` is told once
-        when an outage starts and once when it ends)."""
-        try:
-            report = await collect_status(bus, recent=recent)
-        except BusUnavailable as exc:
-            if self.down is None and say is not None:
-                say(f"{exc}; trying again every {WATCH_INTERVAL:g}s")
-            self.down = (self.down[0] if self.down else time.monotonic(), exc)
-            return None
-        if self.down is not None and say is not None:
-            since, error = self.down
-            say(f"bus back at {error.url} after {time.monotonic() - since:.0f}s")
-        self.down = None
-        return report
-
-    def banner(self) -> list[Text]:
-        """A line saying the bus is down and for how long; none while it answers."""
-        if self.down is None:
-            return []
-        since, error = self.down
-        down = time.monotonic() - since
-        # Text, not markup: the reason may hold brackets ("[Errno 111]").
-        line = f"{error} (for {down:.0f}s; the tables below are from before)"
-        return [Text(line, style="red")]
+def banner(outage: Outage) -> list[Text]:
+    """A red line saying the bus is down and for how long; none while it answers."""
+    line = outage.line()
+    # Text, not markup: the reason may hold brackets ("[Errno 111]").
+    return [] if line is None else [Text(f"{line}; the tables below are from before", "red")]
 
 
 async def _stop_on_signal(scope: anyio.CancelScope) -> None:

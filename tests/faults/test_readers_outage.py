@@ -1,5 +1,6 @@
-"""``rapid-objection status --watch`` through a Redis outage: it says the bus is down,
-keeps trying, and shows the namespace again when the server is back."""
+"""The commands that read until Ctrl-C (``status --watch``, ``replay --follow``) through a
+Redis outage: each says the bus is down, keeps trying, and goes on when the server is
+back (the same port, its data kept), saying so."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import signal
 
 import anyio
 import pytest
-from anyio.abc import ByteReceiveStream
+from anyio.abc import ByteReceiveStream, Process
 
 from rapid_objection.bus import AppUnregistered, Bus, Publisher
 from tests.e2e import CLI, REPO_ROOT, subprocess_env
@@ -41,12 +42,25 @@ class Stream:
         return self.text
 
 
+async def published(server: RedisServer, namespace: str) -> str:
+    """Publish one event on the server's namespace; its id."""
+    async with Bus.connect(server.url, namespace) as bus, Publisher(bus, "reg-outage") as pub:
+        envelope, _ = await pub.publish(AppUnregistered(), app="shop")
+    return envelope.id
+
+
+async def stopped(process: Process) -> int:
+    """SIGINT (Ctrl-C), then the exit status."""
+    process.send_signal(signal.SIGINT)
+    with anyio.fail_after(WAIT):
+        return await process.wait()
+
+
 async def test_json_watch_rides_out_a_redis_outage(server: RedisServer, namespace: str) -> None:
     """The server stops mid-watch: one line on stderr names the bus and the cause, no
     object is printed while it is down, the process stays up, and when the server is
     back (same port, its data kept) the objects resume and a line says so."""
-    async with Bus.connect(server.url, namespace) as bus, Publisher(bus, "reg-watch") as pub:
-        await pub.publish(AppUnregistered(), app="shop")
+    await published(server, namespace)
     command = [CLI, "status", "--bus-url", server.url, "--namespace", namespace]
     async with await anyio.open_process(
         [*command, "--watch", "--json"], cwd=REPO_ROOT, env=subprocess_env()
@@ -63,9 +77,7 @@ async def test_json_watch_rides_out_a_redis_outage(server: RedisServer, namespac
             await server.start()
             await err.until("bus back")
             printed = (await out.until(lines_when_down + 2)).count("\n")
-            process.send_signal(signal.SIGINT)
-            with anyio.fail_after(WAIT):
-                code = await process.wait()
+            code = await stopped(process)
         finally:
             if process.returncode is None:
                 process.kill()
@@ -76,3 +88,36 @@ async def test_json_watch_rides_out_a_redis_outage(server: RedisServer, namespac
     last = json.loads(out.text.splitlines()[printed - 1])
     assert last["namespace"] == namespace
     assert last["events"] == 1
+
+
+async def test_follow_rides_out_a_redis_outage(server: RedisServer, namespace: str) -> None:
+    """``replay --follow`` shows an event, the server stops (one line on stderr naming
+    the bus), comes back, and the event published then is shown: each event once, in
+    order, and a line says the bus is back."""
+    first = await published(server, namespace)
+    command = [CLI, "replay", "--bus-url", server.url, "--namespace", namespace]
+    async with await anyio.open_process(
+        [*command, "--follow", "--format", "jsonl"], cwd=REPO_ROOT, env=subprocess_env()
+    ) as process:
+        out, err = Stream(process.stdout), Stream(process.stderr)
+        try:
+            await anyio.sleep(1.0)  # following from the newest entry on
+            before = await published(server, namespace)
+            await out.until(before)
+            await server.stop()
+            said = await err.until("trying again")
+            assert process.returncode is None
+            await server.start()
+            after = await published(server, namespace)
+            await out.until(after)
+            await err.until("bus back")
+            code = await stopped(process)
+        finally:
+            if process.returncode is None:
+                process.kill()
+    assert code == 0
+    assert f"bus unavailable at {server.url}" in said
+    assert "Traceback" not in err.text
+    shown = [json.loads(line)["id"] for line in out.text.splitlines()]
+    assert shown == [before, after]
+    assert first not in shown  # --follow starts after what was there
