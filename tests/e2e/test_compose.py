@@ -20,6 +20,7 @@ import shutil
 import signal
 import sys
 import tomllib
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,8 @@ REGISTER_ORDER = [
     "auto_operations_completed",
     "app_registered",
 ]
+READY_LINES = {"run": "running:", "dashboard": "dashboard of namespace"}
+"""What a service that is not a worker prints once it is ready, by its command."""
 READY_TIMEOUT = 30.0
 """Seconds for the workers to announce themselves, and then for the registry to be up."""
 STOP_TIMEOUT = 45.0
@@ -116,16 +119,23 @@ class TestComposeFile:
 
     def test_servers_registry_and_one_worker_service_per_bundled_plugin(self) -> None:
         """Redis and PostgreSQL with healthchecks; one registry running the mounted
-        registry file after every other service is healthy; one scalable worker service
-        per bundled plugin, whose plugin the registry file declares external."""
+        registry file after the servers and workers are healthy; one scalable worker
+        service per bundled plugin, whose plugin the registry file declares external; a
+        read-only dashboard published on the host's loopback only."""
         services = load_compose()["services"]
-        assert set(services) == {"redis", "postgres", "registry", *BUNDLED}
+        assert set(services) == {"redis", "postgres", "registry", "dashboard", *BUNDLED}
         assert all("healthcheck" in service for service in services.values())
         registry = services["registry"]
         assert registry["command"] == ["run", "/etc/rapid-objection/registry.toml"]
         assert registry["depends_on"] == {
-            name: {"condition": "service_healthy"} for name in services if name != "registry"
+            name: {"condition": "service_healthy"}
+            for name in services
+            if name not in ("registry", "dashboard")
         }
+        dashboard = services["dashboard"]
+        assert dashboard["command"][0] == "dashboard"
+        assert "--allow-actions" not in dashboard["command"]
+        assert [port.split(":")[0] for port in dashboard["ports"]] == ["127.0.0.1"]
         config = registry_file()
         for plugin, target in BUNDLED.items():
             worker = services[plugin]
@@ -159,6 +169,9 @@ class Local:
     database_url: str
     mounts: list[str] = field(default_factory=list)
     """Container paths that are mounted (bind mounts and named volumes)."""
+    ports: dict[str, str] = field(default_factory=dict)
+    """A container port a service listens on -> the port it listens on here (learnt
+    from what it prints once listening on a port of the system's choice)."""
 
     def path(self, container_path: str) -> str:
         """The local path of a container path under a mount; others are kept."""
@@ -194,7 +207,21 @@ class Local:
         ``$`` that the shell is to see, unescaped as compose does)."""
         command = command.replace("$$", "$")
         command = re.sub(r"--namespace \S+", f"--namespace {self.namespace}", command)
+        for port, here in self.ports.items():
+            command = command.replace(f"127.0.0.1:{port}/", f"127.0.0.1:{here}/")
         return re.sub(r"\b\w+(\+\w+)?://\S+", lambda match: self.url(match[0]), command)
+
+    def arguments(self, arguments: list[str]) -> list[str]:
+        """A command line made local: the test's namespace, loopback for all interfaces,
+        and a port of the system's choice for ``--port``."""
+        local = {"--namespace": self.namespace, "--port": "0"}
+        made: list[str] = []
+        for before, argument in zip(["", *arguments], arguments, strict=False):
+            if before == "--host":
+                made.append("127.0.0.1")  # never every interface of the test's machine
+            else:
+                made.append(local.get(before, argument))
+        return made
 
 
 def _toml_key(key: str) -> str:
@@ -307,7 +334,8 @@ class Topology:
     async def start(self, name: str) -> list[Running]:
         """Start every replica of service ``name`` with the command the file gives it."""
         service = self.services[name]
-        command = [CLI, *(str(self.local.value(arg)) for arg in service["command"])]
+        arguments = [str(self.local.value(arg)) for arg in service["command"]]
+        command = [CLI, *self.local.arguments(arguments)]
         env = {**subprocess_env(), **self.local.value(service.get("environment") or {})}
         replicas = int(service.get("deploy", {}).get("replicas", 1))
         started = []
@@ -325,10 +353,14 @@ class Topology:
         """Start the services in order; each is ready before its dependents start."""
         for name in self.order():
             started = await self.start(name)
-            if self.services[name]["command"][0] == "worker":
+            command = self.services[name]["command"]
+            if command[0] == "worker":
                 await self.workers_announced(started)
-            else:
-                await self.output(started[0], "running:")
+                continue
+            await self.output(started[0], READY_LINES[command[0]])
+            if "--port" in command:
+                [port] = re.findall(r"http://127\.0\.0\.1:(\d+)/", started[0].log())
+                self.local.ports[str(command[command.index("--port") + 1])] = port
 
     async def workers_announced(self, started: list[Running]) -> None:
         pids = {replica.process.pid for replica in started}
@@ -414,6 +446,11 @@ async def history(bus: Bus, app: str) -> list[HistoryEntry]:
     return [entry async for entry in bus.history.iterate(app=app)]
 
 
+def read_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
+        return json.load(response)
+
+
 async def healthcheck(local: Local, service: dict[str, Any]) -> int:
     """Run a service's CMD-SHELL healthcheck here; its exit status."""
     kind, command = service["healthcheck"]["test"]
@@ -487,6 +524,13 @@ class TestTopology:
         # The healthchecks, run here, pass while the services run.
         for name, service in topology.services.items():
             assert await healthcheck(topology.local, service) == 0, name
+        # The dashboard shows the namespace: GET /api/status is ``status --json``.
+        shown = await anyio.to_thread.run_sync(
+            read_json, f"http://127.0.0.1:{topology.local.ports['8150']}/api/status"
+        )
+        assert shown["namespace"] == redis_bus.namespace
+        assert [entry["info"]["id"] for entry in shown["registries"]] == [registry_id]
+        assert {plugin["name"] for plugin in shown["plugins"]} == set(BUNDLED)
 
         assert await topology.stop(registry) == 0, registry.log()
         assert "shutdown in" in registry.log()
