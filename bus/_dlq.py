@@ -14,6 +14,7 @@ from ._bus import Bus
 from ._constants import RECORD_FIELD
 from ._contract import DeadLetter, decode_dead_letter, decode_envelope, new_event_id
 from ._errors import RedriveError
+from ._tracing import copy_span, traceparent
 
 _ENTRY_ID = re.compile(r"\d+(-\d+)?")
 
@@ -81,15 +82,18 @@ class DeadLetters:
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             raise RedriveError(letter_id, f"it was never a valid envelope ({exc})") from None
         now = time.time()
-        envelope = replace(
-            original,
-            id=new_event_id(now),
-            time=now,
-            replaces=original.original_id,  # a re-driven copy still names the first
-            target=letter.plugin,
-            required=(),
-            deadline=0.0,
-        )
-        entry_id = await self.bus.publish(envelope)
+        with copy_span("redrive", original, letter.plugin):
+            envelope = replace(
+                original,
+                id=new_event_id(now),
+                time=now,
+                replaces=original.original_id,  # a re-driven copy still names the first
+                target=letter.plugin,
+                required=(),
+                deadline=0.0,
+                # Without OpenTelemetry here, the copy keeps the original's trace.
+                trace=traceparent() or original.trace,
+            )
+            entry_id = await self.bus.publish(envelope)
         await self.bus.redis.xdel(self.bus.keys.dlq, letter_id)
         return Redriven(letter_id, envelope.id, entry_id, letter.plugin)

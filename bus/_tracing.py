@@ -69,6 +69,33 @@ def step_span(event_type: str, app: str, registry: str) -> contextlib.AbstractCo
     return span
 
 
+def copy_span(kind: str, original: Envelope, plugin: str) -> contextlib.AbstractContextManager[Any]:
+    """A copy of ``original`` for ``plugin`` alone (``kind``: ``replay`` or ``redrive``):
+    a span of its own, which the copy's envelope carries (``traceparent()`` inside it),
+    so the plugin's hook is its child; linked to the original event's trace, which may
+    have ended long ago, rather than a part of it. None without OpenTelemetry."""
+    if _trace is None:
+        return _NO_SPAN
+    links = []
+    if original.trace:
+        extracted = _propagator.extract({"traceparent": original.trace})
+        linked = _trace.get_current_span(extracted).get_span_context()
+        if linked.is_valid:
+            links.append(_trace.Link(linked))
+    span: contextlib.AbstractContextManager[Any] = _tracer.start_as_current_span(
+        f"{kind} {_event_name(original)}",
+        kind=_trace.SpanKind.PRODUCER,
+        links=links,
+        attributes={
+            f"{ATTRIBUTE}plugin": plugin,
+            f"{ATTRIBUTE}event_type": original.type,
+            f"{ATTRIBUTE}app": original.app,
+            f"{ATTRIBUTE}replaces": original.original_id,
+        },
+    )
+    return span
+
+
 def step_done(span: Any, result: WaitResult) -> None:
     """Put what the wait found on the step's span: the event id and each kind's count."""
     if span is None:

@@ -45,6 +45,7 @@ from rapid_objection.bus import (
 )
 from rapid_objection.bus._directory import is_alive
 from rapid_objection.bus._outcomes import matches
+from rapid_objection.bus._tracing import copy_span, traceparent
 
 from ._errors import ReplayError
 
@@ -104,9 +105,7 @@ class Selection:
         return [
             record
             for record in records
-            if matches(
-                record, plugin=self.plugin, consumer=self.consumer, statuses=self.statuses
-            )
+            if matches(record, plugin=self.plugin, consumer=self.consumer, statuses=self.statuses)
         ]
 
 
@@ -171,9 +170,12 @@ def is_copy(envelope: Envelope) -> bool:
     return envelope.replaces is not None
 
 
-def copy_for(envelope: Envelope, plugin: str, *, now: float | None = None) -> Envelope:
+def copy_for(
+    envelope: Envelope, plugin: str, *, now: float | None = None, trace: str | None = None
+) -> Envelope:
     """The copy of ``envelope`` that only ``plugin`` handles: a new id and time,
-    ``replay``, ``target`` and ``replaces`` set, no registry waiting for it."""
+    ``replay``, ``target`` and ``replaces`` set, no registry waiting for it; ``trace``
+    (the replay's own span) instead of the original's trace, when given."""
     moment = time.time() if now is None else now
     return replace(
         envelope,
@@ -184,6 +186,7 @@ def copy_for(envelope: Envelope, plugin: str, *, now: float | None = None) -> En
         replaces=envelope.original_id,
         required=(),
         deadline=0.0,
+        trace=trace or envelope.trace,
     )
 
 
@@ -244,9 +247,13 @@ async def redeliver(
         (skipped if is_copy(entry.envelope) else chosen).append(entry)
     redeliveries: list[Redelivery] = []
     for entry in chosen:
-        copy = copy_for(entry.envelope, plugin)
-        entry_id = await bus.publish(copy) if execute else None
-        redeliveries.append(Redelivery(entry, copy, entry_id))
+        if not execute:
+            redeliveries.append(Redelivery(entry, copy_for(entry.envelope, plugin)))
+            continue
+        # Each copy is a trace of its own, linked to the original's (OpenTelemetry).
+        with copy_span("replay", entry.envelope, plugin):
+            copy = copy_for(entry.envelope, plugin, trace=traceparent())
+            redeliveries.append(Redelivery(entry, copy, await bus.publish(copy)))
     return Replay(plugin, execute, redeliveries, skipped, live)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +15,16 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanContext
 
-from rapid_objection.bus import Publisher
+from rapid_objection.bus import Bus, DeadLetters, Publisher
+from rapid_objection.bus._redis_memory import forget_memory_server
+from rapid_objection.bus._tracing import step_span, traceparent
+from rapid_objection.bus.testing import drained
 from rapid_objection.core import AppRegistry
+from rapid_objection.core._replay import Selection, redeliver
+from rapid_objection.plugin_workers import PluginInterface
+from rapid_objection.plugin_workers.testing import running_worker
 from tests.core.test_registry import sample_config
 
 from .conftest import WorkerPool
@@ -107,6 +115,10 @@ def hex_ids(span: ReadableSpan) -> tuple[str, str]:
     """(trace id, span id) as the SDK's JSON form writes them."""
     context = span.get_span_context()
     assert context is not None
+    return hex_ids_of(context)
+
+
+def hex_ids_of(context: SpanContext) -> tuple[str, str]:
     return f"0x{context.trace_id:032x}", f"0x{context.span_id:016x}"
 
 
@@ -170,19 +182,17 @@ class TestTracing:
             assert attributes["rapid_objection.plugin"] == Picky.NAME
             assert attributes["rapid_objection.consumer"] == worker.consumer
             assert attributes["rapid_objection.event_type"] == "app_registered"
-            assert attributes["rapid_objection.event_id"] == dict(
-                steps[app].attributes or {}
-            )["rapid_objection.event_id"]
+            assert (
+                attributes["rapid_objection.event_id"]
+                == dict(steps[app].attributes or {})["rapid_objection.event_id"]
+            )
         # The plugin's own span is the hook span's child; the custom event it emitted
         # there carries that span's context onward (the same trace).
         own = [span for span in worker_spans if span["name"] == "picky lookup"]
         assert sorted(span["parent_id"] for span in own) == sorted(
             hook["context"]["span_id"] for hook in hooks
         )
-        picked = [
-            entry.envelope
-            async for entry in workers.bus.history.iterate(types=("custom",))
-        ]
+        picked = [entry.envelope async for entry in workers.bus.history.iterate(types=("custom",))]
         # traceparent: version-trace id-parent span id-flags
         carried = sorted(tuple((envelope.trace or "").split("-")[1:3]) for envelope in picked)
         assert carried == sorted(
@@ -193,3 +203,63 @@ class TestTracing:
         assert by_app["bad"]["attributes"]["rapid_objection.outcome"] == "error"
         assert by_app["bad"]["status"]["status_code"] == "ERROR"
         assert "no such customer: bad" in by_app["bad"]["status"]["description"]
+
+    async def test_a_replay_and_a_redrive_are_traces_linked_to_the_original(
+        self, exporter: InMemorySpanExporter
+    ) -> None:
+        """A replay to one plugin and a re-drive of a dead letter are spans of their own
+        (the copy carries it, so the plugin's hook is its child), each linked to the
+        trace of the registry step that published the original event."""
+
+        class Strict(PluginInterface):
+            """Registers every app but "bad"."""
+
+            def __init__(self) -> None:
+                super().__init__("strict", "1.0.0")
+
+            async def on_app_registered(self, app_name: str, *_: Any) -> None:
+                if app_name == "bad":
+                    raise PermissionError("bad is refused")
+
+        name = f"traced-copies-{secrets.token_hex(4)}"
+        exporter.clear()
+        steps: dict[str, ReadableSpan] = {}
+        try:
+            async with (
+                Bus.connect(f"memory://{name}", "ns") as bus,
+                running_worker(Strict(), bus, max_deliveries=1),
+                Publisher(bus, "reg-traced") as publisher,
+            ):
+                for app in ("good", "bad"):
+                    with step_span("app_registered", app, "reg-traced"):
+                        await publisher.publish(registered(), app=app, trace=traceparent())
+                await drained(bus, "strict")
+                replay = await redeliver(bus, "strict", Selection(app="good"), execute=True)
+                [letter] = await DeadLetters(bus).list()
+                redriven = await DeadLetters(bus).redrive(letter.id)
+                await drained(bus, "strict")
+        finally:
+            forget_memory_server(name)
+
+        spans = exporter.get_finished_spans()
+        for span in spans:
+            if span.name == "step app_registered":
+                steps[str((span.attributes or {})["rapid_objection.app"])] = span
+        hooks = {
+            (span.attributes or {})["rapid_objection.event_id"]: span
+            for span in spans
+            if span.name == "hook app_registered"
+        }
+        copies = {
+            "replay": (replay.redeliveries[0].copy.id, "good"),
+            "redrive": (redriven.event_id, "bad"),
+        }
+        for kind, (copy_id, app) in copies.items():
+            [made] = [span for span in spans if span.name == f"{kind} app_registered"]
+            assert (made.attributes or {})["rapid_objection.plugin"] == "strict"
+            [link] = made.links
+            assert hex_ids_of(link.context) == hex_ids(steps[app])
+            assert hex_ids(made)[0] != hex_ids(steps[app])[0]  # a trace of its own
+            hook = hooks[copy_id]
+            assert hook.parent is not None
+            assert hex_ids_of(hook.parent) == hex_ids(made)
