@@ -78,7 +78,14 @@ class PluginManager:
         self._plugins: dict[str, LoadedPlugin] = {}
         self._stalled: set[str] = set()
         self._loading: set[str] = set()
+        self._abandoned = False
+        """The registry is stopping during its startup: no more waiting for workers."""
         self.failed: dict[str, FailedPlugin] = {}
+
+    def abandon_loading(self) -> None:
+        """Stop waiting for workers to announce themselves (a stop during startup: the
+        plugins still waited for fail to load at once, instead of at their timeout)."""
+        self._abandoned = True
 
     def attach(self, host: PluginHost | None) -> None:
         """Run plugins on ``host`` from now on (None: the registry is not initialized)."""
@@ -371,11 +378,22 @@ class PluginManager:
         not start (a poll of the directory, a few times a second, only while loading)."""
         bus = self._require_host().bus
         since = time.time()
+        told = False
         with anyio.move_on_after(limit if limit is not None else float("inf")) as scope:
             while True:
                 # Only a live worker: a dead one's record stays until it is cleaned up.
                 if any(is_alive(w.seen) for w in await bus.directory.workers(name)):
                     break
+                if self._abandoned:
+                    raise PluginFailed(
+                        name, "the registry is stopping: no longer waiting for a worker", "manifest"
+                    )
+                if not told and limit is not None:
+                    # An external plugin: the wait may be long; say what it waits for.
+                    told = True
+                    await self._listeners.emit(
+                        "plugin-waiting", {"name": name, "module": module, "timeout": limit}
+                    )
                 error = await bus.directory.load_error(name)
                 if error is not None and error.time >= since:
                     raise PluginFailed(name, error.error, error.phase)

@@ -170,12 +170,14 @@ async def _watch(
             os._exit(EXIT_AT_ONCE)
         say(f"received {name}: shutting down (send it again to exit at once)")
         stop.set()
+        registry.plugins.abandon_loading()  # a startup waiting for workers ends now
 
 
 async def _serve(registry: AppRegistry, stop: anyio.Event, *, keep_going: bool) -> int:
     config = registry.config
     say(f"registry {registry.id}: bus {mask_url(config.bus.url)}, namespace {config.bus.namespace}")
     registry.on("step", _print_step)
+    registry.on("plugin-waiting", _print_waiting)
     try:
         result = await registry.initialize()
     except Exception:
@@ -214,6 +216,13 @@ async def _serve(registry: AppRegistry, stop: anyio.Event, *, keep_going: bool) 
     if not done.finished:
         _exit_now(code)
     return code
+
+
+def _print_waiting(event: dict[str, Any]) -> None:
+    say(
+        f"plugin {event['name']}: waiting up to {event['timeout']:g}s for a worker to announce "
+        f"itself (start one with `rapid-objection worker {event['module']} ...`)"
+    )
 
 
 def _report_plugins(
