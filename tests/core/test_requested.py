@@ -177,6 +177,37 @@ class TestAlembic:
         ]
 
 
+class TestDemoShop:
+    async def test_its_seeds_roll_back_and_apply_again(
+        self, registry: AppRegistry, sql_url: str
+    ) -> None:
+        """The bundled shop app (the compose file's): its seeds undone and applied again
+        leave one order of the kettle, on SQLite and on PostgreSQL (whose ids go on
+        from where the first seeding left them)."""
+        shop = Path(REPO_ROOT / "core" / "demo_apps" / "shop")
+        config = {
+            "database": {"url": sql_url},
+            "migrations": {"directory": str(shop / "migrations")},
+            "seeds": {"directory": str(shop / "seeds")},
+        }
+        app = await registry.register_app("shop", config)
+        await app.rollback_seeds()
+        again = await app.seed()
+        assert again.ran == ("001_products.py", "002_orders.py")
+        engine = sa.create_engine(sql_url, poolclass=sa.NullPool)
+        try:
+            with engine.connect() as connection:
+                orders = connection.execute(
+                    sa.text(
+                        "SELECT products.name, orders.quantity FROM orders "
+                        "JOIN products ON products.id = orders.product_id"
+                    )
+                ).all()
+        finally:
+            engine.dispose()
+        assert [tuple(row) for row in orders] == [("kettle", 2)]
+
+
 class TestRollback:
     async def test_one_batch_back_and_forward_again(
         self, registry: AppRegistry, sql_url: str, migrations: Scripts
