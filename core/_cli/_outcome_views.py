@@ -4,14 +4,14 @@ lines of ``--follow``."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import msgspec
 from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from rapid_objection.bus import HistoryEntry, OutcomeRecord
+from rapid_objection.bus import Custom, Envelope, HistoryEntry, OutcomeRecord
 
 from .._replay import Answered, details
 
@@ -32,8 +32,24 @@ def _duration(record: OutcomeRecord) -> str:
     return "" if record.duration is None else f"{record.duration * 1000:.1f} ms"
 
 
-def outcome_table(title: str, rows: Sequence[Answered]) -> Table:
-    """One line per outcome under its event; an event without any says so."""
+def _no_outcome(envelope: Envelope, hooked: Collection[str] | None) -> str:
+    # Plugins acknowledge events they have no hook for as skipped, which is recorded
+    # nowhere: "yet" would never end for those.
+    unhooked = (
+        hooked is not None
+        and envelope.target is None
+        and not isinstance(envelope.payload, Custom)
+        and envelope.type not in hooked
+    )
+    return "none: no plugin has this hook" if unhooked else "no outcome yet"
+
+
+def outcome_table(
+    title: str, rows: Sequence[Answered], hooked: Collection[str] | None = None
+) -> Table:
+    """One line per outcome under its event; an event without any says so, and why
+    when no plugin known on the bus has a hook for its type (``hooked``: the event
+    types some plugin's manifest lists; None: not known)."""
     table = Table(title=title, box=box.SIMPLE)
     for column in ("time", "event", "type"):
         table.add_column(column, no_wrap=True)
@@ -45,7 +61,7 @@ def outcome_table(title: str, rows: Sequence[Answered]) -> Table:
         envelope = found.entry.envelope
         event = (when(envelope.time), envelope.id, envelope.type, envelope.app or "-")
         if not found.outcomes:
-            table.add_row(*event, "-", "-", "no outcome yet", "", "", "")
+            table.add_row(*event, "-", "-", _no_outcome(envelope, hooked), "", "", "")
         for n, record in enumerate(found.outcomes):
             table.add_row(
                 *(event if n == 0 else ("", "", "", "")),

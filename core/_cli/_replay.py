@@ -261,11 +261,13 @@ async def _list(args: argparse.Namespace, selection: Selection) -> int:
                 print(_jsonl(found.entry.entry_id, found.entry.envelope, outcomes))
             return 0
         rows = [found async for found in answered(bus, selection, outcomes=with_outcomes)]
+        manifests = (await bus.directory.manifests()).values() if with_outcomes else ()
+    hooked = {hook for manifest in manifests for hook in manifest.hooks}
     noun = "event" if len(rows) == 1 else "events"
     order = ", newest first" if selection.newest_first else ""
     title = f"History of namespace {bus.namespace} ({len(rows)} {noun}{order})"
     if with_outcomes:
-        _console().print(outcome_table(title, rows))
+        _console().print(outcome_table(title, rows, hooked))
     else:
         _console().print(_table(title, [found.entry for found in rows]))
     return 0

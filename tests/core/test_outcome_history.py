@@ -10,9 +10,11 @@ import pytest
 
 from rapid_objection.bus import (
     AppRegistered,
+    AppUnregistered,
     Bus,
     ConnectionInfo,
     HistoryEntry,
+    Manifest,
     OutcomeRecord,
     Publisher,
     RecordedStatus,
@@ -168,19 +170,23 @@ class TestCommand:
         self, redis_bus: Bus, redis_url: str
     ) -> None:
         """``--outcomes`` lists each outcome (plugin, consumer, status, attempt, error)
-        under its event, and says so of an event without any."""
+        under its event, and says so of an event without any: not yet, or never when no
+        plugin on the bus has a hook for its type (those are only acked as skipped)."""
         a, b = await publish(redis_bus, ["a", "b"])
         await redis_bus.outcomes.record(
             [outcome(a, "audit"), outcome(a, "backup", "error", consumer="backup-7")]
         )
+        await redis_bus.directory.announce(Manifest(plugin="audit", hooks=("app_registered",)))
+        unhooked, _ = await Publisher(redis_bus, "reg-h").publish(AppUnregistered(), app="c")
         code, out, err = await run_cli(
             "replay", "--bus-url", redis_url, "--namespace", redis_bus.namespace,
             "--outcomes", "--last", "5",
         )  # fmt: skip
         assert code == 0, err
-        assert "(2 events, newest first)" in out
+        assert "(3 events, newest first)" in out
         assert out.index(b.envelope.id) < out.index(a.envelope.id)
         assert "no outcome yet" in out.split(b.envelope.id)[1].splitlines()[0]
+        assert "none: no plugin has this hook" in out.split(unhooked.id)[1].splitlines()[0]
         backup = next(line for line in out.splitlines() if "backup-7" in line)
         assert backup.split()[:5] == ["backup", "backup-7", "error", "1", "boom"]
 
