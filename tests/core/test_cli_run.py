@@ -575,8 +575,24 @@ class TestConfigErrors:
                 '[plugins.audit]\nmodule = "x:Y"\nmode = "sidecar"\n',
                 "at plugins.audit.mode",
             ),
+            (
+                '[apps.shop]\nmigrations.directory = "."\n',
+                "at apps.shop.database.url: a database URL (or dialect and its parts) is required",
+            ),
+            (
+                '[apps.shop]\ndatabase.url = "sqlite://"\nseeds.directory = "no/such/dir"\n',
+                "at apps.shop.seeds.directory: ",
+            ),
         ],
-        ids=["missing", "not-toml", "unknown-key", "wrong-type", "bad-mode"],
+        ids=[
+            "missing",
+            "not-toml",
+            "unknown-key",
+            "wrong-type",
+            "bad-mode",
+            "app-without-database",
+            "app-seeds-missing",
+        ],
     )
     async def test_a_bad_registry_file_is_one_line_naming_the_file_and_key(
         self, tmp_path: Path, content: str | None, expected: str
