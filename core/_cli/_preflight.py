@@ -1,7 +1,8 @@
-"""What ``run`` can tell of each app of its file before it starts anything: a database
-URL that cannot work, migration or seed directories that are not there. Registering
-would fail on them too, but only after the bus was joined and the app's first events
-were published; here they are a configuration error naming the file and the key."""
+"""What ``run`` can tell of its file before it starts anything: a plugin table without
+a module, an app's database URL that cannot work, migration or seed directories that
+are not there. Loading and registering would fail on them too, but only after the bus
+was joined (and an app's first events were published, a plugin's group was made);
+here they are a configuration error naming the file and the key."""
 
 from __future__ import annotations
 
@@ -14,11 +15,18 @@ if TYPE_CHECKING:
     from .._config import AppConfig, RegistryConfig
 
 
-def check_apps(config: RegistryConfig, file: Path) -> None:
-    """Raise ``UsageError`` (exit 2) for the first app whose configuration cannot work."""
+def check_file(config: RegistryConfig, file: Path) -> None:
+    """Raise ``UsageError`` (exit 2) for the first plugin or app whose configuration
+    cannot work."""
     from .._connections import build_url
     from .._errors import ConfigError, ConnectionFailed
 
+    for name, plugin in config.plugins.items():
+        if plugin.enabled and not plugin.module:
+            raise UsageError(
+                f"invalid configuration in {file} at plugins.{name}.module: required "
+                "(package.module:Class, or the name of an installed plugin)"
+            )
     for name, app in config.apps.items():
         try:
             build_url(name, app.database)

@@ -122,10 +122,10 @@ def load_args(args: argparse.Namespace) -> RegistryConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ._preflight import check_apps
+    from ._preflight import check_file
 
     config = load_args(args)
-    check_apps(config, args.config)
+    check_file(config, args.config)
     configure(args)
     code: int = anyio.run(partial(serve, config, keep_going=args.keep_going))
     return code

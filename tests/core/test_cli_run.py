@@ -575,6 +575,7 @@ class TestConfigErrors:
                 '[plugins.audit]\nmodule = "x:Y"\nmode = "sidecar"\n',
                 "at plugins.audit.mode",
             ),
+            ("[plugins.audit]\nrequired = true\n", "at plugins.audit.module: required"),
             (
                 '[apps.shop]\nmigrations.directory = "."\n',
                 "at apps.shop.database.url: a database URL (or dialect and its parts) is required",
@@ -590,6 +591,7 @@ class TestConfigErrors:
             "unknown-key",
             "wrong-type",
             "bad-mode",
+            "plugin-without-module",
             "app-without-database",
             "app-seeds-missing",
         ],
