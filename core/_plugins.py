@@ -411,7 +411,8 @@ class PluginManager:
             raise PluginFailed(
                 name,
                 f"Plugin '{name}' has no worker: none announced itself within "
-                f"{limit:g}s (start one with `rapid-objection worker {module} ...`)",
+                f"{limit:g}s (start one with `rapid-objection worker {module} ...`; a worker "
+                f"that runs announces the plugin's own name, which must be '{name}')",
                 "manifest",
             )
         await self._require_host().steps.refresh()

@@ -591,7 +591,8 @@ class TestExternalMode:
         self, make_registry: RegistryFactory
     ) -> None:
         """The hint in the reason is a command that would work: ``rapid-objection worker``
-        takes the plugin's module (or entry-point name), not its configuration key."""
+        takes the plugin's module (or entry-point name), not its configuration key; and
+        it says under which name the worker must announce itself."""
         registry = await make_registry(
             {"remote": plugin_table(MONITORING, mode="external")},
             initialize=False,
@@ -600,6 +601,7 @@ class TestExternalMode:
         result = await registry.initialize()
         (failed,) = result.failed_plugins
         assert f"rapid-objection worker {MONITORING}" in failed.error
+        assert "the plugin's own name, which must be 'remote'" in failed.error
 
     async def test_a_worker_that_appears_while_loading_is_waited_for(
         self, make_registry: RegistryFactory
