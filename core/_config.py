@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, TypeVar
@@ -133,6 +134,7 @@ class BusSection(_Section):
             max_age=self.dlq_max_age,
             payload_prefix=self.dlq_payload_prefix,
         )
+
     keyring: str | None = None
     """The keyring file (``rapid-objection keys init``); default: env
     ``RAPID_OBJECTION_KEYRING``; none: the bus is unauthenticated (docs/security.md)."""
@@ -141,9 +143,7 @@ class BusSection(_Section):
     def connect_url(self) -> str:
         """The URL with ``cluster`` and ``min_replicas`` in it, as every process of this
         registry (its supervised workers included) connects."""
-        return with_options(
-            self.url, cluster=self.cluster, min_replicas=self.min_replicas or None
-        )
+        return with_options(self.url, cluster=self.cluster, min_replicas=self.min_replicas or None)
 
 
 class PluginManagerSection(_Section):
@@ -246,7 +246,20 @@ def convert(data: Any, kind: type[T], *, prefix: str = "", file: str | None = No
         return msgspec.convert(data, kind, str_keys=True)
     except msgspec.ValidationError as exc:
         path, message = _dotted(exc, prefix)
+        if message.startswith("Invalid enum value"):
+            choices = _choices(kind, path.removeprefix(prefix).strip(".").split("."))
+            if choices:
+                message += f" (one of {', '.join(repr(c) for c in choices)})"
         raise ConfigError(message, path=path, file=file) from None
+
+
+def _choices(kind: Any, keys: list[str]) -> tuple[Any, ...]:
+    """The values a ``Literal`` field at ``keys`` of Struct ``kind`` allows (or none)."""
+    for key in keys:
+        if not (isinstance(kind, type) and issubclass(kind, msgspec.Struct)):
+            return ()
+        kind = typing.get_type_hints(kind).get(key)
+    return typing.get_args(kind) if typing.get_origin(kind) is Literal else ()
 
 
 def _resolve_dirs(app: AppConfig, base: Path) -> AppConfig:

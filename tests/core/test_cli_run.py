@@ -573,7 +573,8 @@ class TestConfigErrors:
             ),
             (
                 '[plugins.audit]\nmodule = "x:Y"\nmode = "sidecar"\n',
-                "at plugins.audit.mode",
+                "at plugins.audit.mode: Invalid enum value 'sidecar' "
+                "(one of 'inline', 'process', 'external')",
             ),
             ("[plugins.audit]\nrequired = true\n", "at plugins.audit.module: required"),
             (
