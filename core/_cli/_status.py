@@ -56,6 +56,8 @@ WATCH_INTERVAL = 1.0
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.failures < 0:
+        raise UsageError(f"--failures must be at least 0, not {args.failures}")
     if args.watch:
         if args.check:
             raise UsageError("--watch and --check do not go together (--check answers once)")

@@ -26,7 +26,7 @@ from rapid_objection.bus import (
 from rapid_objection.bus._publisher import PluginPolicy
 from rapid_objection.plugin_workers import PluginInterface
 from rapid_objection.plugin_workers.testing import running_worker
-from tests.e2e import CLI, REPO_ROOT, run_cli, subprocess_env
+from tests.e2e import CLI, REPO_ROOT, one_line_error, run_cli, subprocess_env
 
 pytestmark = pytest.mark.anyio
 
@@ -179,6 +179,12 @@ class TestWatch:
         first, second = (json.loads(line) for line in out.splitlines()[:2])
         assert first["namespace"] == second["namespace"] == redis_bus.namespace
         assert second["time"] - first["time"] >= 0.9
+
+    async def test_negative_failures_are_refused(self, redis_url: str, namespace: str) -> None:
+        """``--failures -1`` is a usage error, not an empty list."""
+        code, out, err = await run_cli(*cli(redis_url, namespace, "--failures", "-1"))
+        assert code == 2
+        assert "--failures must be at least 0, not -1" in one_line_error(code, out, err)
 
     async def test_check_is_refused(self, redis_url: str, namespace: str) -> None:
         """``--check`` answers once: with ``--watch`` it is a usage error."""
