@@ -243,13 +243,25 @@ async def answer(registry: Changer, request: Request) -> Answer:
             )
             result = changed.as_dict()
     except Error as exc:
+        error = mask_url(str(exc))
+        # The operator who asked gets the answer; the registry's own log says it too.
+        log.warning(
+            "app %s: %s requested by %s failed: %s",
+            request.app,
+            request.action,
+            request.sender or "?",
+            error,
+        )
         return Answer(
             request=request.id,
             registry=registry.id,
             ok=False,
-            error=mask_url(str(exc)),
+            error=error,
             error_type=type(exc).__name__,
         )
+    if request.action != "status":
+        ran = ", ".join(result.get("ran", ())) or "nothing to do"
+        log.info("app %s: %s requested by %s: %s", request.app, request.action, request.sender, ran)
     return Answer(request=request.id, registry=registry.id, ok=True, result=result)
 
 

@@ -8,6 +8,7 @@ the real MariaDB (``database_url``); refusals that no dialect changes on SQLite 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from rapid_objection.bus._contract import Request
 from rapid_objection.core import (
     AppNotOwned,
     AppRegistry,
@@ -24,6 +26,7 @@ from rapid_objection.core import (
     MigrationFailed,
     PluginVeto,
 )
+from rapid_objection.core._requested import answer
 from tests.core.change_plugins import ChangeRecorder
 from tests.core.fixtures_migrations import (
     FAIL,
@@ -273,6 +276,40 @@ class TestRollback:
         back = await app.rollback_seeds()
         assert back.ran == ("001_first.py",)
         assert labels(sql_url) == ["second"]
+
+
+class TestAnswer:
+    async def test_the_registry_logs_each_request_it_answers(
+        self,
+        registry: AppRegistry,
+        sqlite_url: str,
+        migrations: Scripts,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A request from the bus that fails is a warning in the registry's own log
+        (naming the app, the action, who asked and the error), not only in the answer
+        the operator gets; one that succeeds is an info line saying what ran."""
+        caplog.set_level(logging.INFO, "rapid_objection.registry")
+        await registry.register_app("shop", app_config(sqlite_url, migrations))
+        migrations.migration("002_notes.py", add_column("items", "notes"))
+        applied = await answer(registry, request("migrate"))
+        migrations.migration("003_bad.py", FAIL)
+        refused = await answer(registry, request("migrate"))
+        assert (applied.ok, refused.ok) == (True, False)
+        said = [
+            (record.levelname, record.getMessage())
+            for record in caplog.records
+            if "requested by" in record.getMessage()
+        ]
+        assert said == [
+            ("INFO", "app shop: migrate requested by ops@host-1: 002_notes.py"),
+            ("WARNING", f"app shop: migrate requested by ops@host-1 failed: {refused.error}"),
+        ]
+        assert "boom" in (refused.error or "")
+
+
+def request(action: str) -> Request:
+    return Request(id="r-1", registry="reg", app="shop", action=action, sender="ops@host-1")
 
 
 class TestFailure:
