@@ -10,6 +10,7 @@ shop's audit trail read back from the audit plugin's table.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,7 +42,9 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    console = Console(highlight=False)
+    # Off a terminal (make demo into a log, a pipe) rich would wrap at 80 columns and
+    # split each step's acks over lines: size it for them instead.
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     if args.directory is not None:
         args.directory.mkdir(parents=True, exist_ok=True)
         return anyio.run(run_demo, console, args.bus_url, args.namespace, args.directory)
