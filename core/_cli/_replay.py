@@ -44,6 +44,7 @@ from ._args import (
 )
 from ._namespace import namespace_bus
 from ._outcome_views import follow_jsonl, follow_line, outcome_table, when
+from ._status import stop_on_signal
 
 # argparse takes "-15m" for an unknown option rather than the value of --since; values
 # that look like relative times are read as values, as negative numbers are.
@@ -274,6 +275,15 @@ async def _list(args: argparse.Namespace, selection: Selection) -> int:
 
 
 async def _follow(args: argparse.Namespace, selection: Selection) -> int:
+    # SIGINT and SIGTERM end it with status 0, also where SIGINT is ignored (started in
+    # the background by a script), as they end `status --watch`; caught from the start.
+    async with anyio.create_task_group() as group:
+        await group.start(stop_on_signal, group.cancel_scope)
+        await _follow_until_stopped(args, selection)
+    return 0
+
+
+async def _follow_until_stopped(args: argparse.Namespace, selection: Selection) -> None:
     console = _console()
     async with namespace_bus(args, used=False) as bus:
         backlog: list[HistoryEntry] = []
@@ -286,6 +296,7 @@ async def _follow(args: argparse.Namespace, selection: Selection) -> int:
             console.print(
                 escape(f"Following namespace {bus.namespace} (Ctrl-C to stop)"), soft_wrap=True
             )
+            console.file.flush()  # into a pipe too: a reader knows it is following
         outage = Outage(_say_on_stderr)
         async for item in follow(bus, selection, after=after, backlog=backlog, outage=outage):
             if args.format == "jsonl":
@@ -293,7 +304,6 @@ async def _follow(args: argparse.Namespace, selection: Selection) -> int:
             else:
                 console.print(escape(follow_line(item)), soft_wrap=True)
                 console.file.flush()
-    return 0
 
 
 def _say_on_stderr(line: str) -> None:

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import anyio
+from anyio.abc import TaskStatus
 from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -91,7 +92,7 @@ async def watch(args: argparse.Namespace) -> None:
     console = Console(width=None if sys.stdout.isatty() else 10_000)
     outage = Outage(_to_stderr if args.json else None, every=WATCH_INTERVAL)
     async with namespace_bus(args) as bus, anyio.create_task_group() as group:
-        group.start_soon(_stop_on_signal, group.cancel_scope)
+        await group.start(stop_on_signal, group.cancel_scope)
         if args.json:
             while True:
                 report = await collect(bus, args.failures, outage)
@@ -132,8 +133,13 @@ def banner(outage: Outage) -> list[Text]:
     return [] if line is None else [Text(f"{line}; the tables below are from before", "red")]
 
 
-async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+async def stop_on_signal(
+    scope: anyio.CancelScope, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Cancel ``scope`` at the first SIGINT or SIGTERM (a clean end, exit 0); started
+    (``TaskGroup.start``) once the signals are caught."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for _ in signals:
             scope.cancel()
             return

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 
 import anyio
@@ -22,7 +23,7 @@ from rapid_objection.bus import (
 from rapid_objection.core import _follow as follow_module
 from rapid_objection.core._follow import follow
 from rapid_objection.core._replay import Selection, answered, redeliver
-from tests.e2e import run_cli
+from tests.e2e import CLI, REPO_ROOT, run_cli, subprocess_env
 
 pytestmark = pytest.mark.anyio
 
@@ -145,7 +146,6 @@ class TestFollow:
         ]
         assert filtered == ["event blog", "blog:audit:error", "event shop", "shop:audit:error"]
 
-
     async def test_only_the_newest_shown_events_are_followed(
         self, bus: Bus, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -190,3 +190,36 @@ class TestCommand:
         backup = next(line for line in out.splitlines() if "backup-7" in line)
         assert backup.split()[:5] == ["backup", "backup-7", "error", "1", "boom"]
 
+
+class TestFollowEnds:
+    @pytest.mark.parametrize(
+        ("how", "signum"),
+        [("sigterm", signal.SIGTERM), ("sigint-ignored-by-its-shell", signal.SIGINT)],
+    )
+    async def test_a_signal_ends_it_with_status_0(
+        self, redis_bus: Bus, redis_url: str, how: str, signum: signal.Signals
+    ) -> None:
+        """SIGTERM ends ``replay --follow`` cleanly, as Ctrl-C does; so does SIGINT when
+        the shell that started it ignores SIGINT (a script's background job)."""
+        command = [
+            CLI, "replay", "--bus-url", redis_url, "--namespace", redis_bus.namespace,
+            "--follow",
+        ]  # fmt: skip
+        if how.startswith("sigint-ignored"):
+            command = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
+        async with await anyio.open_process(
+            command, cwd=REPO_ROOT, env=subprocess_env()
+        ) as process:
+            assert process.stdout is not None
+            try:
+                with anyio.fail_after(20):
+                    out = b""
+                    while b"Following namespace" not in out:
+                        out += await process.stdout.receive()
+                process.send_signal(signum)
+                with anyio.fail_after(20):
+                    code = await process.wait()
+            finally:
+                if process.returncode is None:
+                    process.kill()
+        assert code == 0
