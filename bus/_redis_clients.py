@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import redis.asyncio as aioredis
 
+from ._redis_failures import set_up
 from ._topology import Topology
 
 KEEPALIVE_IDLE: Final = 10
@@ -52,7 +53,9 @@ def build(topology: Topology, *, cluster: bool, connections: int = MAX_CONNECTIO
     costs the round trip about a third (measured), and a BLOCK read must not be cut
     short anyway (redis-py #3138). A server that vanishes without closing a TCP socket
     is found by keepalive probes instead, within about half a minute; a Unix socket
-    has no such probes (nor needs them). RESP2 keeps reply shapes stable.
+    has no such probes (nor needs them). RESP2 keeps reply shapes stable. A connection
+    whose SELECT is refused raises ``SetupRefused`` (see ``set_up``); a cluster has no
+    database to select.
     """
     options: dict[str, Any] = {
         "protocol": 2,
@@ -61,6 +64,8 @@ def build(topology: Topology, *, cluster: bool, connections: int = MAX_CONNECTIO
     }
     if topology.scheme != "unix":
         options |= {"socket_keepalive": True, "socket_keepalive_options": _keepalive_options()}
+    if not cluster:
+        options["redis_connect_func"] = set_up
     if topology.sentinel:
         from redis.asyncio.sentinel import Sentinel
 
@@ -77,6 +82,7 @@ def build(topology: Topology, *, cluster: bool, connections: int = MAX_CONNECTIO
             **options,
         )
     if cluster:
+        # No ``redis_connect_func``: the cluster client takes none (it sets its own).
         return aioredis.RedisCluster.from_url(
             topology.client_url,
             max_connections=connections if connections == 1 else CLUSTER_CONNECTIONS,

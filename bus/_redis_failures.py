@@ -7,7 +7,7 @@ the codes it has no class for, the code stays the message's first word.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from redis import exceptions as redis_errors
 
@@ -54,12 +54,47 @@ def _cause(exc: BaseException) -> str:
     return f"{code} {message}" if code and not message.startswith(code) else message
 
 
+class SetupRefused(redis_errors.RedisError):
+    """A plain error reply to a new connection's setup (SELECT of a database the server
+    does not have), raised by ``set_up`` in place of redis-py's ResponseError.
+
+    Not a ResponseError: the adapter reads those as a refused command (``open`` takes a
+    refused INFO cluster for a proxy's) and passes them on untranslated. Not a
+    ConnectionError: neither redis-py nor a worker may retry it as an outage, since every
+    new connection meets the same refusal."""
+
+    def __init__(self, command: str, reason: str) -> None:
+        super().__init__(reason)
+        self.command = command
+        self.reason = reason
+
+
+async def set_up(connection: Any) -> None:
+    """redis-py's own setup of a new connection (AUTH, SELECT), with a refusal that no
+    exception class of redis-py tells apart raised as ``SetupRefused``.
+
+    Given as ``redis_connect_func`` to the connections the adapter builds. With RESP2 and
+    no client name, SELECT is the one setup step whose refusal is a plain ResponseError
+    (AUTH's are AuthenticationError, an ACL's NoPermissionError, and redis-py ignores
+    CLIENT SETINFO's): so it is named when the URL selects a database.
+    """
+    try:
+        await connection.on_connect()
+    except redis_errors.ResponseError as exc:
+        if type(exc) is not redis_errors.ResponseError or _code(exc) in TRANSIENT_CODES:
+            raise  # a refusal ``translate`` knows by its class or code
+        raise SetupRefused("SELECT" if connection.db else "", _cause(exc)) from exc
+
+
 def translate(exc: BaseException, url: str, command: str = "") -> BaseException:
     """The one mapping of redis-py failures, by exception class: an outage or a passing
-    server refusal becomes BusUnavailable, a lasting refusal (credentials, ACL) becomes
-    BusRefused, each naming the cause with the URL masked; anything else is left as is."""
+    server refusal becomes BusUnavailable, a lasting refusal (credentials, ACL, a
+    connection's SELECT) becomes BusRefused, each naming the cause with the URL masked;
+    anything else is left as is."""
     if isinstance(exc, redis_errors.AuthenticationError | redis_errors.NoPermissionError):
         return BusRefused(url, command, _cause(exc))
+    if isinstance(exc, SetupRefused):  # the command is the setup's, not the one asked
+        return BusRefused(url, exc.command, exc.reason)
     if isinstance(exc, (*OUTAGE_ERRORS, *TRANSIENT_ERRORS)):
         return BusUnavailable(url, _cause(exc))
     if isinstance(exc, redis_errors.ResponseError) and _code(exc) in TRANSIENT_CODES:

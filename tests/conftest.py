@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import pytest
@@ -52,6 +53,25 @@ def redis_url() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return REDIS_URL
+
+
+MISSING_DATABASE_PASSWORD = "db99-secret"  # noqa: S105 - a password that must not show
+"""What ``missing_database_url`` gives the default user, when the lane's URL gives none."""
+
+
+@pytest.fixture(scope="session")
+def missing_database_url(redis_url: str) -> str:
+    """The real Redis, selecting database 99, which a stock server (16) does not have.
+
+    With the password above for the default user when the lane's URL has no user of its
+    own: a user without a password accepts any, so the masking of a password shows."""
+    parts = urlsplit(redis_url)
+    netloc = (
+        parts.netloc
+        if "@" in parts.netloc
+        else f"default:{MISSING_DATABASE_PASSWORD}@{parts.netloc}"
+    )
+    return urlunsplit(parts._replace(netloc=netloc, path="/99"))
 
 
 @pytest.fixture(scope="session")

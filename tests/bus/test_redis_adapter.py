@@ -7,9 +7,17 @@ import time
 import anyio
 import pytest
 
-from rapid_objection.bus import Bus, BusUnavailable, BusUrlError, GroupMissing
+from rapid_objection.bus import (
+    Bus,
+    BusRefused,
+    BusUnavailable,
+    BusUrlError,
+    GroupMissing,
+    mask_url,
+)
 from rapid_objection.bus._redis import check_url
 from rapid_objection.bus.testing import embedded_bus
+from tests.conftest import MISSING_DATABASE_PASSWORD
 
 pytestmark = pytest.mark.anyio
 
@@ -71,6 +79,26 @@ class TestUnavailable:
         assert "redis://user:***@127.0.0.1:1/0" in str(caught.value)
         assert "hunter2" not in str(caught.value)
         assert isinstance(caught.value, ConnectionError)
+
+
+class TestRefused:
+    @pytest.mark.parametrize("query", ["", "?cluster=false"], ids=["asks-info", "pings"])
+    async def test_a_database_the_server_lacks_is_refused_not_waited_for(
+        self, missing_database_url: str, query: str
+    ) -> None:
+        """Opening a bus on a database the server does not have raises BusRefused (a
+        lasting refusal, not an outage to wait out) naming SELECT and the server's
+        reason, the URL's password masked; whether open() asks INFO or PING first."""
+        url = missing_database_url + query
+        with pytest.raises(BusRefused) as caught:
+            async with Bus.connect(url, "ns"):
+                pass
+        assert not isinstance(caught.value, BusUnavailable)
+        assert caught.value.command == "SELECT"
+        assert "DB index is out of range" in caught.value.reason
+        assert caught.value.url == mask_url(url)
+        assert f"bus at {mask_url(url)}: SELECT refused: " in str(caught.value)
+        assert MISSING_DATABASE_PASSWORD not in str(caught.value)
 
 
 class TestGroups:

@@ -13,10 +13,11 @@ from typing import Any
 import anyio
 import pytest
 
-from rapid_objection.bus import AppRegistered, Bus, ConnectionInfo, Publisher
+from rapid_objection.bus import AppRegistered, Bus, ConnectionInfo, Publisher, mask_url
 from rapid_objection.bus._publisher import PluginPolicy
 from rapid_objection.plugin_workers import PluginInterface
 from rapid_objection.plugin_workers.testing import running_worker
+from tests.conftest import MISSING_DATABASE_PASSWORD
 from tests.e2e import REPO_ROOT, one_line_error, run_cli, subprocess_env
 from tests.topologies import Servers, free_ports
 
@@ -195,6 +196,50 @@ class TestWorker:
             *await run_cli("worker", "tests.e2e.plugins:PluginA", "--bus-url", url)
         )
         assert "memory://" in line
+
+
+class TestRefusedBus:
+    @pytest.mark.parametrize(
+        "argv",
+        [
+            ["status"],
+            ["replay"],
+            ["dlq", "list"],
+            ["groups", "drop", PLUGIN],
+            ["worker", "tests.e2e.plugins:PluginA"],
+            ["dashboard"],
+            ["run", "{config}"],
+            ["migrate", "shop", "--config", "{config}"],
+        ],
+        ids=[
+            "status",
+            "replay",
+            "dlq-list",
+            "groups-drop",
+            "worker",
+            "dashboard",
+            "run",
+            "migrate",
+        ],
+    )
+    async def test_a_database_the_server_lacks_is_one_line_and_exit_1(
+        self, missing_database_url: str, tmp_path: Path, argv: list[str]
+    ) -> None:
+        """A bus URL naming a database the server does not have: every command (a worker
+        too, instead of waiting forever) exits 1 with one line naming the URL without its
+        password and the server's reason."""
+        config = tmp_path / "registry.toml"
+        config.write_text(
+            '[registry]\nid = "refused"\n[bus]\nurl = "memory://"\n\n'
+            f'[apps.shop]\ndatabase.url = "sqlite:///{tmp_path / "shop.db"}"\n'
+        )
+        argv = [arg.format(config=config) for arg in argv]
+        code, out, err = await run_cli(*argv, "--bus-url", missing_database_url, timeout=20)
+        line = one_line_error(code, out, err, quiet=False)
+        assert code == 1
+        assert line.endswith(": SELECT refused: ERR DB index is out of range")
+        assert mask_url(missing_database_url) in line
+        assert MISSING_DATABASE_PASSWORD not in out + err
 
 
 class TestUsage:
