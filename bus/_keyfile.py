@@ -153,15 +153,20 @@ class KeyFile:
         if new and target.exists():
             raise KeyringError(f"{target} exists already; not replacing a keyring")
         text = json.dumps(self.to_json(), indent=2) + "\n"
-        handle, temporary = tempfile.mkstemp(prefix=".keyring-", dir=target.parent or ".")
         try:
-            os.fchmod(handle, 0o600)  # mkstemp makes it 0600; said here, as it is the point
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                out.write(text)
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+            handle, temporary = tempfile.mkstemp(prefix=".keyring-", dir=target.parent or ".")
+            try:
+                os.fchmod(handle, 0o600)  # mkstemp makes it 0600; said here, as it is the point
+                with os.fdopen(handle, "w", encoding="utf-8") as out:
+                    out.write(text)
+                os.replace(temporary, target)
+            except BaseException:
+                Path(temporary).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            # A missing directory, a refused permission, a full disk: the operator's to
+            # fix, so one line naming the file, as ``load`` says of one it cannot read.
+            raise KeyringError(f"cannot write keyring {target}: {exc.strerror or exc}") from None
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> KeyFile:

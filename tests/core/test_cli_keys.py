@@ -79,3 +79,22 @@ class TestKeys:
         with pytest.raises(SystemExit):
             keys("rotate", str(export))
         assert "with an export of plugin 'audit'" in capsys.readouterr().err
+
+    @pytest.mark.parametrize("command", ["init", "export"])
+    def test_a_file_in_a_missing_directory_is_one_line_naming_it(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+    ) -> None:
+        """Writing a ring or an export into a directory that does not exist fails with one
+        line naming the file and the system's reason, as reading a missing one does."""
+        ring, target = tmp_path / "ring.json", tmp_path / "missing" / "out.json"
+        keys("init", str(ring), "--plugin", "audit")
+        argv = {
+            "init": ["init", str(target)],
+            "export": ["export", str(ring), "--plugin", "audit", "--out", str(target)],
+        }[command]
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            keys(*argv)
+        assert exit_info.value.code == 1
+        expected = f"rapid-objection: cannot write keyring {target}: No such file or directory\n"
+        assert capsys.readouterr() == ("", expected)
