@@ -18,11 +18,20 @@ MASK: Final = "***"
 _URL_PASSWORD: Final = re.compile(
     r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)\S+?(?=@[^@\s]*(?:\s|$))"
 )
+# A ":" (or ",", ";", ".") between a value and a space or the end is the message's
+# ("cannot connect to URL: reason"), not the value's: masked with it, it would be lost,
+# and a message masked twice (an error naming a masked URL, masked again where it is
+# logged) would read "password=*** reason". Each value below stops before it, and
+# otherwise exactly where it always stopped (the characters a value cannot hold).
+_SEPARATOR_THEN_SPACE: Final = r"[:;,.]?(?:\s|$)"
 # ?password=... or &client_secret=... inside a URL's query string.
-_QUERY_PARAMETER: Final = re.compile(r"(?P<head>[?&](?P<name>[^=&\s#]+)=)[^&\s#]*")
+_QUERY_PARAMETER: Final = re.compile(
+    r"(?P<head>[?&](?P<name>[^=&\s#]+)=)[^&\s#]*?(?=[&#]|" + _SEPARATOR_THEN_SPACE + ")"
+)
 # password=hunter2 in a keyword connection string ("host=db user=shop password=...").
 _KEYWORD_PARAMETER: Final = re.compile(
-    r"(?P<head>(?:^|(?<=\s))(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*)(?:'[^']*'|[^\s'&]+)"
+    r"(?P<head>(?:^|(?<=\s))(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*)"
+    r"(?:'[^']*'|[^\s'&]+?(?=['&]|" + _SEPARATOR_THEN_SPACE + "))"
 )
 _SECRET_KEY: Final = re.compile(
     r"pass(word|wd)?|pwd|secret|token|credential|auth|private|"

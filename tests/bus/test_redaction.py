@@ -201,6 +201,54 @@ class TestMaskUrl:
         """A URL that holds no secret comes back unchanged."""
         assert mask_url(url) == url
 
+    @pytest.mark.parametrize(
+        ("text", "masked"),
+        [
+            pytest.param(
+                f"cannot connect to postgresql://nouser@db/shop?password={SECRET}: refused",
+                "cannot connect to postgresql://nouser@db/shop?password=***: refused",
+                id="query-password-then-colon",
+            ),
+            pytest.param(
+                f"cannot connect to {DATABASE_URL}: refused",
+                f"cannot connect to {MASKED_URL}: refused",
+                id="userinfo-password-then-colon",
+            ),
+            pytest.param(
+                f"postgresql://db/shop?password=pa:{SECRET}:: refused",
+                "postgresql://db/shop?password=***: refused",
+                id="colons-inside-the-password",
+            ),
+            pytest.param(
+                f"tried https://api.example.com/v1?token={SECRET}, then gave up",
+                "tried https://api.example.com/v1?token=***, then gave up",
+                id="query-token-then-comma",
+            ),
+            pytest.param(
+                f"no answer from postgresql://db/shop?password={SECRET}.",
+                "no answer from postgresql://db/shop?password=***.",
+                id="query-password-ends-the-sentence",
+            ),
+            pytest.param(
+                f"postgresql://db/shop?password={SECRET}.&sslmode=require",
+                "postgresql://db/shop?password=***&sslmode=require",
+                id="dot-before-the-next-parameter",
+            ),
+            pytest.param(
+                f"host=db password={SECRET}: authentication failed",
+                "host=db password=***: authentication failed",
+                id="keyword-password-then-colon",
+            ),
+        ],
+    )
+    def test_keeps_the_separator_after_a_masked_value(self, text: str, masked: str) -> None:
+        """The ':' (',', '.') between a masked value and the rest of a message stays
+        the message's, also when the masked message is masked again (an error naming a
+        masked URL, logged through mask_url); the secret never shows."""
+        assert mask_url(text) == masked
+        assert mask_url(masked) == masked
+        assert SECRET not in masked
+
     def test_masks_every_url_inside_a_message(self) -> None:
         """Each URL inside a longer text (an error message) has its password masked."""
         text = f"primary {DATABASE_URL} failed, then postgresql://ro:other-{SECRET}@replica/shop"

@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from rapid_objection.bus import mask_url
 from rapid_objection.core._config import AppConfig, DatabaseConfig
 from rapid_objection.core._connections import ConnectionManager, Engines, build_url
 from rapid_objection.core._errors import AppAlreadyRegistered, ConfigError, ConnectionFailed
@@ -306,6 +307,20 @@ class TestOpen:
         assert f"app 'shop' cannot connect to {error.url}" in str(error)
         assert error.reason
         assert not engines.is_open("shop")
+
+    def test_unreachable_with_a_query_password(self, engines: Engines) -> None:
+        """A password given as ``?password=`` is masked too, and the message keeps the
+        ': ' before the reason when masked again where it is shown (``run`` does)."""
+        url = f"postgresql+psycopg://nouser@127.0.0.1:1/shop?password={SECRET}"
+        with pytest.raises(ConnectionFailed) as caught:
+            engines.open("shop", db(url), None)
+        message = str(caught.value)
+        assert SECRET not in message
+        assert (
+            "cannot connect to postgresql+psycopg://nouser@127.0.0.1:1/shop?password=***: "
+            in message
+        )
+        assert mask_url(message) == message
 
     def test_engine_arguments_refused(self, engines: Engines, tmp_path: Path) -> None:
         """Settings the driver's URL form rejects are a ConfigError, without the password."""
