@@ -28,6 +28,7 @@ PACKAGES = ("rapid_objection.core", "rapid_objection.bus", "rapid_objection.plug
 SIGNALS: set[type[Exception]] = {RetryLater, PermanentError}
 """A hook raises these to ask the bus for something: not errors, so not under the root."""
 INTERNAL = {
+    "rapid_objection.bus._redis_failures.SetupRefused": "the Redis adapter makes it BusRefused",
     "rapid_objection.core._cli._args.UsageError": "the CLI turns it into exit status 2",
     "rapid_objection.core._cli._namespace.UnusedNamespace": "the CLI turns it into exit status 3",
     "rapid_objection.core._dashboard._api.RequestError": "the dashboard answers its HTTP status",
