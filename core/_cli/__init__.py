@@ -65,6 +65,7 @@ def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; every expected failure is one line on stderr and a non-zero exit."""
     from rapid_objection import Error
+    from rapid_objection.bus import BusUrlError, NamespaceError
 
     from ._namespace import UnusedNamespace
 
@@ -78,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # A task group wraps what one of its tasks raised; show that error itself.
             raise _single(group) from None
     except UsageError as exc:
+        fail(str(exc), 2)
+    except (BusUrlError, NamespaceError) as exc:
+        # A URL or namespace the user gave (a flag, a variable, a file's [bus]) that no
+        # bus can take: a configuration error, whichever check found it first.
         fail(str(exc), 2)
     except UnusedNamespace as exc:
         fail(str(exc), exc.code)

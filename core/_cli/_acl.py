@@ -8,24 +8,19 @@ Redis adapter, never written by hand) on the keys of one namespace. Pipe it into
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from rapid_objection.bus._acl import ROLES, role, setuser, user_name
 from rapid_objection.bus._constants import DEFAULT_NAMESPACE
 
-from ._args import ENV_NAMESPACE, Parser, UsageError
+from ._args import Parser, UsageError, add_namespace_option
 
 
 def add_parser(commands: Any) -> None:
     parser: Parser = commands.add_parser(
         "acl", help="print the Redis ACL user of a role (least privilege)", description=__doc__
     )
-    parser.add_argument(
-        "--namespace",
-        default=os.environ.get(ENV_NAMESPACE),
-        help=f"the bus namespace (env {ENV_NAMESPACE}; default: {DEFAULT_NAMESPACE})",
-    )
+    add_namespace_option(parser)
     parser.add_argument("--role", required=True, choices=ROLES)
     parser.add_argument("--plugin", metavar="NAME", help="a worker's plugin: names its user")
     parser.add_argument(
@@ -43,9 +38,6 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rapid_objection.bus import NamespaceError
-    from rapid_objection.bus._keys import check_namespace
-
     namespace = args.namespace or DEFAULT_NAMESPACE
     if args.plugin and args.role != "worker":
         raise UsageError("--plugin names a worker's plugin: use it with --role worker")
@@ -53,10 +45,6 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--allow-redrive is an operator's grant: use it with --role operator")
     if args.allow_migrate and args.role != "operator":
         raise UsageError("--allow-migrate is an operator's grant: use it with --role operator")
-    try:
-        check_namespace(namespace)
-    except NamespaceError as exc:
-        raise UsageError(str(exc)) from None
     user = args.user or user_name(namespace, args.role, args.plugin)
     print(
         setuser(

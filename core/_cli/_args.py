@@ -8,7 +8,10 @@ import sys
 from typing import TYPE_CHECKING, NoReturn
 
 from rapid_objection.bus._constants import DEFAULT_NAMESPACE
+from rapid_objection.bus._errors import BusUrlError, NamespaceError
 from rapid_objection.bus._keyring import ENV_KEYRING
+from rapid_objection.bus._keys import check_namespace
+from rapid_objection.bus._topology import parse
 
 if TYPE_CHECKING:
     from rapid_objection.bus._keyring import Keyring
@@ -34,17 +37,50 @@ class Parser(argparse.ArgumentParser):
         return super().format_help().replace("``", "")
 
 
+def namespace_arg(value: str) -> str:
+    """``--namespace``, checked as the bus checks it: an empty or malformed name is a
+    usage error before anything runs, never taken for the default."""
+    try:
+        return check_namespace(value)
+    except NamespaceError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def bus_url_arg(value: str) -> str:
+    """``--bus-url``, checked as the bus parses it (scheme, host, options), so that a
+    wrong URL is a usage error before anything runs."""
+    try:
+        parse(value)
+    except BusUrlError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def from_environment(name: str) -> str | None:
+    """The variable's value; an empty one counts as unset (``NAME= command`` in a shell),
+    so the default applies rather than an empty name or URL."""
+    return os.environ.get(name) or None
+
+
+def add_namespace_option(parser: argparse.ArgumentParser) -> None:
+    # argparse passes a string default through ``type`` too: a malformed variable is
+    # refused like a malformed flag.
+    parser.add_argument(
+        "--namespace",
+        type=namespace_arg,
+        default=from_environment(ENV_NAMESPACE),
+        help=f"the bus namespace (env {ENV_NAMESPACE}; default: {DEFAULT_NAMESPACE})",
+    )
+
+
 def add_bus_options(parser: argparse.ArgumentParser, default_url: str | None) -> None:
     parser.add_argument(
         "--bus-url",
-        default=os.environ.get(ENV_BUS_URL, default_url),
+        type=bus_url_arg,
+        default=from_environment(ENV_BUS_URL) or default_url,
         help=f"redis://, rediss://, unix:// or memory:// (env {ENV_BUS_URL})",
     )
-    parser.add_argument(
-        "--namespace",
-        default=os.environ.get(ENV_NAMESPACE),
-        help=f"the bus namespace (env {ENV_NAMESPACE}; default: {DEFAULT_NAMESPACE})",
-    )
+    add_namespace_option(parser)
     parser.add_argument(
         "--cluster",
         action="store_const",
@@ -82,9 +118,7 @@ def bus_url(args: argparse.Namespace) -> str:
 
     if args.min_replicas is not None and args.min_replicas < 0:
         raise UsageError(f"--min-replicas must be at least 0, not {args.min_replicas}")
-    return with_options(
-        str(args.bus_url), cluster=args.cluster, min_replicas=args.min_replicas
-    )
+    return with_options(str(args.bus_url), cluster=args.cluster, min_replicas=args.min_replicas)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

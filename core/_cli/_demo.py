@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
 
-from ._args import Parser
+from ._args import Parser, bus_url_arg, namespace_arg
 
 DEMO_BUS_URL: Final = "memory://demo"
 DEMO_NAMESPACE: Final = "demo"
@@ -33,8 +33,10 @@ def add_parser(commands: Any) -> None:
     parser: Parser = commands.add_parser(
         "demo", help="two apps' lifecycles with the bundled plugins on the embedded bus"
     )
-    parser.add_argument("--bus-url", default=DEMO_BUS_URL, help=f"default {DEMO_BUS_URL}")
-    parser.add_argument("--namespace", default=DEMO_NAMESPACE)
+    parser.add_argument(
+        "--bus-url", type=bus_url_arg, default=DEMO_BUS_URL, help=f"default {DEMO_BUS_URL}"
+    )
+    parser.add_argument("--namespace", type=namespace_arg, default=DEMO_NAMESPACE)
     parser.add_argument(
         "--directory", type=Path, help="where the databases, audit and backups go (default: temp)"
     )

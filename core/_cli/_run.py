@@ -33,7 +33,7 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,7 +47,7 @@ from ._args import Parser, UsageError, add_bus_options
 from ._logs import add_log_options, configure
 
 if TYPE_CHECKING:
-    from .._config import RegistryConfig
+    from .._config import BusSection, RegistryConfig
     from .._registry import AppRegistry
     from .._results import FailedPluginInfo
 
@@ -107,7 +107,34 @@ def load(
         )
         if value is not None
     }
-    return replace(config, bus=replace(config.bus, **overrides)) if overrides else config
+    if min_replicas is not None and min_replicas < 0:
+        raise UsageError(f"--min-replicas must be at least 0, not {min_replicas}")
+    if overrides:
+        config = replace(config, bus=replace(config.bus, **overrides))
+    check_bus(config.bus, path)
+    return config
+
+
+def check_bus(bus: BusSection, path: Path) -> None:
+    """The bus settings checked as the bus will check them, naming the key: a usage
+    error before anything starts (or prints), not a failure once it has."""
+    from rapid_objection.bus import BusUrlError, NamespaceError
+    from rapid_objection.bus._keys import check_namespace
+    from rapid_objection.bus._topology import parse
+
+    from .._errors import ConfigError
+
+    # The flags were checked as they were parsed: what fails here is the file's.
+    checks: tuple[tuple[str, Callable[[str], object], str], ...] = (
+        ("namespace", check_namespace, bus.namespace),
+        ("url", parse, bus.connect_url),
+    )
+    for key, check, value in checks:
+        try:
+            check(value)
+        except (NamespaceError, BusUrlError) as exc:
+            error = ConfigError(str(exc), path=f"bus.{key}", file=str(path))
+            raise UsageError(str(error)) from None
 
 
 def load_args(args: argparse.Namespace) -> RegistryConfig:

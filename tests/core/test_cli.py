@@ -15,6 +15,7 @@ import pytest
 
 from rapid_objection.bus import AppRegistered, Bus, ConnectionInfo, Publisher, mask_url
 from rapid_objection.bus._publisher import PluginPolicy
+from rapid_objection.core._cli import main
 from rapid_objection.plugin_workers import PluginInterface
 from rapid_objection.plugin_workers.testing import running_worker
 from tests.conftest import MISSING_DATABASE_PASSWORD
@@ -300,6 +301,77 @@ class TestUsage:
             )
         assert done.returncode == 0, done.stderr.decode()
         assert b"rapid-objection" in done.stdout
+
+
+BAD_BUS_OPTIONS = ["--namespace", ""], ["--namespace", "bad:ns"], ["--bus-url", "http://x"]
+"""An empty namespace, one with a character the key scheme reserves, a URL no bus takes."""
+
+TAKING_NAMESPACE = [
+    ["status"],
+    ["dlq", "list"],
+    ["dlq", "redrive", "1-0"],
+    ["replay"],
+    ["dashboard"],
+    ["groups", "drop", "audit"],
+    ["worker", "x:Y"],
+    ["run", "registry.toml"],
+    ["migrate", "shop", "--config", "registry.toml"],
+    ["seed", "shop", "--config", "registry.toml"],
+    ["demo"],
+]
+"""A command line of every command that takes ``--namespace`` and ``--bus-url``."""
+
+
+def in_process(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``rapid-objection *argv`` in this process (for what is refused before any I/O)."""
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+class TestBusOptions:
+    @pytest.mark.parametrize("option", BAD_BUS_OPTIONS, ids=["empty", "reserved", "url"])
+    @pytest.mark.parametrize("command", TAKING_NAMESPACE, ids=lambda argv: "-".join(argv[:2]))
+    async def test_a_namespace_or_url_no_bus_takes_is_a_usage_error(
+        self, capsys: pytest.CaptureFixture[str], command: list[str], option: list[str]
+    ) -> None:
+        """``--namespace ''`` (never taken for ``default``), ``--namespace bad:ns`` and
+        ``--bus-url http://x`` are one usage line, exit 2, for every command."""
+        code, out, err = in_process(capsys, *command, *option)
+        line = one_line_error(code, out, err)
+        assert code == 2
+        assert f"invalid {'bus URL' if option[0] == '--bus-url' else 'namespace'}" in line
+        assert repr(option[1]) in line
+
+    @pytest.mark.parametrize("value", ["", "bad:ns"], ids=["empty", "reserved"])
+    async def test_acl_refuses_a_bad_namespace_too(
+        self, capsys: pytest.CaptureFixture[str], value: str
+    ) -> None:
+        """``acl`` (no bus URL) refuses the same namespaces the same way."""
+        code, out, err = in_process(capsys, "acl", "--role", "registry", "--namespace", value)
+        assert code == 2
+        assert f"invalid namespace {value!r}" in one_line_error(code, out, err)
+
+    async def test_an_empty_variable_counts_as_unset(
+        self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``RAPID_OBJECTION_NAMESPACE=`` (as a shell leaves it) means the default."""
+        monkeypatch.setenv("RAPID_OBJECTION_NAMESPACE", "")
+        code, out, err = in_process(capsys, "acl", "--role", "registry")
+        assert code == 0, err
+        assert "~ro:{default}:*" in out
+
+    async def test_a_malformed_variable_is_refused_as_the_flag_is(
+        self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A namespace in the environment that no bus takes: one usage line, exit 2."""
+        monkeypatch.setenv("RAPID_OBJECTION_NAMESPACE", "a b")
+        code, out, err = in_process(capsys, "status")
+        assert code == 2
+        assert "invalid namespace 'a b'" in one_line_error(code, out, err)
 
 
 class NoLifecycle:

@@ -585,6 +585,9 @@ class TestConfigErrors:
                 '[apps.shop]\ndatabase.url = "sqlite://"\nseeds.directory = "no/such/dir"\n',
                 "at apps.shop.seeds.directory: ",
             ),
+            ('[bus]\nnamespace = "a b"\n', "at bus.namespace: invalid namespace 'a b'"),
+            ('[bus]\nnamespace = ""\n', "at bus.namespace: invalid namespace ''"),
+            ('[bus]\nurl = "http://x"\n', "at bus.url: invalid bus URL 'http://x'"),
         ],
         ids=[
             "missing",
@@ -595,6 +598,9 @@ class TestConfigErrors:
             "plugin-without-module",
             "app-without-database",
             "app-seeds-missing",
+            "bad-namespace",
+            "empty-namespace",
+            "bad-url",
         ],
     )
     async def test_a_bad_registry_file_is_one_line_naming_the_file_and_key(
@@ -622,8 +628,23 @@ class TestConfigErrors:
         one_line_error(code, out, err, quiet=False)
         assert code == 2
 
-    async def test_a_bad_namespace_flag_is_one_line(self, tmp_path: Path) -> None:
-        """``--namespace`` with a character the key scheme reserves: one line."""
+    @pytest.mark.parametrize(
+        ("flag", "value", "expected"),
+        [
+            ("--namespace", "a:b", "invalid namespace 'a:b'"),
+            ("--namespace", "a b", "invalid namespace 'a b'"),
+            ("--namespace", "", "invalid namespace ''"),
+            ("--bus-url", "http://x", "invalid bus URL 'http://x'"),
+        ],
+        ids=["reserved-character", "space", "empty", "url-scheme"],
+    )
+    async def test_a_bad_bus_flag_is_one_line_before_anything_runs(
+        self, tmp_path: Path, flag: str, value: str, expected: str
+    ) -> None:
+        """A ``--namespace`` or ``--bus-url`` no bus can take: one usage line, exit 2,
+        before the registry prints its header (nothing has started)."""
         config = registry_file(tmp_path, "")
-        line = one_line_error(*await run_cli("run", str(config), "--namespace", "a:b"), quiet=False)
-        assert "a:b" in line
+        code, out, err = await run_cli("run", str(config), flag, value)
+        line = one_line_error(code, out, err)
+        assert code == 2
+        assert expected in line
