@@ -64,39 +64,48 @@ def add_parser(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def read_config(path: Path, target: str) -> tuple[PluginConfig, dict[str, Any]]:
+def read_config(
+    path: Path, target: str, *, bus_url: str | None = None, namespace: str | None = None
+) -> tuple[PluginConfig, dict[str, Any]]:
     """(plugin table, bus table) from a worker's TOML file.
 
-    A registry file (with ``[plugins.<name>]`` tables) is accepted: the table whose
-    ``module`` is ``target`` (or the only one) is used, checked as the registry checks
-    it. Any other file is the plugin's configuration itself.
+    A file with any of the registry's tables (``[bus]``, ``[plugins]``, ``[apps]``...)
+    is a registry file: read and checked as ``run`` reads it with the same ``bus_url``
+    and ``namespace`` flags (a typo in ``[bus]`` is the same error). Its plugin table is
+    the ``[plugins.<name>]`` whose ``module`` is ``target``, else the one named
+    ``target``, else the only one. Any other file is the plugin's configuration itself.
     """
-    from .._config import PluginConfig, convert, expand_environment
+    from .._config import PluginConfig, RegistryConfig, expand_environment
     from .._errors import ConfigError
+    from ._run import load
 
     try:
-        data = expand_environment(tomllib.loads(path.read_text()), file=str(path))
+        data = tomllib.loads(path.read_text())
     except OSError as exc:
         raise UsageError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
-    bus = data.get("bus", {})
-    plugins = data.get("plugins")
-    if not isinstance(plugins, dict):
-        return PluginConfig(config=data), {}
-    tables = {key: table for key, table in plugins.items() if isinstance(table, dict)}
-    chosen = [key for key, table in tables.items() if table.get("module") == target] or (
-        list(tables) if len(tables) == 1 else []
-    )
+    # Tables, not keys: a plugin's own configuration may well have a key ``apps``.
+    registry_tables = set(RegistryConfig.__struct_fields__)
+    if not any(isinstance(data[key], dict) for key in registry_tables & data.keys()):
+        try:
+            return PluginConfig(config=expand_environment(data, file=str(path))), {}
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+    plugins = load(path, bus_url, namespace).plugins
+    chosen = [name for name, table in plugins.items() if table.module == target] or [
+        name for name in plugins if name == target or len(plugins) == 1
+    ]
     if not chosen:
-        raise UsageError(f"config file {path} has no [plugins.*] table with module = {target!r}")
-    try:
-        table = convert(tables[chosen[0]], PluginConfig, prefix=f"plugins.{chosen[0]}")
-    except ConfigError as exc:
-        raise UsageError(f"config file {path}: {exc}") from None
-    return table, bus if isinstance(bus, dict) else {}
+        # Running without the configuration the file was meant to give is worse than
+        # not running: the plugin would start with its defaults, unnoticed.
+        raise UsageError(
+            f"registry file {path} has no table for plugin {target!r} "
+            f"(no [plugins.<name>] with module = {target!r} or named {target!r})"
+        )
+    # Checked by ``load`` already: the expansion cannot fail now.
+    bus = expand_environment(data.get("bus", {}), file=str(path), path="bus")
+    return plugins[chosen[0]], bus
 
 
 def worker_table(args: argparse.Namespace) -> tuple[WorkerTable, dict[str, Any]]:
@@ -109,7 +118,11 @@ def worker_table(args: argparse.Namespace) -> tuple[WorkerTable, dict[str, Any]]
     from .._config import PluginConfig, convert
     from .._errors import ConfigError
 
-    table, bus_table = read_config(args.config, args.plugin) if args.config else (None, {})
+    table, bus_table = (
+        read_config(args.config, args.plugin, bus_url=args.bus_url, namespace=args.namespace)
+        if args.config
+        else (None, {})
+    )
     if args.config_json:
         try:
             handed = WorkerTable.decode(args.config_json)
@@ -241,7 +254,6 @@ def _keyring(path: str | None, plugin: str) -> Keyring | None:
     if keyring.plugin not in (None, plugin) or not any(key.secret for key in mine):
         raise UsageError(f"--keyring {path}: {keyring.describe()} holds no key of {plugin!r}")
     return keyring
-
 
 
 async def _connected(

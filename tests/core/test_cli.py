@@ -190,6 +190,30 @@ class TestWorker:
         line = one_line_error(*await run_cli(*argv, "--bus-url", SECRET_URL))
         assert "timeout" in line
 
+    async def test_a_registry_file_is_refused_as_run_refuses_it(self, tmp_path: Path) -> None:
+        """``worker audit --config`` of a registry file with a typo in ``[bus]`` (and no
+        plugin table) is refused as ``run`` refuses it: the same line, exit 2, instead of
+        a worker started in namespace ``default`` with the file as the plugin's config."""
+        config = tmp_path / "typo2.toml"
+        config.write_text('[bus]\nurl = "redis://127.0.0.1:1/0"\nnamespce = "probe-x"\n')
+        worker = await run_cli("worker", "audit", "--config", str(config), timeout=15)
+        registry = await run_cli("run", str(config))
+        assert worker == registry
+        assert worker[0] == 2
+        line = one_line_error(*worker)
+        assert f"invalid configuration in {config} at bus.namespce: unknown key" in line
+
+    async def test_a_registry_file_without_the_plugins_table_is_one_line(
+        self, tmp_path: Path
+    ) -> None:
+        """A registry file with no table for the plugin: one line naming both, exit 2."""
+        config = tmp_path / "registry.toml"
+        config.write_text('[bus]\nurl = "redis://127.0.0.1:1/0"\nnamespace = "probe-x"\n')
+        code, out, err = await run_cli("worker", "audit", "--config", str(config), timeout=15)
+        line = one_line_error(code, out, err)
+        assert code == 2
+        assert f"registry file {config} has no table for plugin 'audit'" in line
+
     @pytest.mark.parametrize("url", ["memory://", "memory://shared"], ids=["bare", "named"])
     async def test_the_embedded_bus_is_refused(self, url: str) -> None:
         """A worker process cannot join an embedded bus, which lives inside one process."""

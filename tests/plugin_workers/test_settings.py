@@ -137,3 +137,78 @@ class TestWorkerCommandLine:
         )
         with pytest.raises(UsageError, match=rf"plugins\.validating\.{key}"):
             worker_table(worker_args("--config", str(registry_file)))
+
+
+REGISTRY_FILE_ERRORS = [
+    pytest.param(
+        '[bus]\nurl = "redis://127.0.0.1:1/0"\nnamespce = "probe-x"\n',
+        "at bus.namespce: unknown key",
+        id="bus-typo",
+    ),
+    pytest.param(
+        '[apps.shop]\ndatabase.pool_size = "five"\n',
+        "at apps.shop.database.pool_size: Expected `int | null`, got `str`",
+        id="app-wrong-type",
+    ),
+    pytest.param(
+        '[bus]\nnamespace = "a b"\n[plugins.validating]\nmodule = "x:Y"\n',
+        "at bus.namespace: invalid namespace 'a b'",
+        id="bad-namespace",
+    ),
+]
+
+
+def entry_point_args(*argv: str) -> Any:
+    """``worker audit ...``: the plugin named by its entry point, as users often do."""
+    return build_parser("worker").parse_args(["worker", "audit", *argv])
+
+
+class TestWorkerFile:
+    @pytest.mark.parametrize(("content", "expected"), REGISTRY_FILE_ERRORS)
+    def test_a_file_with_registry_tables_is_checked_as_run_checks_it(
+        self, tmp_path: Path, content: str, expected: str
+    ) -> None:
+        """A file with ``[bus]``, ``[apps]`` (or another registry table) is a registry
+        file, with or without a plugin table: what ``run`` refuses in it is refused, with
+        the same line, instead of the file becoming the plugin's configuration."""
+        path = tmp_path / "typo.toml"
+        path.write_text(content)
+        with pytest.raises(UsageError) as caught:
+            worker_table(worker_args("--config", str(path)))
+        assert str(caught.value).startswith(f"invalid configuration in {path} {expected}")
+
+    def test_a_registry_file_without_the_plugins_table_is_refused(self, tmp_path: Path) -> None:
+        """A valid registry file with no table for the plugin: one line naming the file
+        and the plugin, not a worker silently running without its configuration."""
+        path = tmp_path / "registry.toml"
+        path.write_text('[bus]\nurl = "redis://127.0.0.1:1/0"\nnamespace = "probe-x"\n')
+        with pytest.raises(UsageError) as caught:
+            worker_table(entry_point_args("--config", str(path)))
+        assert str(caught.value).startswith(f"registry file {path} has no table for plugin 'audit'")
+
+    def test_the_table_named_as_the_plugin_is_taken(self, tmp_path: Path) -> None:
+        """``worker audit`` takes ``[plugins.audit]`` of a file with several tables, whose
+        ``module`` spells the class out, and the file's ``[bus]``."""
+        path = tmp_path / "registry.toml"
+        path.write_text(
+            '[bus]\nurl = "redis://127.0.0.1:1/0"\nnamespace = "probe-x"\n'
+            '[plugins.audit]\nmodule = "rapid_objection.plugin_workers.plugins.audit:AuditPlugin"\n'
+            'timeout = 2.5\n[plugins.audit.config]\ntable = "ro_audit_x"\n'
+            '[plugins.metrics]\nmodule = "metrics"\n'
+        )
+        table, bus = worker_table(entry_point_args("--config", str(path)))
+        assert (table.config, table.timeout) == ({"table": "ro_audit_x"}, 2.5)
+        assert bus["namespace"] == "probe-x"
+
+    def test_a_plugins_own_file_is_its_whole_configuration(self, tmp_path: Path) -> None:
+        """A file without registry tables is the plugin's configuration as it is, key
+        names such as ``apps`` (not a table) included; no bus settings come from it."""
+        path = tmp_path / "backup.toml"
+        path.write_text('directory = "backups"\napps = ["shop"]\n[databases]\nshop = "sqlite://"\n')
+        table, bus = worker_table(entry_point_args("--config", str(path)))
+        assert table.config == {
+            "directory": "backups",
+            "apps": ["shop"],
+            "databases": {"shop": "sqlite://"},
+        }
+        assert bus == {}
