@@ -5,7 +5,8 @@ locks and plugins, exactly as ``app.migrate()`` there): the command sends it a r
 and prints its answer; it fails, saying so, when no live registry owns ``APP``. With
 ``--direct`` it works on the app's database alone instead, when no registry runs (the
 same app lock, so it waits for, and is waited for by, any registry's work on the app;
-no events are published).
+no events are published). Either way ``APP`` must have its ``[apps.APP]`` table in the
+file: another name is refused before any registry is asked.
 
 ``up`` applies the pending files as one new batch; ``down`` undoes the newest
 ``--steps`` batches; ``status`` lists each file applied (batch, time) or pending. A
@@ -66,6 +67,12 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise UsageError(f"--steps must be at least 1, not {args.steps}")
     config = load_args(args)
+    if args.app not in config.apps:
+        # Before asking the bus: no registry can own an app the file does not have, and
+        # --direct could not work on it either.
+        raise UsageError(
+            f"app {args.app!r} is not in the registry file (no [apps.{args.app}] table)"
+        )
     action = "status" if args.verb == "status" else VERB_ACTIONS[args.command][args.verb]
     if args.direct:
         result = on_database(config, args.app, action, args.steps)
@@ -80,9 +87,7 @@ def on_database(config: RegistryConfig, app: str, action: str, steps: int) -> di
     from .._connections import Engines
     from .._requested import check_action, direct, status_of
 
-    app_config = config.apps.get(app)
-    if app_config is None:
-        raise UsageError(f"app {app!r} is not in the registry file (no [apps.{app}] table)")
+    app_config = config.apps[app]  # run() refused an app the file does not have
     if action != "status":
         return direct(app, app_config, check_action(action, steps), steps).as_dict()
     engines = Engines()

@@ -109,6 +109,34 @@ class TestDirect:
         assert "--direct" in line
 
 
+NOT_IN_FILE = [
+    pytest.param([command, "nosuch", verb, *way], id=f"{command}-{verb}-{way_id}")
+    for command in ("migrate", "seed")
+    for verb in ("status", "up")
+    for way, way_id in (([], "bus"), (["--direct"], "direct"))
+]
+
+
+class TestAppNotInFile:
+    @pytest.mark.parametrize("argv", NOT_IN_FILE)
+    def test_is_refused_before_the_bus_or_a_database(
+        self,
+        tmp_path: Path,
+        migrations: Scripts,
+        capsys: pytest.CaptureFixture[str],
+        argv: list[str],
+    ) -> None:
+        """An app without its ``[apps.APP]`` table is refused up front, both ways and
+        with the same line (exit 2): the bus (which does not answer here) is never
+        asked, since no registry can own an app its file does not have."""
+        bus = 'url = "redis://127.0.0.1:1/0"'
+        config = str(registry_file(tmp_path, shop(tmp_path, migrations.directory), bus=bus))
+        code, out, err = cli(capsys, *argv, "--config", config)
+        line = one_line_error(code, out, err)
+        assert code == 2
+        assert line.endswith("app 'nosuch' is not in the registry file (no [apps.nosuch] table)")
+
+
 class TestNew:
     def test_new_files_are_numbered_and_apply_cleanly(
         self, tmp_path: Path, migrations: Scripts, capsys: pytest.CaptureFixture[str]
