@@ -399,7 +399,11 @@ class PluginManager:
                     raise PluginFailed(name, error.error, error.phase)
                 if supervisor is not None and supervisor.last_exit_reason is not None:
                     # It ended before announcing itself (sys.exit() in initialize, a
-                    # crash): no use waiting for the load timeout.
+                    # crash): no use waiting for the load timeout. What it reported
+                    # before exiting (a module that does not import) says why.
+                    error = await bus.directory.load_error(name)
+                    if error is not None and error.time >= since:
+                        raise PluginFailed(name, error.error, error.phase)
                     raise PluginFailed(
                         name,
                         f"Plugin '{name}' worker {supervisor.last_exit_reason} before it "

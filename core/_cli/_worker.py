@@ -173,8 +173,15 @@ def run(args: argparse.Namespace) -> int:
     if "" not in sys.path and os.getcwd() not in sys.path:
         # Like `python -m`: a plugin module in the working directory is importable.
         sys.path.insert(0, os.getcwd())
-    plugin_class = load_plugin_class(args.plugin)
-    validate_interface(plugin_class)  # as the registry checks it, with the same message
+    try:
+        plugin_class = load_plugin_class(args.plugin)
+        validate_interface(plugin_class)  # as the registry checks it, with the same message
+    except PluginLoadError as exc:
+        # A supervising registry waits for this plugin under its table's name: tell it
+        # why not (import or interface), or it only sees the process exit.
+        if table.name:
+            anyio.run(_report, url, namespace, table.name, args.consumer or table.name, exc)
+        raise
     try:
         plugin = build_plugin(plugin_class, config)
     except PluginLoadError as exc:

@@ -62,6 +62,34 @@ class TestAWorkerThatExitsWhileStarting:
         assert took < 10
 
 
+    @pytest.mark.parametrize(
+        ("module", "phase", "said"),
+        [
+            ("tests.core.no_such_module:Plugin", "import", "Failed to import plugin module"),
+            ("json:JSONDecoder", "import", "Plugin must implement initialize() method"),
+        ],
+        ids=["module-missing", "not-a-plugin"],
+    )
+    async def test_a_module_that_does_not_load_says_why(
+        self,
+        redis_url: str,
+        namespace: str,
+        cleanup: list[AppRegistry],
+        module: str,
+        phase: str,
+        said: str,
+    ) -> None:
+        """A worker process whose plugin module does not import (or is no plugin) tells
+        its registry why before it exits: the plugin fails with that reason, as inline
+        mode says it, not only "exited with status 1"."""
+        registry = AppRegistry(process_config(redis_url, namespace, module))
+        cleanup.append(registry)
+        result = await registry.initialize()
+        (failed,) = result.failed_plugins
+        assert said in failed.error
+        assert failed.phase == phase
+
+
 class TestACrashLoopingWorker:
     async def test_stop_does_not_wait_out_the_backoff_and_status_says_why(
         self, redis_url: str, namespace: str, cleanup: list[AppRegistry]
