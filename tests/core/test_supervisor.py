@@ -49,9 +49,7 @@ class TestAWorkerThatExitsWhileStarting:
     ) -> None:
         """A worker process that exits inside initialize fails its plugin at once with
         the exit status, instead of after twice the load timeout as "Timeout"."""
-        registry = AppRegistry(
-            process_config(redis_url, namespace, QUITTER, config={"status": 7})
-        )
+        registry = AppRegistry(process_config(redis_url, namespace, QUITTER, config={"status": 7}))
         cleanup.append(registry)
         started = time.monotonic()
         result = await registry.initialize()
@@ -61,33 +59,27 @@ class TestAWorkerThatExitsWhileStarting:
         assert "exited with status 7 before it announced itself" in failed.error
         assert took < 10
 
-
     @pytest.mark.parametrize(
-        ("module", "phase", "said"),
+        "case",
         [
-            ("tests.core.no_such_module:Plugin", "import", "Failed to import plugin module"),
-            ("json:JSONDecoder", "import", "Plugin must implement initialize() method"),
+            ("tests.core.no_such_module:Plugin", "Failed to import plugin module"),
+            ("json:JSONDecoder", "Plugin must implement initialize() method"),
         ],
         ids=["module-missing", "not-a-plugin"],
     )
     async def test_a_module_that_does_not_load_says_why(
-        self,
-        redis_url: str,
-        namespace: str,
-        cleanup: list[AppRegistry],
-        module: str,
-        phase: str,
-        said: str,
+        self, redis_url: str, namespace: str, cleanup: list[AppRegistry], case: tuple[str, str]
     ) -> None:
         """A worker process whose plugin module does not import (or is no plugin) tells
         its registry why before it exits: the plugin fails with that reason, as inline
         mode says it, not only "exited with status 1"."""
+        module, said = case
         registry = AppRegistry(process_config(redis_url, namespace, module))
         cleanup.append(registry)
         result = await registry.initialize()
         (failed,) = result.failed_plugins
         assert said in failed.error
-        assert failed.phase == phase
+        assert failed.phase == "import"
 
 
 class TestACrashLoopingWorker:
