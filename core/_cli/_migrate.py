@@ -77,7 +77,19 @@ def run(args: argparse.Namespace) -> int:
     if args.direct:
         result = on_database(config, args.app, action, args.steps)
     else:
-        result = anyio.run(ask, config, args, action)
+        try:
+            result = anyio.run(ask, config, args, action)
+        except KeyboardInterrupt:
+            if action == "status":
+                raise
+            # Ctrl-C stops the waiting, not the work: a request already sent is done by
+            # the registry that owns the app, whatever happens to this command.
+            fail(
+                f"interrupted: the request may already be with the registry that owns app "
+                f"{args.app!r}, which then carries it out; see `rapid-objection "
+                f"{args.command} {args.app} status --config {args.config}`",
+                130,
+            )
     show(args, action, result)
     return 0
 

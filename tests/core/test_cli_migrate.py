@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import signal
 from pathlib import Path
 
 import alembic
@@ -25,7 +26,7 @@ from tests.core.fixtures_migrations import (
     drop_table,
 )
 from tests.core.test_cli_run import READY, running
-from tests.e2e import one_line_error, run_cli
+from tests.e2e import CLI, REPO_ROOT, one_line_error, run_cli, subprocess_env
 
 
 def registry_file(tmp_path: Path, body: str, *, bus: str = 'url = "memory://"') -> Path:
@@ -239,6 +240,19 @@ journal = "{journal}"
 """
 
 
+async def interrupted(*args: str) -> tuple[int, str]:
+    """Run the command, Ctrl-C (SIGINT) it after a second: its status and stderr."""
+    async with await anyio.open_process(
+        [CLI, *args], cwd=REPO_ROOT, env=subprocess_env()
+    ) as process:
+        await anyio.sleep(1.0)
+        process.send_signal(signal.SIGINT)
+        with anyio.fail_after(20):
+            code = await process.wait()
+        assert process.stderr is not None
+        return code, (await process.stderr.receive()).decode()
+
+
 @pytest.mark.slow
 @pytest.mark.anyio
 async def test_migrate_through_a_running_registry(
@@ -285,6 +299,20 @@ async def test_migrate_through_a_running_registry(
             line = one_line_error(code, out, err)
             assert "registry 'migrate-test'" in line
             assert "app 'shop' has no seeds" in line
+            # Ctrl-C while the registry migrates stops the waiting, not the work; the
+            # command says so.
+            migrations.migration("003_slow.py", "import time\ntime.sleep(2)")
+            code, said = await interrupted("migrate", "shop", "up", "--config", str(config))
+            assert code == 130
+            assert "interrupted: the request may already be with the registry" in said
+            assert "`rapid-objection migrate shop status --config" in said
+            with anyio.fail_after(20):
+                while "app shop: 0 migrations pending" not in out:
+                    await anyio.sleep(0.3)
+                    code, out, err = await run_cli(
+                        "migrate", "shop", "status", "--config", str(config)
+                    )
+            assert "003_slow.py" in out
         lines = [json.loads(line) for line in journal.read_text().splitlines()]
         requested = [
             (line["event"], line["action"]) for line in lines if line["trigger"] == "requested"
@@ -294,6 +322,8 @@ async def test_migrate_through_a_running_registry(
             ("auto_operations_completed", "migrate"),
             ("auto_operations_started", "rollback_migrations"),
             ("auto_operations_completed", "rollback_migrations"),
+            ("auto_operations_started", "migrate"),
+            ("auto_operations_completed", "migrate"),
         ]
         assert lines[-2]["options"]["requested_by"]  # who asked is in the event
     finally:
