@@ -28,7 +28,8 @@ class Outage:
 
     def failed(self, exc: BusUnavailable) -> None:
         if self.down is None and self.say is not None:
-            self.say(f"{exc}; trying again every {self.every:g}s")
+            # redis-py's reasons end with a full stop: not before the ";".
+            self.say(f"{str(exc).rstrip('.')}; trying again every {self.every:g}s")
         self.down = (self.down[0] if self.down else time.monotonic(), exc)
 
     def answered(self) -> None:
@@ -42,4 +43,4 @@ class Outage:
         if self.down is None:
             return None
         since, error = self.down
-        return f"{error} (for {time.monotonic() - since:.0f}s)"
+        return f"{str(error).rstrip('.')} (for {time.monotonic() - since:.0f}s)"

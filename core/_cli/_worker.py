@@ -280,7 +280,9 @@ async def _connected(
             await bus.close()
             if not said:
                 logging.getLogger("rapid_objection.worker").warning(
-                    "%s; trying again until it answers", exc
+                    # redis-py's reasons end with a full stop: not before the ";".
+                    "%s; trying again until it answers",
+                    str(exc).rstrip("."),
                 )
                 said = True
             await outage.pause()

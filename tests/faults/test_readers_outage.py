@@ -84,6 +84,7 @@ async def test_json_watch_rides_out_a_redis_outage(server: RedisServer, namespac
     assert code == 0
     assert f"bus unavailable at {server.url}" in said
     assert "Traceback" not in err.text
+    assert ".;" not in err.text  # the reason's full stop is dropped before the ";"
     assert len(err.text.strip().splitlines()) == 2, err.text  # down once, back once
     last = json.loads(out.text.splitlines()[printed - 1])
     assert last["namespace"] == namespace
@@ -118,6 +119,7 @@ async def test_follow_rides_out_a_redis_outage(server: RedisServer, namespace: s
     assert code == 0
     assert f"bus unavailable at {server.url}" in said
     assert "Traceback" not in err.text
+    assert ".;" not in err.text  # the reason's full stop is dropped before the ";"
     shown = [json.loads(line)["id"] for line in out.text.splitlines()]
     assert shown == [before, after]
     assert first not in shown  # --follow starts after what was there
