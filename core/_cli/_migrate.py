@@ -153,7 +153,8 @@ def show(args: argparse.Namespace, action: str, result: dict[str, Any]) -> None:
             where = f"batch {item['batch']}" if item["state"] == "applied" else ""
             print(f"{item['name']:40} {item['state']:8} {where} {item['at'] or ''}".rstrip())
         pending = result["pending"] if kind == "migrations" else result["pending_seeds"]
-        print(f"app {app}: {len(pending)} {kind} pending")
+        noun = kind if len(pending) != 1 else kind.removesuffix("s")
+        print(f"app {app}: {len(pending)} {noun} pending")
         return
     verb = "applied" if action in ("migrate", "seed") else "undid"
     batches = ", ".join(str(batch) for batch in result["batches"])

@@ -276,7 +276,7 @@ async def test_migrate_through_a_running_registry(
             )
             code, out, err = await run_cli("migrate", "shop", "status", "--config", str(config))
             assert code == 0, err
-            assert "app shop: 1 migrations pending" in out
+            assert "app shop: 1 migration pending" in out
             code, out, err = await run_cli("migrate", "shop", "up", "--config", str(config))
             assert code == 0, err
             assert "app shop: applied 002_notes.py (batch 2)" in out
