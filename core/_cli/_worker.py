@@ -213,6 +213,16 @@ def run(args: argparse.Namespace) -> int:
                     group.start_soon(_stop_with_parent, worker, parent)
                 await worker.run()
                 group.cancel_scope.cancel()
+            consumer = worker.consumer
+            # The counterpart of the startup banner: a log shows where a worker ended.
+            logging.getLogger("rapid_objection.worker").info(
+                "worker %s of plugin %s stopped: %d handled (%d failed, %d dead-lettered)",
+                worker.consumer_name,
+                worker.name,
+                consumer.handled,
+                consumer.failed,
+                consumer.dead_lettered,
+            )
 
     anyio.run(main)
     return 0

@@ -77,6 +77,12 @@ class TestWorkerLogs:
         assert "LookupError: no such customer: bad" in hooks["bad"]["exception"]
         assert "Traceback (most recent call last)" in hooks["bad"]["exception"]
         assert "in work" in hooks["bad"]["exception"]  # the plugin's own frame
+        # Its last line says it stopped, and what it did.
+        assert lines[-1]["level"] == "info"
+        assert lines[-1]["message"] == (
+            f"worker {worker.consumer} of plugin {Picky.NAME} stopped: "
+            "2 handled (1 failed, 1 dead-lettered)"
+        )
 
     async def test_the_banner_hides_the_password(self, workers: WorkerPool) -> None:
         """The bus URL in the banner (text format) never shows a password."""
