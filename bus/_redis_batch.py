@@ -112,9 +112,10 @@ class Batch:
         return list(self._commands)
 
     @property
-    def words(self) -> list[Command]:
-        """The same commands as the server reads them, for raw round trips."""
-        return list(self._words)
+    def words(self) -> Sequence[Command]:
+        """The same commands as the server reads them, for raw round trips (not copied:
+        every ack batch is sent this way)."""
+        return self._words
 
     @property
     def streams(self) -> list[str]:

@@ -24,7 +24,7 @@ from rapid_objection.bus._constants import EVENT_FIELD
 from rapid_objection.bus._contract import decode_envelope
 from rapid_objection.bus._outcomes import entry_ms
 
-from ._outage import Outage
+from ._outage import OutageNotice
 from ._replay import Selection
 
 FOLLOW_WINDOW: Final = 300.0
@@ -72,7 +72,7 @@ async def follow(
     *,
     after: str,
     backlog: Sequence[HistoryEntry] = (),
-    outage: Outage | None = None,
+    outage: OutageNotice | None = None,
 ) -> AsyncIterator[HistoryEntry | OutcomeRecord]:
     """The events after stream entry ``after`` that ``selection`` picks (app, types),
     and their outcomes (those its outcome filters keep), as they come; ``backlog``
@@ -141,7 +141,7 @@ def _close_expired(opened: dict[str, _Open], now: float) -> None:
         del opened[entry_id]
 
 
-async def _tried(call: Callable[[], Awaitable[_T]], outage: Outage | None) -> _T | None:
+async def _tried(call: Callable[[], Awaitable[_T]], outage: OutageNotice | None) -> _T | None:
     """``call``'s answer; None while the bus is away (told to ``outage``, and waited
     for; without one, the ``BusUnavailable`` is raised)."""
     try:

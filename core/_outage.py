@@ -14,7 +14,7 @@ RETRY_EVERY: Final = 1.0
 """Seconds between two tries while the bus is unavailable."""
 
 
-class Outage:
+class OutageNotice:
     """Whether the bus answered the last try, and if not, since when and why."""
 
     def __init__(

@@ -31,7 +31,7 @@ from rapid_objection.bus._verify import Audit, verify_history
 
 from .._errors import ReplayError
 from .._follow import follow
-from .._outage import Outage
+from .._outage import OutageNotice
 from .._replay import Selection, answered, details, parse_time, redeliver
 from ._args import (
     DEFAULT_SERVER_URL,
@@ -297,7 +297,7 @@ async def _follow_until_stopped(args: argparse.Namespace, selection: Selection) 
                 escape(f"Following namespace {bus.namespace} (Ctrl-C to stop)"), soft_wrap=True
             )
             console.file.flush()  # into a pipe too: a reader knows it is following
-        outage = Outage(_say_on_stderr)
+        outage = OutageNotice(_say_on_stderr)
         async for item in follow(bus, selection, after=after, backlog=backlog, outage=outage):
             if args.format == "jsonl":
                 print(follow_jsonl(item), flush=True)

@@ -16,7 +16,7 @@ from rich.text import Text
 
 from rapid_objection.bus import Bus, BusUnavailable, RegistryInfo, StatusReport, collect_status
 
-from .._outage import Outage
+from .._outage import OutageNotice
 from ._args import DEFAULT_SERVER_URL, Parser, UsageError, add_bus_options
 from ._namespace import namespace_bus
 
@@ -90,7 +90,7 @@ async def watch(args: argparse.Namespace) -> None:
     from rich.live import Live
 
     console = Console(width=None if sys.stdout.isatty() else 10_000)
-    outage = Outage(_to_stderr if args.json else None, every=WATCH_INTERVAL)
+    outage = OutageNotice(_to_stderr if args.json else None, every=WATCH_INTERVAL)
     async with namespace_bus(args) as bus, anyio.create_task_group() as group:
         await group.start(stop_on_signal, group.cancel_scope)
         if args.json:
@@ -115,7 +115,7 @@ def _to_stderr(line: str) -> None:
     print(f"rapid-objection status: {line}", file=sys.stderr, flush=True)
 
 
-async def collect(bus: Bus, recent: int, outage: Outage) -> StatusReport | None:
+async def collect(bus: Bus, recent: int, outage: OutageNotice) -> StatusReport | None:
     """The status report, or None while the bus is unavailable (``outage`` is told)."""
     try:
         report = await collect_status(bus, recent=recent)
@@ -126,7 +126,7 @@ async def collect(bus: Bus, recent: int, outage: Outage) -> StatusReport | None:
     return report
 
 
-def banner(outage: Outage) -> list[Text]:
+def banner(outage: OutageNotice) -> list[Text]:
     """A red line saying the bus is down and for how long; none while it answers."""
     line = outage.line()
     # Text, not markup: the reason may hold brackets ("[Errno 111]").

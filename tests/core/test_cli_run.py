@@ -67,6 +67,22 @@ class StuckHook:
         time.sleep(60)
 
 
+async def no_worker_left(namespace: str) -> None:
+    """Wait (5 s at most) until no worker process of ``namespace`` runs."""
+    with anyio.fail_after(5):
+        while processes_with("worker", "--namespace", namespace):
+            await anyio.sleep(0.05)
+
+
+async def kill_workers_and_purge(redis_url: str, namespace: str) -> None:
+    """After a test: SIGKILL the worker processes of ``namespace`` left, empty it."""
+    for pid in processes_with("worker", "--namespace", namespace):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    async with Bus.connect(redis_url, namespace) as bus:
+        await purge(bus)
+
+
 def processes_with(*words: str) -> list[int]:
     """Pids of live processes whose command line holds every one of ``words``."""
     found = []
@@ -252,16 +268,10 @@ class TestServe:
         try:
             async with running(tmp_path, *args) as run:
                 code = await run.exit_code()
-            with anyio.fail_after(5):
-                while processes_with("worker", "--namespace", namespace):
-                    await anyio.sleep(0.05)
+            await no_worker_left(namespace)
         finally:
             with anyio.CancelScope(shield=True):
-                for pid in processes_with("worker", "--namespace", namespace):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                async with Bus.connect(redis_url, namespace) as bus:
-                    await purge(bus)
+                await kill_workers_and_purge(redis_url, namespace)
         assert code == 1, run.err
         # The log records (the registry's and its worker's, JSON) share the stderr.
         lines = run.err.splitlines()
@@ -354,16 +364,10 @@ class TestServe:
                 await anyio.sleep(0.5)
                 run.signal(signal.SIGTERM)
                 assert await run.exit_code(timeout=5) == 130
-            with anyio.fail_after(5):
-                while processes_with("worker", "--namespace", namespace):
-                    await anyio.sleep(0.05)
+            await no_worker_left(namespace)
         finally:
             with anyio.CancelScope(shield=True):
-                for pid in processes_with("worker", "--namespace", namespace):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                async with Bus.connect(redis_url, namespace) as bus:
-                    await purge(bus)
+                await kill_workers_and_purge(redis_url, namespace)
 
     async def test_a_stuck_plain_def_hook_does_not_keep_the_process_alive(
         self, tmp_path: Path
